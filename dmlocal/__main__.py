@@ -1,0 +1,5 @@
+import sys
+
+from dmlocal.cli import main
+
+sys.exit(main())

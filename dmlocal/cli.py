@@ -1,0 +1,59 @@
+"""Command line: `python -m dmlocal preview [CONFIG]`.
+
+Exit codes: 0 the config expands cleanly, 1 the config is invalid (the message names the file,
+the field and the fix), 2 the command line itself is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from dmlocal.errors import ConfigError
+from dmlocal.expand import Expansion, default_env, expand_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dmlocal", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    preview = commands.add_parser("preview", help="expand a config and print it as YAML")
+    preview.add_argument("config", nargs="?", default="deployment.yaml")
+    preview.add_argument("--deployment", default="hello", help="context.env['deployment']")
+    preview.add_argument("--project", default="local-project", help="context.env['project']")
+    args = parser.parse_args(argv)
+
+    try:
+        expansion = expand_path(args.config, default_env(args.deployment, args.project))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_yaml(expansion))
+    return 0
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """Multi-line strings (the startup script, the app) as `|` blocks; no &anchors."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    # Block style cannot carry trailing spaces or tabs faithfully; fall back to quoting then.
+    block = "\n" in value and not any(line != line.rstrip() for line in value.split("\n"))
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if block else None)
+
+
+_ReadableDumper.add_representer(str, _string)
+
+
+def render_yaml(expansion: Expansion) -> str:
+    """The expanded config as DM shows it: leaf resources, then the deployment's outputs."""
+    document: dict = {"resources": expansion.resources}
+    if expansion.outputs:
+        document["outputs"] = expansion.outputs
+    return yaml.dump(
+        document, Dumper=_ReadableDumper, sort_keys=False, default_flow_style=False, width=100
+    )
