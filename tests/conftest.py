@@ -1,0 +1,84 @@
+"""Shared fixtures: call a template's GenerateConfig the way Deployment Manager does.
+
+`render(template, properties)` builds a context like DM's: `env` with every documented key,
+`properties` after the template's schema has filled in defaults (and rejected bad input), and
+`imports` holding every file deployment.yaml imports, read from the working tree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dmlocal.schema import apply_schema, load_schema  # noqa: E402
+
+
+def deployment_imports() -> dict[str, str]:
+    config = yaml.safe_load((REPO / "deployment.yaml").read_text())
+    return {
+        entry.get("name", entry["path"]): (REPO / entry["path"]).read_text()
+        for entry in config["imports"]
+    }
+
+
+def deployment_properties(resource_name: str) -> dict:
+    config = yaml.safe_load((REPO / "deployment.yaml").read_text())
+    for resource in config["resources"]:
+        if resource["name"] == resource_name:
+            return resource.get("properties", {})
+    raise KeyError(resource_name)
+
+
+def load_template(filename: str):
+    spec = importlib.util.spec_from_file_location(
+        f"template_{Path(filename).stem}", REPO / filename
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dm_context(template: str, name: str, properties: dict, imports: dict | None = None):
+    schema_file = f"{template}.schema"
+    schema = load_schema((REPO / schema_file).read_text(), schema_file)
+    filled = apply_schema(
+        schema, properties, config_file="test", resource=name, schema_file=schema_file
+    )
+    env = {
+        "deployment": "hello",
+        "name": name,
+        "project": "test-project",
+        "project_number": "123456789012",
+        "current_time": 1_764_000_000,
+        "type": template,
+        "username": "ci@test-project.iam.gserviceaccount.com",
+    }
+    return SimpleNamespace(
+        env=env,
+        properties=filled,
+        imports=deployment_imports() if imports is None else imports,
+    )
+
+
+def render(template: str, name: str, properties: dict, imports: dict | None = None) -> dict:
+    """Runs `template`'s GenerateConfig on a DM-like context and returns what it returned."""
+    context = dm_context(template, name, properties, imports)
+    return load_template(template).GenerateConfig(context)
+
+
+def by_name(result: dict) -> dict[str, dict]:
+    return {resource["name"]: resource for resource in result["resources"]}
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,39 @@
+"""The Flask app, through Flask's test client."""
+
+import pytest
+
+from app.app import GREETING, app
+
+
+@pytest.fixture
+def client():
+    return app.test_client()
+
+
+@pytest.mark.parametrize("path", ["/", "/hello"])
+def test_greeting_routes_return_exactly_the_greeting(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == "Hello World from BenchSci!"
+    assert response.mimetype == "text/plain"
+
+
+def test_greeting_constant_is_the_one_the_brief_names():
+    assert GREETING == "Hello World from BenchSci!"
+
+
+def test_healthz_is_ok(client):
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_data(as_text=True)) == (200, "ok")
+
+
+def test_unknown_path_is_404(client):
+    assert client.get("/nope").status_code == 404
+
+
+def test_greeting_routes_are_read_only(client):
+    assert client.post("/").status_code == 405
+
+
+def test_not_in_debug_mode():
+    assert app.debug is False

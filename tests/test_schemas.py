@@ -1,0 +1,92 @@
+"""The three schemas: defaults, and rejection of the inputs an operator could get wrong."""
+
+import pytest
+import yaml
+
+from dmlocal.errors import ConfigError
+from dmlocal.schema import apply_schema, load_schema
+from tests.conftest import REPO, deployment_properties
+
+TEMPLATES = {"network.py": "hello-vpc", "firewall.py": "hello-firewall", "vm.py": "hello-vm"}
+
+
+def check(template: str, properties: dict) -> dict:
+    schema_file = f"{template}.schema"
+    schema = load_schema((REPO / schema_file).read_text(), schema_file)
+    return apply_schema(
+        schema, properties, config_file="deployment.yaml", resource="r", schema_file=schema_file
+    )
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_deployment_yaml_properties_are_valid(template):
+    check(template, deployment_properties(TEMPLATES[template]))
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_every_property_is_typed_and_described_and_typos_are_rejected(template):
+    schema = yaml.safe_load((REPO / f"{template}.schema").read_text())
+    assert schema["additionalProperties"] is False
+    for name, spec in schema["properties"].items():
+        assert spec.get("type"), f"{template}.schema: {name} has no type"
+        assert spec.get("description"), f"{template}.schema: {name} has no description"
+    for name in schema.get("required", []):
+        assert "default" not in schema["properties"][name], f"{name} is required yet defaulted"
+
+
+def test_defaults_are_filled_in():
+    filled = check("vm.py", {"zone": "us-east1-b", "subnetwork": "$(ref.s.selfLink)"})
+    assert filled["machineType"] == "e2-small"
+    assert filled["deletionProtection"] is True
+    assert filled["image"] == "projects/debian-cloud/global/images/family/debian-12"
+    firewall = check(
+        "firewall.py", {"network": "$(ref.n.selfLink)", "vpcSourceRanges": ["10.0.0.0/8"]}
+    )
+    assert firewall["sshSourceRanges"] == ["104.154.0.0/15"]
+
+
+@pytest.mark.parametrize(
+    ("template", "change", "field", "says"),
+    [
+        ("vm.py", {"zonee": "us-central1-a"}, ".properties", "did you mean 'zone'"),
+        ("vm.py", {"zone": "us-central1"}, ".properties.zone", "must match"),
+        ("vm.py", {"deletionProtection": "yes"}, ".properties.deletionProtection", "boolean"),
+        ("vm.py", {"bootDiskSizeGb": 5}, ".properties.bootDiskSizeGb", "minimum"),
+        ("vm.py", {"labels": {"Team": "Dev Ops"}}, ".properties.labels.Team", "must match"),
+        ("network.py", {"subnetCidr": "10.10.0.0/33"}, ".properties.subnetCidr", "must match"),
+        ("network.py", {"subnetCidr": "10.10.0.0"}, ".properties.subnetCidr", "must match"),
+        ("network.py", {"region": "us-central1-a"}, ".properties.region", "must match"),
+        (
+            "firewall.py",
+            {"sshSourceRanges": "104.154.0.0/15"},
+            ".properties.sshSourceRanges",
+            "array",
+        ),
+        ("firewall.py", {"sshSourceRanges": []}, ".properties.sshSourceRanges", "non-empty"),
+        (
+            "firewall.py",
+            {"vpcSourceRanges": ["10.10.0.0/24 "]},
+            ".vpcSourceRanges[0]",
+            "must match",
+        ),
+        ("firewall.py", {"targetTag": "Hello_Web"}, ".properties.targetTag", "must match"),
+    ],
+)
+def test_bad_values_are_rejected_with_field_and_fix(template, change, field, says):
+    properties = {**deployment_properties(TEMPLATES[template]), **change}
+    with pytest.raises(ConfigError) as raised:
+        check(template, properties)
+    assert raised.value.file == "deployment.yaml"
+    assert raised.value.field.startswith("resources[r].properties")
+    assert field in raised.value.field
+    assert says in str(raised.value)
+
+
+@pytest.mark.parametrize(("template", "required"), [("vm.py", "zone"), ("network.py", "region")])
+def test_missing_required_property_is_named(template, required):
+    properties = dict(deployment_properties(TEMPLATES[template]))
+    del properties[required]
+    with pytest.raises(ConfigError) as raised:
+        check(template, properties)
+    assert raised.value.field == f"resources[r].properties.{required}"
+    assert "required" in raised.value.message
