@@ -7,6 +7,14 @@ packages=(
   make
   python3-venv
   shellcheck
+  # localvm (make up, tests/e2e, bench/bench_boot.py): image build, TCG VM, metadata proxy,
+  # browser screenshot.
+  chromium
+  debootstrap
+  e2fsprogs
+  qemu-system-x86
+  qemu-utils
+  socat
 )
 
 missing=()
