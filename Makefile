@@ -9,26 +9,29 @@ VPY := $(VENV)/bin/python
 CONFIG ?= deployment.yaml
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
-.PHONY: preview test lint pytest system-deps clean
+.PHONY: preview test lint pytest bench system-deps clean
 
-$(VENV)/.installed: requirements-dev.txt app/requirements.txt
+$(VENV)/.installed: requirements-dev.txt app/requirements.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 system-deps:
-	bash scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh
 
 preview: $(VENV)/.installed
 	@$(VPY) -m dmlocal preview $(CONFIG)
 
-lint: $(VENV)/.installed system-deps
+bench: $(VENV)/.installed
+	$(VPY) bench/bench_app.py
+
+lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	shellcheck $(SHELL_SCRIPTS)
 	$(VENV)/bin/yamllint --strict .
 
-pytest: $(VENV)/.installed system-deps
+pytest: $(VENV)/.installed
 	$(VPY) -m pytest
 
 test: lint pytest

@@ -4,9 +4,9 @@
 set -euo pipefail
 
 packages=(
-  make
   python3-venv
   shellcheck
+  wrk
   # localvm (make up, tests/e2e, bench/bench_boot.py): image build, TCG VM, metadata proxy,
   # browser screenshot.
   chromium

@@ -1,0 +1,111 @@
+"""firewall.py: exactly the brief's rules, and what they let through under GCP's semantics.
+
+The brief: allow all egress; deny all other ingress, but allow TCP 80 and 443 from anywhere,
+ICMP from anywhere, TCP 22 from 104.154.0.0/15 only, and all TCP/UDP inside the VPC.
+"""
+
+from tests.conftest import by_name, deployment_properties, render
+
+SUBNET = "10.10.0.0/24"
+
+
+def rules(**overrides) -> dict[str, dict]:
+    properties = {**deployment_properties("hello-firewall"), **overrides}
+    return {
+        name: resource["properties"]
+        for name, resource in by_name(render("firewall.py", "hello-firewall", properties)).items()
+    }
+
+
+def summary(rule: dict) -> tuple:
+    """A rule reduced to what decides traffic: no descriptions, no ordering noise."""
+    verdict = "allow" if "allowed" in rule else "deny"
+    protocols = tuple(
+        (entry["IPProtocol"], tuple(entry.get("ports", ())))
+        for entry in rule.get("allowed", rule.get("denied"))
+    )
+    ranges = tuple(rule.get("sourceRanges", rule.get("destinationRanges")))
+    return (
+        rule["direction"],
+        rule["priority"],
+        verdict,
+        protocols,
+        ranges,
+        tuple(rule.get("targetTags", ())),
+    )
+
+
+def test_exactly_the_briefs_rule_set():
+    vpc_ranges = deployment_properties("hello-firewall")["vpcSourceRanges"]
+    assert {name: summary(rule) for name, rule in rules().items()} == {
+        "hello-firewall-allow-web": (
+            "INGRESS",
+            1000,
+            "allow",
+            (("tcp", ("80", "443")),),
+            ("0.0.0.0/0",),
+            ("hello-web",),
+        ),
+        "hello-firewall-allow-icmp": (
+            "INGRESS",
+            1000,
+            "allow",
+            (("icmp", ()),),
+            ("0.0.0.0/0",),
+            ("hello-web",),
+        ),
+        "hello-firewall-allow-ssh": (
+            "INGRESS",
+            1000,
+            "allow",
+            (("tcp", ("22",)),),
+            ("104.154.0.0/15",),
+            ("hello-web",),
+        ),
+        "hello-firewall-allow-internal": (
+            "INGRESS",
+            1000,
+            "allow",
+            (("tcp", ("0-65535",)), ("udp", ("0-65535",))),
+            tuple(vpc_ranges),
+            (),
+        ),
+        "hello-firewall-deny-ingress": (
+            "INGRESS",
+            65535,
+            "deny",
+            (("all", ()),),
+            ("0.0.0.0/0",),
+            (),
+        ),
+        "hello-firewall-allow-egress": (
+            "EGRESS",
+            65535,
+            "allow",
+            (("all", ()),),
+            ("0.0.0.0/0",),
+            (),
+        ),
+    }
+
+
+def test_internal_rule_follows_the_vpcs_own_subnet():
+    assert deployment_properties("hello-firewall")["vpcSourceRanges"] == [
+        "$(ref.hello-vpc-subnet.ipCidrRange)"
+    ]
+
+
+def test_every_rule_is_in_the_stacks_network():
+    assert {rule["network"] for rule in rules().values()} == {"$(ref.hello-vpc.selfLink)"}
+
+
+def test_ssh_ranges_and_tag_are_configurable():
+    changed = rules(sshSourceRanges=["203.0.113.0/24"], targetTag="blue")
+    assert changed["hello-firewall-allow-ssh"]["sourceRanges"] == ["203.0.113.0/24"]
+    assert changed["hello-firewall-allow-web"]["targetTags"] == ["blue"]
+
+
+def test_rules_do_not_share_mutable_lists():
+    rendered = rules()
+    rendered["hello-firewall-allow-web"]["targetTags"].append("oops")
+    assert rendered["hello-firewall-allow-ssh"]["targetTags"] == ["hello-web"]
