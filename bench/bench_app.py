@@ -72,7 +72,9 @@ def run_wrk(url: str, duration: int, connections: int) -> dict:
         check=True,
     ).stdout
     latency = {}
-    for percentile, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
+    for percentile, value, unit in re.findall(
+        r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M
+    ):
         latency[percentile] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
