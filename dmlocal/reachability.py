@@ -1,0 +1,311 @@
+"""GCP VPC firewall semantics, evaluated locally on expanded `compute.v1.firewall` resources.
+
+Answers "may REMOTE reach the VM on PROTO/PORT?" (ingress) or "may the VM reach REMOTE?" (egress)
+the way Google's documentation describes VPC firewall rules, so an operator can see before merging
+whether a change locks them out of SSH:
+
+* a rule applies to the VM only when it is enabled, has the same direction, and its `targetTags`
+  is empty or shares a tag with the VM (and `targetServiceAccounts`, when set, names the VM's);
+* among the applicable rules that match the packet, the lowest priority number wins (default 1000);
+* at equal priority a deny rule beats an allow rule;
+* two implied rules sit at priority 65535: allow all egress and deny all ingress. They take part in
+  the same contest, so an explicit rule at 65535 only wins against them by the deny-beats-allow tie.
+
+`$(ref.NAME.FIELD)` strings (the firewall template uses `$(ref.hello-vpc-subnet.ipCidrRange)` in
+`sourceRanges`) are resolved with a callback; `resolver_for(resources)` builds one that looks the
+field up in the referenced resource's properties in the same expansion.
+
+Small public API (the template tests import it):
+
+    rules = firewall_rules(expansion.resources)
+    d = evaluate(rules, "104.155.255.254", "tcp", 22, tags=["hello-web"],
+                 resolve=resolver_for(expansion.resources))
+    d.allowed, d.rule, d.priority
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+IMPLIED_ALLOW_EGRESS = "implied-allow-egress"
+IMPLIED_DENY_INGRESS = "implied-deny-ingress"
+IMPLIED_PRIORITY = 65535
+DEFAULT_PRIORITY = 1000
+
+# Protocols GCP accepts by name in `IPProtocol`, with their IANA numbers (a rule may use either).
+PROTOCOL_NUMBERS = {
+    "icmp": 1,
+    "igmp": 2,
+    "ipip": 4,
+    "tcp": 6,
+    "udp": 17,
+    "esp": 50,
+    "ah": 51,
+    "sctp": 132,
+}
+PORTED_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+
+REF_RE = re.compile(r"\$\(ref\.([^.()]+)\.([^()]+)\)")
+_PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+
+
+class ReachabilityError(ValueError):
+    """A rule or query that cannot be evaluated (bad range, unknown protocol, unresolved ref)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Outcome for one packet: allowed or not, and the rule (name, priority) that decided it."""
+
+    allowed: bool
+    rule: str
+    priority: int
+    direction: str
+
+    @property
+    def action(self) -> str:
+        return "allow" if self.allowed else "deny"
+
+    @property
+    def implied(self) -> bool:
+        return self.rule in (IMPLIED_ALLOW_EGRESS, IMPLIED_DENY_INGRESS)
+
+    def __str__(self) -> str:
+        return f"{self.action} (rule {self.rule}, priority {self.priority})"
+
+
+Resolver = Callable[[str], object]
+
+
+def firewall_rules(resources: Iterable[Mapping]) -> list[dict]:
+    """Return the firewall rules among expanded resources, as property dicts with a `name`.
+
+    DM resources carry the GCE name in `properties.name` when the template sets it, otherwise the
+    resource name is the GCE name; the result always has `name` set to the one GCE would use.
+    """
+    rules = []
+    for res in resources:
+        if res.get("type") != "compute.v1.firewall":
+            continue
+        props = dict(res.get("properties") or {})
+        props.setdefault("name", res.get("name"))
+        rules.append(props)
+    return rules
+
+
+def resolver_for(resources: Iterable[Mapping]) -> Resolver:
+    """Build a resolver for `$(ref.NAME.FIELD)` against the properties of `resources`.
+
+    FIELD may be a dotted path (`networkInterfaces.0.networkIP` style indices allowed). Fields that
+    exist only after creation (selfLink, id, address of an ephemeral IP) are not in the properties
+    and raise ReachabilityError: a firewall range that depends on one cannot be checked offline.
+    """
+    by_name = {r.get("name"): r for r in resources}
+
+    def resolve(ref: str) -> object:
+        m = REF_RE.fullmatch(ref.strip())
+        if not m:
+            raise ReachabilityError(f"not a reference: {ref!r}")
+        name, field = m.groups()
+        if name not in by_name:
+            raise ReachabilityError(f"{ref}: no resource named {name!r} in the expansion")
+        value: object = by_name[name].get("properties") or {}
+        for part in field.split("."):
+            if isinstance(value, Mapping) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                raise ReachabilityError(
+                    f"{ref}: resource {name!r} has no property {field!r} known before deployment"
+                )
+        return value
+
+    return resolve
+
+
+def _resolve_ranges(values: Sequence | None, resolve: Resolver | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        if isinstance(v, str) and "$(ref." in v:
+            if resolve is None:
+                raise ReachabilityError(f"range {v!r} is a reference and no resolver was given")
+            got = resolve(v)
+            out.extend(got if isinstance(got, list) else [got])
+        else:
+            out.append(v)
+    return [str(x) for x in out]
+
+
+def _networks(ranges: Iterable[str]) -> list[ipaddress._BaseNetwork]:
+    nets = []
+    for r in ranges:
+        try:
+            nets.append(ipaddress.ip_network(r, strict=False))
+        except ValueError as exc:
+            raise ReachabilityError(f"invalid IP range {r!r}: {exc}") from None
+    return nets
+
+
+def normalize_protocol(proto: str | int) -> str:
+    """Return the canonical lower-case protocol name (or number as text) GCP would match on.
+
+    Rejects names GCP rejects, including ones with stray whitespace, rather than guessing.
+    """
+    p = str(proto)
+    if p.lower() == "all":
+        return "all"
+    if p.isdigit():
+        num = int(p)
+        if not 0 <= num <= 255:
+            raise ReachabilityError(f"protocol number {num} out of range 0-255")
+        for name, n in PROTOCOL_NUMBERS.items():
+            if n == num:
+                return name
+        return p
+    if p.lower() in PROTOCOL_NUMBERS:
+        return p.lower()
+    raise ReachabilityError(
+        f"unknown protocol {p!r}; valid: {', '.join(sorted(PROTOCOL_NUMBERS))}, all, or 0-255"
+    )
+
+
+def parse_port_range(spec: str | int) -> tuple[int, int]:
+    """Parse a GCP port spec ("22" or "80-90") into an inclusive (low, high) tuple."""
+    m = _PORT_RE.fullmatch(str(spec))
+    if not m:
+        raise ReachabilityError(
+            f"invalid port {spec!r}; expected N or N-M with 0 <= N <= M <= 65535"
+        )
+    low = int(m.group(1))
+    high = int(m.group(2) or low)
+    if not 0 <= low <= high <= 65535:
+        raise ReachabilityError(
+            f"invalid port {spec!r}; expected N or N-M with 0 <= N <= M <= 65535"
+        )
+    return low, high
+
+
+def _entry_matches(entry: Mapping, protocol: str, port: int | None) -> bool:
+    rule_proto = normalize_protocol(entry.get("IPProtocol", ""))
+    if rule_proto not in ("all", protocol):
+        return False
+    ports = entry.get("ports")
+    if not ports or rule_proto == "all":
+        return True
+    if port is None:
+        # A query without a port (e.g. "tcp" as a whole) only matches a rule open on every port.
+        return False
+    for spec in ports:
+        low, high = parse_port_range(spec)
+        if low <= port <= high:
+            return True
+    return False
+
+
+def _applies_to_vm(rule: Mapping, tags: set[str], service_account: str | None) -> bool:
+    if rule.get("disabled"):
+        return False
+    target_tags = rule.get("targetTags") or []
+    if target_tags and not tags.intersection(target_tags):
+        return False
+    target_sas = rule.get("targetServiceAccounts") or []
+    return not (target_sas and service_account not in target_sas)
+
+
+def _remote_matches(
+    rule: Mapping,
+    direction: str,
+    remote: ipaddress._BaseAddress,
+    source_tags: set[str],
+    resolve: Resolver | None,
+) -> bool:
+    if direction == "EGRESS":
+        ranges = _resolve_ranges(rule.get("destinationRanges"), resolve) or ["0.0.0.0/0"]
+        return any(remote in net for net in _networks(ranges) if net.version == remote.version)
+    src_ranges = _resolve_ranges(rule.get("sourceRanges"), resolve)
+    src_tags = rule.get("sourceTags") or []
+    if not src_ranges and not src_tags and not rule.get("sourceServiceAccounts"):
+        src_ranges = ["0.0.0.0/0"]  # GCP's default source for an ingress rule
+    if any(remote in net for net in _networks(src_ranges) if net.version == remote.version):
+        return True
+    return bool(source_tags.intersection(src_tags))
+
+
+def evaluate(
+    rules: Iterable[Mapping],
+    remote: str,
+    protocol: str | int,
+    port: int | str | None = None,
+    *,
+    tags: Iterable[str] = (),
+    direction: str = "INGRESS",
+    service_account: str | None = None,
+    source_tags: Iterable[str] = (),
+    network: str | None = None,
+    resolve: Resolver | None = None,
+) -> Decision:
+    """Decide one packet against `rules` (firewall property dicts, see `firewall_rules`).
+
+    remote: the peer's IP address: the source for INGRESS, the destination for EGRESS.
+    protocol/port: e.g. "tcp", 22; port is ignored for protocols without ports (icmp).
+    tags / service_account: the target VM's network tags and service account e-mail.
+    source_tags: tags of the sending VM, for ingress from inside the VPC via `sourceTags`.
+    network: when given, only rules whose `network` equals it are considered.
+    resolve: resolver for `$(ref...)` ranges (see `resolver_for`).
+    """
+    direction = direction.upper()
+    if direction not in ("INGRESS", "EGRESS"):
+        raise ReachabilityError(f"direction must be INGRESS or EGRESS, not {direction!r}")
+    try:
+        addr = ipaddress.ip_address(remote)
+    except ValueError:
+        raise ReachabilityError(f"invalid IP address {remote!r}") from None
+    proto = normalize_protocol(protocol)
+    port_num: int | None = None
+    if proto in PORTED_PROTOCOLS and port is not None:
+        low, high = parse_port_range(port)
+        if low != high:
+            raise ReachabilityError(f"ask about one port at a time, not {port!r}")
+        port_num = low
+    vm_tags = set(tags)
+    src_tags = set(source_tags)
+
+    best: tuple[int, int, str, bool] | None = None  # (priority, deny-first, name, allowed)
+    for rule in rules:
+        if (rule.get("direction") or "INGRESS").upper() != direction:
+            continue
+        if network is not None and rule.get("network") not in (None, network):
+            continue
+        if not _applies_to_vm(rule, vm_tags, service_account):
+            continue
+        if not _remote_matches(rule, direction, addr, src_tags, resolve):
+            continue
+        priority = int(rule.get("priority", DEFAULT_PRIORITY))
+        if rule.get("denied"):
+            entries, allowed = rule["denied"], False
+        else:
+            entries, allowed = rule.get("allowed") or [], True
+        if not any(_entry_matches(e, proto, port_num) for e in entries):
+            continue
+        key = (priority, 1 if allowed else 0, str(rule.get("name")), allowed)
+        if best is None or key[:2] < best[:2]:
+            best = key
+
+    if direction == "EGRESS":
+        implied = (IMPLIED_PRIORITY, 1, IMPLIED_ALLOW_EGRESS, True)
+    else:
+        implied = (IMPLIED_PRIORITY, 0, IMPLIED_DENY_INGRESS, False)
+    # An explicit rule that ties the implied one on (priority, action) is reported: it is the one
+    # in code, and the outcome is the same.
+    if best is None or implied[:2] < best[:2]:
+        best = implied
+    return Decision(allowed=best[3], rule=best[2], priority=best[0], direction=direction)
+
+
+def is_allowed(rules: Iterable[Mapping], remote: str, protocol: str | int, port=None, **kw) -> bool:
+    """Shorthand for `evaluate(...).allowed`."""
+    return evaluate(rules, remote, protocol, port, **kw).allowed
