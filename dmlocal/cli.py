@@ -11,6 +11,7 @@ import sys
 
 import yaml
 
+from dmlocal import terraform
 from dmlocal.errors import ConfigError
 from dmlocal.expand import Expansion, default_env, expand_path
 
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     preview.add_argument("config", nargs="?", default="deployment.yaml")
     preview.add_argument("--deployment", default="hello", help="context.env['deployment']")
     preview.add_argument("--project", default="local-project", help="context.env['project']")
+    terraform.add_command(commands)
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        return args.run(args)
 
     try:
         expansion = expand_path(args.config, default_env(args.deployment, args.project))
