@@ -309,3 +309,114 @@ def evaluate(
 def is_allowed(rules: Iterable[Mapping], remote: str, protocol: str | int, port=None, **kw) -> bool:
     """Shorthand for `evaluate(...).allowed`."""
     return evaluate(rules, remote, protocol, port, **kw).allowed
+
+
+# -- the questions `make preview` answers for every instance ------------------------------------
+
+INTERNET_PROBE = "198.51.100.10"  # TEST-NET-2: stands for "any address on the internet"
+GOOGLE_SSH_RANGE = "104.154.0.0/15"
+PROBES = (("tcp", 22), ("tcp", 80), ("tcp", 443), ("tcp", 8080), ("udp", 53), ("icmp", None))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the firewall table: a kind of peer and the decision for each probe."""
+
+    label: str
+    peer: str
+    direction: str
+    decisions: tuple[tuple[str, Decision], ...]  # (probe label "tcp/22", decision)
+
+
+def _probe_label(proto: str, port: int | None) -> str:
+    return f"{proto}/{port}" if port is not None else proto
+
+
+def instance_targets(resources: Iterable[Mapping]) -> list[dict]:
+    """Each instance with the facts firewall evaluation needs: tags, service account, subnet."""
+    by_name = {r.get("name"): r for r in resources}
+    out = []
+    for res in resources:
+        if res.get("type") != "compute.v1.instance":
+            continue
+        props = res.get("properties") or {}
+        tags = list((props.get("tags") or {}).get("items") or [])
+        sas = [sa.get("email") for sa in props.get("serviceAccounts") or [] if isinstance(sa, dict)]
+        subnet_range = None
+        for nic in props.get("networkInterfaces") or []:
+            m = REF_RE.fullmatch(str(nic.get("subnetwork", "")).strip())
+            if m and m.group(1) in by_name:
+                subnet_range = (by_name[m.group(1)].get("properties") or {}).get("ipCidrRange")
+                break
+        out.append(
+            {
+                "name": res.get("name"),
+                "tags": tags,
+                "service_account": sas[0] if sas else None,
+                "subnet_range": subnet_range,
+            }
+        )
+    return out
+
+
+def _inside_probe(cidr: str | None) -> str | None:
+    if not cidr:
+        return None
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+    # .0 is the network and .1 the gateway in a GCP subnet; any later host is a peer VM.
+    return str(net.network_address + min(10, net.num_addresses - 1))
+
+
+def firewall_table(resources: list[Mapping], instance: Mapping) -> list[Row]:
+    """What the rules allow to/from `instance` (an item of `instance_targets`), per peer kind."""
+    rules = firewall_rules(resources)
+    resolve = resolver_for(resources)
+    ssh_net = ipaddress.ip_network(GOOGLE_SSH_RANGE)
+    peers = [
+        ("from the internet", INTERNET_PROBE, "INGRESS"),
+        (
+            f"from Google's SSH range {GOOGLE_SSH_RANGE}",
+            str(ssh_net.network_address + 1),
+            "INGRESS",
+        ),
+    ]
+    inside = _inside_probe(instance.get("subnet_range"))
+    if inside:
+        peers.append((f"from inside the VPC ({instance['subnet_range']})", inside, "INGRESS"))
+    peers.append(("egress to the internet", INTERNET_PROBE, "EGRESS"))
+    rows = []
+    for label, peer, direction in peers:
+        decisions = tuple(
+            (
+                _probe_label(proto, port),
+                evaluate(
+                    rules,
+                    peer,
+                    proto,
+                    port,
+                    tags=instance.get("tags") or (),
+                    service_account=instance.get("service_account"),
+                    direction=direction,
+                    resolve=resolve,
+                ),
+            )
+            for proto, port in PROBES
+        )
+        rows.append(Row(label, peer, direction, decisions))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """The table as fixed-width text for the terminal."""
+    if not rows:
+        return ""
+    probes = [label for label, _ in rows[0].decisions]
+    width = max(len(r.label) for r in rows)
+    lines = [("  " + " " * width + "  " + "  ".join(f"{p:<8}" for p in probes)).rstrip()]
+    for row in rows:
+        cells = "  ".join(f"{d.action:<8}" for _, d in row.decisions)
+        lines.append(f"  {row.label:<{width}}  {cells}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,559 @@
+"""Semantic checks a reviewer would make on an expanded deployment, plus the validation entry point.
+
+`validate(expansion)` runs the Compute Engine API schema check (dmlocal.compute_api) and the
+checks below, and returns Findings. The checks catch what the API schema cannot express but the
+API (or the first packet) would reject: CIDRs that do not parse or overlap, ports like `8O`,
+protocols like `TCP `, priorities out of range, an instance in a zone outside its subnet's
+region, malformed image and machine-type URLs.
+
+Each Finding names the file that declared the resource, the resource, the field path and what
+would be valid. When the bad value was passed into a template from the deployment config, the
+Finding also points at that line of the config, which is the line an operator edits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from dmlocal.reachability import PORTED_PROTOCOLS, PROTOCOL_NUMBERS
+
+REF = re.compile(r"\$\(ref\.([^.()]+)\.([^()]+)\)")
+REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
+GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+API_PREFIX = r"(?:https://(?:www|compute)\.googleapis\.com/compute/(?:v1|beta|alpha)/)?"
+IMAGE_URL = re.compile(
+    API_PREFIX + r"(?:projects/(?P<project>[a-z][-a-z0-9.:]*[a-z0-9])/)?global/images/"
+    r"(?:family/)?(?P<image>[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)$"
+)
+MACHINE_TYPE_URL = re.compile(
+    API_PREFIX + r"(?:projects/[a-z][-a-z0-9.:]*[a-z0-9]/)?zones/(?P<zone>[^/]+)/machineTypes/"
+    r"(?P<type>[^/]+)$"
+)
+MACHINE_TYPE_NAME = re.compile(
+    r"^(?:[a-z][a-z0-9]*-(?:custom-\d+-\d+(?:-ext)?|[a-z0-9]+(?:-[a-z0-9]+)*)|custom-\d+-\d+(?:-ext)?)$"
+)
+DISK_TYPE_URL = re.compile(
+    API_PREFIX + r"(?:projects/[a-z][-a-z0-9.:]*[a-z0-9]/)?zones/(?P<zone>[^/]+)/diskTypes/"
+    r"(?P<type>[a-z][-a-z0-9]*)$"
+)
+VALID_PROTOCOLS = ", ".join([*PROTOCOL_NUMBERS, "all", "or a protocol number 0-255"])
+IMAGE_EXAMPLE = "projects/debian-cloud/global/images/family/debian-12"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: where it is (file, resource, field path), what is wrong, what is valid."""
+
+    file: str
+    resource: str
+    field: str
+    message: str
+    severity: str = "error"
+    source: str = ""  # "deployment.yaml:24 (hello-vpc.subnetCidr)" when the value came from there
+
+    @property
+    def path(self) -> str:
+        return f"{self.resource}.{self.field}" if self.field else self.resource
+
+    def __str__(self) -> str:
+        where = f" [set at {self.source}]" if self.source else ""
+        return f"{self.file}: {self.path}: {self.message}{where}"
+
+    def as_dict(self) -> dict:
+        return {
+            "severity": self.severity,
+            "file": self.file,
+            "resource": self.resource,
+            "field": self.field,
+            "message": self.message,
+            "source": self.source or None,
+        }
+
+
+def validate(expansion) -> list[Finding]:
+    """Every finding for an Expansion: API schema first, then semantics, in resource order."""
+    from dmlocal import compute_api  # here, not at the top: compute_api imports Finding
+
+    origins = getattr(expansion, "origins", {}) or {}
+    findings = compute_api.check_resources(expansion.resources, origins)
+    findings += semantic_checks(expansion.resources, origins)
+    tracer = _Tracer(expansion)
+    order = {r["name"]: i for i, r in enumerate(expansion.resources)}
+    findings = [tracer.annotate(f) for f in findings]
+    findings.sort(key=lambda f: (order.get(f.resource, len(order)), f.severity != "error"))
+    return list(dict.fromkeys(findings))
+
+
+def semantic_checks(resources: list[dict], origins: dict[str, str] | None = None) -> list[Finding]:
+    """The reviewer's checks on leaf resources (see the module docstring)."""
+    origins = origins or {}
+    by_name = {r.get("name"): r for r in resources}
+    findings: list[Finding] = []
+    for res in resources:
+        ctx = _Ctx(res, origins.get(res.get("name", ""), "?"), by_name)
+        kind = res.get("type", "")
+        if kind == "compute.v1.firewall":
+            findings += ctx.firewall()
+        elif kind == "compute.v1.subnetwork":
+            findings += ctx.subnetwork()
+        elif kind == "compute.v1.instance":
+            findings += ctx.instance()
+        elif kind == "compute.v1.address":
+            findings += ctx.address()
+    findings += _overlapping_subnets(resources, origins)
+    return findings
+
+
+class _Ctx:
+    def __init__(self, res: dict, file: str, by_name: dict[str, dict]):
+        self.res = res
+        self.name = res.get("name", "?")
+        self.props = res.get("properties") or {}
+        self.file = file
+        self.by_name = by_name
+
+    def err(self, field: str, message: str, severity: str = "error") -> Finding:
+        return Finding(self.file, self.name, field, message, severity)
+
+    def deref(self, value: Any) -> Any:
+        """The value a whole-string `$(ref.R.field)` points at, if it is known before deploy."""
+        if not isinstance(value, str):
+            return value
+        m = REF.fullmatch(value.strip())
+        if not m:
+            return value
+        target = self.by_name.get(m.group(1))
+        if target is None:
+            return None
+        got: Any = target.get("properties") or {}
+        for part in m.group(2).split("."):
+            got = got.get(part) if isinstance(got, dict) else None
+        return got
+
+    # -- firewall ---------------------------------------------------------------------------
+
+    def firewall(self) -> Iterator[Finding]:
+        p = self.props
+        priority = p.get("priority", 1000)
+        if isinstance(priority, bool) or not isinstance(priority, int | str):
+            yield self.err("priority", f"must be an integer 0-65535, not {priority!r}")
+        elif isinstance(priority, str) and not priority.isdigit():
+            yield self.err("priority", f"'{priority}' is not a number: use an integer 0-65535")
+        elif not 0 <= int(priority) <= 65535:
+            yield self.err(
+                "priority",
+                f"{priority} is out of range: 0 (highest) to 65535 (lowest); default is 1000",
+            )
+        direction = p.get("direction", "INGRESS")
+        if direction == "EGRESS" and p.get("sourceRanges"):
+            yield self.err(
+                "sourceRanges", "an EGRESS rule matches destinationRanges; sourceRanges is ingress"
+            )
+        if direction == "INGRESS" and p.get("destinationRanges"):
+            yield self.err(
+                "destinationRanges",
+                "an INGRESS rule matches sourceRanges; use destinationRanges on EGRESS rules",
+                "warning",
+            )
+        has_allowed, has_denied = bool(p.get("allowed")), bool(p.get("denied"))
+        if has_allowed == has_denied:
+            yield self.err(
+                "allowed",
+                "a firewall rule needs exactly one of `allowed` or `denied` (a non-empty list of "
+                "{IPProtocol, ports})",
+            )
+        for key in ("sourceRanges", "destinationRanges"):
+            ranges = p.get(key) or []
+            if not isinstance(ranges, list):
+                continue  # compute_api reports the type
+            for i, value in enumerate(ranges):
+                yield from self.cidr(f"{key}[{i}]", value, host_bits_ok=True)
+        for key in ("allowed", "denied"):
+            entries = p.get(key) or []
+            if not isinstance(entries, list):
+                continue
+            for i, entry in enumerate(entries):
+                if isinstance(entry, dict):
+                    yield from self.protocol_entry(f"{key}[{i}]", entry)
+        for key in ("targetTags", "sourceTags"):
+            for i, tag in enumerate(p.get(key) or []):
+                if isinstance(tag, str) and not REF.search(tag) and not GCE_NAME.match(tag):
+                    yield self.err(
+                        f"{key}[{i}]",
+                        f"'{tag}' is not a valid network tag: lowercase letters, digits and "
+                        "hyphens, 1-63 characters, starting with a letter",
+                    )
+
+    def protocol_entry(self, where: str, entry: dict) -> Iterator[Finding]:
+        proto = entry.get("IPProtocol")
+        if proto is None:
+            yield self.err(f"{where}.IPProtocol", f"is required: one of {VALID_PROTOCOLS}")
+            return
+        name = str(proto)
+        ok = name in PROTOCOL_NUMBERS or name == "all" or (name.isdigit() and int(name) <= 255)
+        if not ok:
+            clean = name.strip().lower()
+            if clean in PROTOCOL_NUMBERS or clean == "all":
+                why = "has stray whitespace" if name != name.strip() else "must be lower case"
+                hint = f"{why}: did you mean '{clean}'?"
+            else:
+                hint = f"valid: {VALID_PROTOCOLS}"
+            yield self.err(f"{where}.IPProtocol", f"'{name}' is not a protocol GCP accepts; {hint}")
+            return
+        ports = entry.get("ports")
+        if ports is None:
+            return
+        if name not in PORTED_PROTOCOLS and not (
+            name.isdigit() and int(name) in (PROTOCOL_NUMBERS[p] for p in PORTED_PROTOCOLS)
+        ):
+            yield self.err(
+                f"{where}.ports",
+                f"ports only apply to tcp, udp and sctp, not '{name}'; remove `ports`",
+            )
+            return
+        if not isinstance(ports, list):
+            return
+        for i, port in enumerate(ports):
+            yield from self.port(f"{where}.ports[{i}]", port)
+
+    def port(self, where: str, port: Any) -> Iterator[Finding]:
+        text = str(port)
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+        if m:
+            low, high = int(m.group(1)), int(m.group(2) or m.group(1))
+            if high > 65535:
+                yield self.err(where, f"'{text}' is out of range: ports are 0-65535")
+            elif low > high:
+                yield self.err(
+                    where, f"'{text}' is backwards: write the range low-high ({high}-{low})"
+                )
+            return
+        fixed = text.strip().translate(str.maketrans({"O": "0", "o": "0", "l": "1", "I": "1"}))
+        guess = f" did you mean '{fixed}'?" if re.fullmatch(r"\d+(-\d+)?", fixed) else ""
+        yield self.err(
+            where,
+            f"'{text}' is not a port:{guess} a port is a number 0-65535 or a range like "
+            "'8000-8080'",
+        )
+
+    def cidr(self, where: str, value: Any, host_bits_ok: bool) -> Iterator[Finding]:
+        if not isinstance(value, str) or REF.search(value):
+            return
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            yield self.err(
+                where,
+                f"'{value}' is not a CIDR range: write ADDRESS/PREFIX, e.g. 10.10.0.0/24 or "
+                "203.0.113.7/32",
+            )
+            return
+        if "/" not in value:
+            yield self.err(
+                where,
+                f"'{value}' has no prefix length; write {value}/{net.max_prefixlen}",
+                "warning",
+            )
+        if not host_bits_ok:
+            try:
+                ipaddress.ip_network(value, strict=True)
+            except ValueError:
+                yield self.err(where, f"'{value}' has host bits set: the range is {net}")
+
+    # -- subnetwork -------------------------------------------------------------------------
+
+    def subnetwork(self) -> Iterator[Finding]:
+        p = self.props
+        region = p.get("region")
+        if isinstance(region, str) and not REF.search(region) and not REGION.match(region):
+            yield self.err("region", f"'{region}' is not a region name like us-central1")
+        cidr = p.get("ipCidrRange")
+        if cidr is None:
+            yield self.err(
+                "ipCidrRange", "is required: the subnet's primary range, e.g. 10.10.0.0/24"
+            )
+        else:
+            yield from self.subnet_range("ipCidrRange", cidr)
+        for i, sec in enumerate(p.get("secondaryIpRanges") or []):
+            if isinstance(sec, dict) and "ipCidrRange" in sec:
+                yield from self.subnet_range(
+                    f"secondaryIpRanges[{i}].ipCidrRange", sec["ipCidrRange"]
+                )
+        if "network" not in p:
+            yield self.err("network", "is required: the VPC, e.g. $(ref.my-vpc.selfLink)")
+
+    def subnet_range(self, where: str, value: Any) -> Iterator[Finding]:
+        problems = list(self.cidr(where, value, host_bits_ok=False))
+        yield from problems
+        if problems or not isinstance(value, str) or REF.search(value):
+            return
+        net = ipaddress.ip_network(value, strict=False)
+        if net.version == 4 and not 8 <= net.prefixlen <= 29:
+            yield self.err(where, f"'{value}': an IPv4 subnet's prefix must be /8 to /29")
+
+    # -- instance ---------------------------------------------------------------------------
+
+    def instance(self) -> Iterator[Finding]:
+        p = self.props
+        zone = p.get("zone")
+        region = None
+        if isinstance(zone, str) and not REF.search(zone):
+            m = ZONE.match(zone)
+            if not m:
+                yield self.err("zone", f"'{zone}' is not a zone name like us-central1-a")
+            else:
+                region = m.group(1)
+        mt = p.get("machineType")
+        if isinstance(mt, str) and not REF.search(mt):
+            yield from self.machine_type(mt, zone)
+        for i, disk in enumerate(p.get("disks") or []):
+            if not isinstance(disk, dict):
+                continue
+            init = disk.get("initializeParams") or {}
+            where = f"disks[{i}].initializeParams"
+            image = init.get("sourceImage")
+            if isinstance(image, str) and not REF.search(image) and not IMAGE_URL.fullmatch(image):
+                yield self.err(
+                    f"{where}.sourceImage",
+                    f"'{image}' is not an image URL: write projects/PROJECT/global/images/NAME or "
+                    f".../images/family/FAMILY, e.g. {IMAGE_EXAMPLE}",
+                )
+            dt = init.get("diskType")
+            if isinstance(dt, str) and not REF.search(dt):
+                m = DISK_TYPE_URL.fullmatch(dt)
+                if not m:
+                    yield self.err(
+                        f"{where}.diskType",
+                        f"'{dt}' is not a disk type URL: write zones/ZONE/diskTypes/TYPE, e.g. "
+                        f"zones/{zone or 'us-central1-a'}/diskTypes/pd-balanced",
+                    )
+                elif isinstance(zone, str) and m.group("zone") != zone:
+                    yield self.err(
+                        f"{where}.diskType",
+                        f"names zone {m.group('zone')} but the instance is in {zone}",
+                    )
+            if disk.get("boot") and not (init.get("sourceImage") or disk.get("source")):
+                yield self.err(
+                    f"disks[{i}]",
+                    f"a boot disk needs initializeParams.sourceImage (e.g. {IMAGE_EXAMPLE}) or a "
+                    "source disk",
+                )
+        for i, nic in enumerate(p.get("networkInterfaces") or []):
+            if not isinstance(nic, dict):
+                continue
+            yield from self.nic_region(i, nic, zone, region)
+
+    def machine_type(self, mt: str, zone: Any) -> Iterator[Finding]:
+        m = MACHINE_TYPE_URL.fullmatch(mt)
+        example = f"zones/{zone or 'us-central1-a'}/machineTypes/e2-small"
+        if not m:
+            bare = MACHINE_TYPE_NAME.fullmatch(mt)
+            hint = f"; write {example.replace('e2-small', mt)}" if bare else f", e.g. {example}"
+            yield self.err(
+                "machineType",
+                f"'{mt}' is not a machine type URL (zones/ZONE/machineTypes/TYPE){hint}",
+            )
+            return
+        if isinstance(zone, str) and m.group("zone") != zone:
+            yield self.err(
+                "machineType",
+                f"names zone {m.group('zone')} but the instance is in zone {zone}; they must match",
+            )
+        if not MACHINE_TYPE_NAME.fullmatch(m.group("type")):
+            yield self.err(
+                "machineType",
+                f"'{m.group('type')}' is not a machine type name: FAMILY-SHAPE like e2-small, "
+                "n2-standard-2 or e2-custom-2-4096",
+            )
+
+    def nic_region(self, i: int, nic: dict, zone: Any, region: str | None) -> Iterator[Finding]:
+        sub = nic.get("subnetwork")
+        m = REF.fullmatch(sub.strip()) if isinstance(sub, str) else None
+        if m and region and m.group(1) in self.by_name:
+            subnet = self.by_name[m.group(1)]
+            sub_region = (subnet.get("properties") or {}).get("region")
+            if isinstance(sub_region, str) and not REF.search(sub_region) and sub_region != region:
+                yield self.err(
+                    "zone",
+                    f"zone {zone} is in region {region}, but networkInterfaces[{i}] uses subnet "
+                    f"'{m.group(1)}' in {sub_region}: pick a zone of {sub_region} (e.g. "
+                    f"{sub_region}-a) or a subnet in {region}",
+                )
+        elif isinstance(sub, str) and region and not REF.search(sub):
+            sm = re.search(r"regions/([^/]+)/subnetworks/", sub)
+            if sm and sm.group(1) != region:
+                yield self.err(
+                    f"networkInterfaces[{i}].subnetwork",
+                    f"zone {zone} is in region {region}, but the subnet URL is in {sm.group(1)}",
+                )
+        for j, ac in enumerate(nic.get("accessConfigs") or []):
+            if not isinstance(ac, dict):
+                continue
+            nat = ac.get("natIP")
+            am = REF.fullmatch(nat.strip()) if isinstance(nat, str) else None
+            if am and region and am.group(1) in self.by_name:
+                address = self.by_name[am.group(1)]
+                a_region = (address.get("properties") or {}).get("region")
+                if address.get("type") == "compute.v1.globalAddress":
+                    yield self.err(
+                        f"networkInterfaces[{i}].accessConfigs[{j}].natIP",
+                        f"'{am.group(1)}' is a global address; a VM's NAT IP must be a regional "
+                        f"compute.v1.address in {region}",
+                    )
+                elif isinstance(a_region, str) and not REF.search(a_region) and a_region != region:
+                    yield self.err(
+                        f"networkInterfaces[{i}].accessConfigs[{j}].natIP",
+                        f"address '{am.group(1)}' is in region {a_region}, the VM in {region}: a "
+                        "static external IP must be in the VM's region",
+                    )
+
+    # -- address ----------------------------------------------------------------------------
+
+    def address(self) -> Iterator[Finding]:
+        region = self.props.get("region")
+        if isinstance(region, str) and not REF.search(region) and not REGION.match(region):
+            yield self.err("region", f"'{region}' is not a region name like us-central1")
+
+
+def _overlapping_subnets(resources: list[dict], origins: dict[str, str]) -> list[Finding]:
+    """Subnets of one VPC must not overlap (GCP refuses the second one)."""
+    seen: list[tuple[str, str, str, ipaddress._BaseNetwork]] = []
+    findings = []
+    for res in resources:
+        if res.get("type") != "compute.v1.subnetwork":
+            continue
+        p = res.get("properties") or {}
+        network = str(p.get("network"))
+        ranges = [("ipCidrRange", p.get("ipCidrRange"))]
+        ranges += [
+            (f"secondaryIpRanges[{i}].ipCidrRange", s.get("ipCidrRange"))
+            for i, s in enumerate(p.get("secondaryIpRanges") or [])
+            if isinstance(s, dict)
+        ]
+        for field, value in ranges:
+            if not isinstance(value, str) or REF.search(value):
+                continue
+            try:
+                net = ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                continue
+            for other_name, other_field, other_net_id, other in seen:
+                if other_net_id == network and other.version == net.version and net.overlaps(other):
+                    findings.append(
+                        Finding(
+                            origins.get(res["name"], "?"),
+                            res["name"],
+                            field,
+                            f"{net} overlaps {other} ({other_name}.{other_field}) in the same "
+                            "VPC; subnet ranges of one network must be disjoint",
+                        )
+                    )
+            seen.append((res["name"], field, network, net))
+    return findings
+
+
+class _Tracer:
+    """Maps a leaf finding back to the deployment-config line whose value produced it."""
+
+    def __init__(self, expansion):
+        self.config_file = expansion.config_file
+        self.roots: dict[str, tuple[int, dict]] = {}  # leaf name -> (config index, top node)
+        layout = getattr(expansion, "layout", None) or {}
+        for index, node in enumerate(layout.get("resources") or []):
+            for leaf in _leaf_names(node):
+                self.roots[leaf] = (index, node)
+        self.leaves = {r["name"]: r for r in expansion.resources}
+        try:
+            with open(expansion.config_file) as fh:
+                self.tree = yaml.compose(fh)
+        except (OSError, yaml.YAMLError):
+            self.tree = None
+
+    def annotate(self, finding: Finding) -> Finding:
+        if finding.source or finding.resource not in self.roots:
+            return finding
+        value = _get_path(
+            self.leaves.get(finding.resource, {}).get("properties") or {}, finding.field
+        )
+        if value is _MISSING or isinstance(value, dict | list | bool) or value is None:
+            return finding
+        index, node = self.roots[finding.resource]
+        found = _find_value(node.get("properties") or {}, value, "")
+        if found is None:
+            return finding
+        line = self._line(["resources", index, "properties", *_split(found)])
+        where = f"{self.config_file}:{line}" if line else self.config_file
+        source = f"{where} ({node['name']}.{found})"
+        return Finding(
+            finding.file, finding.resource, finding.field, finding.message, finding.severity, source
+        )
+
+    def _line(self, keys: list) -> int | None:
+        node = self.tree
+        for key in keys:
+            if isinstance(node, yaml.MappingNode):
+                node = next((v for k, v in node.value if k.value == key), None)
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(key, int)
+                and key < len(node.value)
+            ):
+                node = node.value[key]
+            else:
+                return None
+            if node is None:
+                return None
+        return node.start_mark.line + 1 if node is not None else None
+
+
+_MISSING = object()
+
+
+def _leaf_names(node: dict) -> Iterator[str]:
+    children = node.get("resources")
+    if children is None:
+        yield node["name"]
+        return
+    for child in children:
+        yield from _leaf_names(child)
+
+
+def _split(path: str) -> list:
+    out: list = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        out.append(int(part[1:-1]) if part.startswith("[") else part)
+    return out
+
+
+def _get_path(value: Any, path: str) -> Any:
+    for part in _split(path):
+        if (isinstance(part, int) and isinstance(value, list) and part < len(value)) or (
+            isinstance(value, dict) and part in value
+        ):
+            value = value[part]
+        else:
+            return _MISSING
+    return value
+
+
+def _find_value(value: Any, target: Any, path: str) -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            got = _find_value(item, target, f"{path}.{key}" if path else str(key))
+            if got is not None:
+                return got
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            got = _find_value(item, target, f"{path}[{i}]")
+            if got is not None:
+                return got
+    elif type(value) is type(target) and value == target:
+        return path
+    return None

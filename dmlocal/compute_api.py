@@ -1,0 +1,281 @@
+"""Checks compute.v1.* resource properties against the real Compute Engine v1 API schema.
+
+Deployment Manager turns a `compute.v1.<kind>` resource into the `<kinds>.insert` call of the
+Compute Engine v1 API: the path parameters (`zone`, `region`) and query parameters come from the
+properties of the same name, and the remaining properties are the request body. The API then
+rejects unknown fields, wrong JSON types and values outside an enum, but only at deploy time. This
+module finds those mistakes offline, from the discovery document that ships inside
+google-api-python-client (googleapiclient/discovery_cache/documents/compute.v1.json): the same
+schema the API client itself is generated from, so no field list is hand-maintained here.
+
+A `$(ref.NAME.FIELD)` string is accepted wherever a value goes: DM substitutes it at deploy time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dmlocal.checks import Finding
+
+DM_TYPE = re.compile(r"^compute\.v1\.([a-zA-Z]+)$")
+REF = re.compile(r"\$\(ref\.[^()]+\)")
+DOCS_URL = "https://cloud.google.com/compute/docs/reference/rest/v1/{collection}/insert"
+# Listing every field of a big message (Instance has ~60) buries the hint; past this, say where
+# the full list is instead.
+MAX_LISTED = 16
+
+
+@functools.cache
+def discovery() -> dict:
+    """The Compute Engine v1 discovery document bundled with google-api-python-client."""
+    import googleapiclient
+
+    path = (
+        Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "compute.v1.json"
+    )
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class Method:
+    """The API call a DM type maps to: its collection, body schema and URL parameters."""
+
+    dm_type: str
+    collection: str
+    schema: str
+    path_params: tuple[str, ...]
+    query_params: tuple[str, ...]
+    required_params: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.collection}.insert"
+
+
+def _singular(collection: str) -> str:
+    """English singular of an API collection name, the way DM names its types."""
+    if collection.endswith("ies"):
+        return collection[:-3] + "y"
+    if collection.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return collection[:-2]
+    return collection[:-1] if collection.endswith("s") else collection
+
+
+@functools.cache
+def method_for(dm_type: str) -> Method | None:
+    """Find the insert method DM calls for `dm_type` (compute.v1.instance -> instances.insert).
+
+    DM names its compute types after the API collections in the singular, so the collection is
+    found by that rule in the discovery document rather than from a hand-written table. Returns
+    None for a type that is not compute.v1 or has no insert method.
+    """
+    m = DM_TYPE.match(dm_type)
+    if not m:
+        return None
+    kind = m.group(1)
+    for collection, body in discovery()["resources"].items():
+        insert = body.get("methods", {}).get("insert")
+        if insert is None or kind != _singular(collection):
+            continue
+        params = insert.get("parameters", {})
+        path = tuple(p for p in insert.get("parameterOrder", []) if p != "project")
+        query = tuple(
+            p for p, spec in params.items() if spec.get("location") == "query" and p != "requestId"
+        )
+        required = tuple(p for p in path if params.get(p, {}).get("required"))
+        return Method(dm_type, collection, insert["request"]["$ref"], path, query, required)
+    return None
+
+
+def supported_types() -> list[str]:
+    """Every compute.v1 DM type this module can check, for messages about unknown types."""
+    return sorted(
+        f"compute.v1.{_singular(collection)}"
+        for collection, body in discovery()["resources"].items()
+        if "insert" in body.get("methods", {})
+    )
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, str) and REF.search(value) is not None
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}
+    return names.get(type(value), "mapping" if isinstance(value, dict) else type(value).__name__)
+
+
+class _Walker:
+    def __init__(self, resource: str, file: str, collection: str):
+        self.resource = resource
+        self.file = file
+        self.collection = collection
+        self.schemas = discovery()["schemas"]
+
+    def finding(self, path: str, message: str, severity: str = "error") -> Finding:
+        return Finding(self.file, self.resource, path, message, severity)
+
+    def walk(self, spec: dict, value: Any, path: str, schema_name: str) -> Iterator[Finding]:
+        if "$ref" in spec:
+            name = spec["$ref"]
+            yield from self.walk(self.schemas[name], value, path, name)
+            return
+        if _is_ref(value):
+            return
+        type_ = spec.get("type", "any")
+        if type_ == "any":
+            return
+        if type_ == "object":
+            yield from self._object(spec, value, path, schema_name)
+        elif type_ == "array":
+            if not isinstance(value, list):
+                yield self.finding(
+                    path, f"must be a list, not a {_describe(value)} ({value!r}); wrap it in [ ]"
+                )
+                return
+            for index, item in enumerate(value):
+                yield from self.walk(spec.get("items", {}), item, f"{path}[{index}]", schema_name)
+        elif type_ == "string":
+            yield from self._string(spec, value, path)
+        elif type_ == "integer":
+            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+                isinstance(value, str) and re.fullmatch(r"-?\d+", value)
+            )
+            if not ok:
+                yield self.finding(path, f"must be an integer, not {_describe(value)} {value!r}")
+        elif type_ == "number":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                yield self.finding(path, f"must be a number, not {_describe(value)} {value!r}")
+        elif type_ == "boolean" and not isinstance(value, bool):
+            yield self.finding(
+                path, f"must be true or false (a YAML boolean), not {_describe(value)} {value!r}"
+            )
+
+    def _string(self, spec: dict, value: Any, path: str) -> Iterator[Finding]:
+        if spec.get("format") in ("int64", "uint64"):
+            if isinstance(value, bool) or not (
+                isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
+            ):
+                yield self.finding(
+                    path, f"must be a whole number (64-bit), not {_describe(value)} {value!r}"
+                )
+            return
+        if not isinstance(value, str):
+            yield self.finding(
+                path, f"must be a string, not {_describe(value)} {value!r}; quote it in YAML"
+            )
+            return
+        enum = spec.get("enum")
+        if enum and value not in enum:
+            close = difflib.get_close_matches(value.upper().strip(), enum, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            yield self.finding(
+                path, f"'{value}' is not a valid value: {hint}valid: {', '.join(enum)}"
+            )
+
+    def _object(self, spec: dict, value: Any, path: str, schema_name: str) -> Iterator[Finding]:
+        if not isinstance(value, dict):
+            yield self.finding(path, f"must be a mapping, not {_describe(value)} {value!r}")
+            return
+        fields = spec.get("properties")
+        extra = spec.get("additionalProperties")
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if fields and key in fields:
+                if fields[key].get("readOnly"):
+                    yield self.finding(
+                        sub, "is output only: the API sets it and ignores this value", "warning"
+                    )
+                    continue
+                yield from self.walk(fields[key], item, sub, schema_name)
+            elif extra is not None:
+                yield from self.walk(extra, item, sub, schema_name)
+            else:
+                yield self.finding(sub, self._unknown(str(key), fields or {}, schema_name))
+
+    def _unknown(self, key: str, fields: dict, schema_name: str) -> str:
+        names = [n for n, f in fields.items() if not f.get("readOnly")]
+        by_lower = {n.lower(): n for n in names}
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        if key.lower() in by_lower:
+            close = [by_lower[key.lower()]]
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        if len(names) <= MAX_LISTED:
+            valid = f"valid fields of {schema_name}: {', '.join(sorted(names))}"
+        else:
+            url = DOCS_URL.format(collection=self.collection)
+            valid = f"{schema_name} has {len(names)} settable fields, listed at {url}"
+        return f"unknown field '{key}' in the Compute Engine v1 API: {hint}{valid}"
+
+
+def check_resource(resource: dict, file: str) -> list[Finding]:
+    """Findings for one expanded leaf resource; [] for types this module does not cover."""
+    dm_type = resource.get("type", "")
+    name = resource.get("name", "?")
+    method = method_for(dm_type)
+    if method is None:
+        if DM_TYPE.match(dm_type):
+            kind = dm_type.rsplit(".", 1)[1]
+            close = difflib.get_close_matches(dm_type, supported_types(), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            return [
+                Finding(
+                    file,
+                    name,
+                    "type",
+                    f"'{dm_type}' is not a Compute Engine v1 type ({kind} has no insert method): "
+                    f"{hint}for example compute.v1.instance, compute.v1.firewall",
+                )
+            ]
+        return []
+    properties = dict(resource.get("properties") or {})
+    walker = _Walker(name, file, method.collection)
+    findings: list[Finding] = []
+    body_fields = walker.schemas[method.schema]["properties"]
+    for param in method.path_params:
+        value = properties.get(param)
+        example = "us-central1-a" if param == "zone" else "us-central1"
+        if param not in body_fields or body_fields[param].get("readOnly"):
+            # A path parameter only (instance.zone is output-only in the body): not body data.
+            properties.pop(param, None)
+        if value is None:
+            if param in method.required_params:
+                findings.append(
+                    walker.finding(
+                        param,
+                        f"is required: {dm_type} is created with {method.id}, whose URL needs "
+                        f"the {param} (e.g. {param}: {example})",
+                    )
+                )
+        elif not isinstance(value, str):
+            findings.append(walker.finding(param, f"must be a {param} name string, not {value!r}"))
+    for param in method.query_params:
+        if param not in body_fields and param in properties:
+            value = properties.pop(param)
+            if not isinstance(value, str) and not _is_ref(value):
+                findings.append(walker.finding(param, f"must be a string, not {value!r}"))
+    properties.pop("project", None)  # DM lets a resource name another project; it is a URL part
+    findings += walker.walk({"$ref": method.schema}, properties, "", method.schema)
+    for field_name, spec in body_fields.items():
+        required = spec.get("annotations", {}).get("required", [])
+        if f"compute.{method.id}" in required and field_name not in properties:
+            if field_name == "name":
+                continue  # DM fills the GCE name from the resource name
+            findings.append(walker.finding(field_name, f"is required by {method.id} and missing"))
+    return findings
+
+
+def check_resources(resources: list[dict], origins: dict[str, str] | None = None) -> list[Finding]:
+    """Findings for every compute.v1 resource; `origins` maps resource name -> declaring file."""
+    origins = origins or {}
+    findings: list[Finding] = []
+    for resource in resources:
+        findings += check_resource(resource, origins.get(resource.get("name", ""), "?"))
+    return findings
