@@ -22,6 +22,12 @@ system-deps:
 preview: $(VENV)/.installed
 	@$(VPY) -m dmlocal preview $(CONFIG)
 
+# The stack as Terraform for Infrastructure Manager (docs/migration.md). PROJECT=<id> adds the
+# import blocks that adopt the resources DM created there.
+.PHONY: terraform
+terraform: $(VENV)/.installed
+	$(VPY) -m dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
+
 bench: $(VENV)/.installed
 	$(VPY) bench/bench_app.py
 
