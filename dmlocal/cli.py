@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from dmlocal import terraform
+from dmlocal import terraform, validate
 from dmlocal.errors import ConfigError
 from dmlocal.expand import Expansion, default_env, expand_path
 
@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     preview.add_argument("config", nargs="?", default="deployment.yaml")
     preview.add_argument("--deployment", default="hello", help="context.env['deployment']")
     preview.add_argument("--project", default="local-project", help="context.env['project']")
+    validate.add_preview_options(preview)
+    preview.set_defaults(run=validate.run_preview)  # YAML on stdout, findings + firewall on stderr
     terraform.add_command(commands)
+    validate.add_commands(commands)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
