@@ -26,6 +26,8 @@ from dmlocal.reachability import PORTED_PROTOCOLS, PROTOCOL_NUMBERS
 REF = re.compile(r"\$\(ref\.([^.()]+)\.([^()]+)\)")
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 API_PREFIX = r"(?:https://(?:www|compute)\.googleapis\.com/compute/(?:v1|beta|alpha)/)?"
 IMAGE_URL = re.compile(
@@ -99,6 +101,7 @@ def semantic_checks(resources: list[dict], origins: dict[str, str] | None = None
     for res in resources:
         ctx = _Ctx(res, origins.get(res.get("name", ""), "?"), by_name)
         kind = res.get("type", "")
+        findings += ctx.labels()
         if kind == "compute.v1.firewall":
             findings += ctx.firewall()
         elif kind == "compute.v1.subnetwork":
@@ -136,6 +139,28 @@ class _Ctx:
         for part in m.group(2).split("."):
             got = got.get(part) if isinstance(got, dict) else None
         return got
+
+    def labels(self) -> Iterator[Finding]:
+        labels = self.props.get("labels")
+        if not isinstance(labels, dict):
+            return
+        for key, value in labels.items():
+            if not LABEL_KEY.fullmatch(str(key)):
+                yield self.err(
+                    f"labels.{key}",
+                    f"label key '{key}' is invalid: lowercase letters, digits, '_' and '-', "
+                    f"1-63 characters, starting with a letter (e.g. '{str(key).lower()}')",
+                )
+            if (
+                isinstance(value, str)
+                and not REF.search(value)
+                and not LABEL_VALUE.fullmatch(value)
+            ):
+                yield self.err(
+                    f"labels.{key}",
+                    f"label value '{value}' is invalid: at most 63 lowercase letters, digits, "
+                    "'_' and '-'",
+                )
 
     # -- firewall ---------------------------------------------------------------------------
 

@@ -81,10 +81,17 @@ def run_preview(args) -> int:
     expansion = loaded
     findings = checks.validate(expansion)
     errors = [f for f in findings if f.severity == "error"]
-    tables = {
-        vm["name"]: (vm, reachability.firewall_table(expansion.resources, vm))
-        for vm in reachability.instance_targets(expansion.resources)
-    }
+    tables: dict = {}
+    for vm in reachability.instance_targets(expansion.resources):
+        try:
+            tables[vm["name"]] = (vm, reachability.firewall_table(expansion.resources, vm))
+        except reachability.ReachabilityError as error:
+            # The rules cannot be evaluated (a bad range); the findings already say which.
+            if not errors:
+                findings.append(
+                    checks.Finding(expansion.config_file, vm["name"], "", f"firewall: {error}")
+                )
+                errors = findings[-1:]
     if getattr(args, "format", "yaml") == "json":
         print(json.dumps(_json_document(expansion, findings, tables), indent=2))
     else:
