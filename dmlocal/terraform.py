@@ -37,8 +37,10 @@ from typing import Any
 from dmlocal.errors import ConfigError
 from dmlocal.expand import REFERENCE, Expansion, default_env, expand_path
 
-# Exact pins: a provider upgrade is a reviewed change, never a side effect of a redeploy.
-GOOGLE_PROVIDER_VERSION = "7.46.0"
+# Exact pin: a provider upgrade is a reviewed change, never a side effect of a redeploy. 6.50.0
+# (the last 6.x) because it is the newest release whose schema tests/test_terraform.py can check
+# these arguments against offline; moving to 7.x after the adoption is a separate, planned change.
+GOOGLE_PROVIDER_VERSION = "6.50.0"
 # Import blocks need Terraform >= 1.5; Infrastructure Manager's newest Terraform is 1.5.7
 # (https://cloud.google.com/infrastructure-manager/docs/terraform), passed as
 # --tf-version-constraint in docs/migration.md.
@@ -527,9 +529,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(path)
     if args.project is None:
         print(
-            "note: no --project, so no import blocks; Infrastructure Manager's "
-            "--import-existing-resources still adopts resources it finds on create. "
-            "Pass --project to adopt them explicitly (docs/migration.md).",
+            "note: no --project, so no import blocks: a plan would show the existing resources "
+            "as creates (Infrastructure Manager's --import-existing-resources only adopts them "
+            "when a create hits a conflict). To migrate, pass --project (docs/migration.md).",
             file=sys.stderr,
         )
     return 0
