@@ -4,7 +4,11 @@ The brief: allow all egress; deny all other ingress, but allow TCP 80 and 443 fr
 ICMP from anywhere, TCP 22 from 104.154.0.0/15 only, and all TCP/UDP inside the VPC.
 """
 
-from tests.conftest import by_name, deployment_properties, render
+import pytest
+
+from dmlocal.expand import expand_path
+from dmlocal.reachability import evaluate, firewall_rules, resolver_for
+from tests.conftest import REPO, by_name, deployment_properties, render
 
 SUBNET = "10.10.0.0/24"
 
@@ -109,3 +113,83 @@ def test_rules_do_not_share_mutable_lists():
     rendered = rules()
     rendered["hello-firewall-allow-web"]["targetTags"].append("oops")
     assert rendered["hello-firewall-allow-ssh"]["targetTags"] == ["hello-web"]
+
+
+# --- What the rules let through, evaluated with GCP's semantics (dmlocal.reachability) -------
+
+MATRIX = [
+    # (source, protocol, port, allowed?) for traffic into the web VM.
+    ("203.0.113.7", "tcp", 80, True),
+    ("203.0.113.7", "tcp", 443, True),
+    ("203.0.113.7", "icmp", None, True),
+    ("203.0.113.7", "tcp", 22, False),
+    ("104.154.0.1", "tcp", 22, True),
+    ("104.155.255.254", "tcp", 22, True),
+    ("104.153.255.255", "tcp", 22, False),
+    ("104.156.0.1", "tcp", 22, False),
+    ("203.0.113.7", "tcp", 8080, False),
+    ("203.0.113.7", "udp", 53, False),
+    ("10.10.0.7", "udp", 53, True),
+    ("10.10.0.7", "tcp", 5432, True),
+    ("10.10.1.7", "tcp", 5432, False),
+    ("192.168.1.5", "tcp", 5432, False),
+    ("172.16.0.1", "udp", 53, False),
+    ("10.10.0.7", "sctp", 9, False),
+]
+
+
+@pytest.fixture(scope="module")
+def expansion():
+    return expand_path(REPO / "deployment.yaml")
+
+
+@pytest.fixture(scope="module")
+def vm_tags(expansion):
+    return expansion.resource("hello-vm")["properties"]["tags"]["items"]
+
+
+@pytest.mark.parametrize(("source", "protocol", "port", "allowed"), MATRIX)
+def test_reachability_matrix(expansion, vm_tags, source, protocol, port, allowed):
+    decision = evaluate(
+        firewall_rules(expansion.resources),
+        source,
+        protocol,
+        port,
+        tags=vm_tags,
+        resolve=resolver_for(expansion.resources),
+    )
+    assert decision.allowed is allowed, decision
+
+
+def test_denials_come_from_the_explicit_deny_rule_not_the_implied_one(expansion, vm_tags):
+    decision = evaluate(
+        firewall_rules(expansion.resources),
+        "203.0.113.7",
+        "tcp",
+        22,
+        tags=vm_tags,
+        resolve=resolver_for(expansion.resources),
+    )
+    assert (decision.rule, decision.priority) == ("hello-firewall-deny-ingress", 65535)
+
+
+def test_public_rules_do_not_reach_an_untagged_vm(expansion):
+    decision = evaluate(
+        firewall_rules(expansion.resources),
+        "203.0.113.7",
+        "tcp",
+        80,
+        tags=[],
+        resolve=resolver_for(expansion.resources),
+    )
+    assert not decision.allowed
+
+
+def test_all_egress_is_allowed(expansion, vm_tags):
+    rules = firewall_rules(expansion.resources)
+    resolve = resolver_for(expansion.resources)
+    for remote, protocol, port in [("8.8.8.8", "udp", 53), ("151.101.0.1", "tcp", 443)]:
+        decision = evaluate(
+            rules, remote, protocol, port, tags=vm_tags, resolve=resolve, direction="EGRESS"
+        )
+        assert decision.allowed, decision
