@@ -504,12 +504,26 @@ class _Tracer:
     def annotate(self, finding: Finding) -> Finding:
         if finding.source or finding.resource not in self.roots:
             return finding
+        index, node = self.roots[finding.resource]
+        if "resources" not in node:
+            # Declared in the config itself: point at the field's own line (or the resource's).
+            line = self._line(["resources", index, "properties", *_split(finding.field)])
+            line = line or self._line(["resources", index])
+            if not line:
+                return finding
+            return Finding(
+                finding.file,
+                finding.resource,
+                finding.field,
+                finding.message,
+                finding.severity,
+                f"{self.config_file}:{line}",
+            )
         value = _get_path(
             self.leaves.get(finding.resource, {}).get("properties") or {}, finding.field
         )
         if value is _MISSING or isinstance(value, dict | list | bool) or value is None:
             return finding
-        index, node = self.roots[finding.resource]
         found = _find_value(node.get("properties") or {}, value, "")
         if found is None:
             return finding
@@ -521,21 +535,22 @@ class _Tracer:
         )
 
     def _line(self, keys: list) -> int | None:
-        node = self.tree
+        """1-based line of the node at `keys`; for a mapping entry, the line of its key."""
+        node, line = self.tree, None
         for key in keys:
             if isinstance(node, yaml.MappingNode):
-                node = next((v for k, v in node.value if k.value == key), None)
-            elif (
-                isinstance(node, yaml.SequenceNode)
-                and isinstance(key, int)
-                and key < len(node.value)
-            ):
+                pair = next(((k, v) for k, v in node.value if k.value == key), None)
+                if pair is None:
+                    return None
+                line, node = pair[0].start_mark.line + 1, pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+                if key >= len(node.value):
+                    return None
                 node = node.value[key]
+                line = node.start_mark.line + 1
             else:
                 return None
-            if node is None:
-                return None
-        return node.start_mark.line + 1 if node is not None else None
+        return line
 
 
 _MISSING = object()
