@@ -1,0 +1,5 @@
+import sys
+
+from localvm.cli import main
+
+sys.exit(main())

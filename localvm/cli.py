@@ -1,0 +1,197 @@
+"""`make up` / `make down`: the stack on this machine, with no cloud account.
+
+`up` renders deployment.yaml (as `make preview` does), builds or reuses the cached Debian 12
+image, starts the metadata emulator and the VM as background processes, follows the VM's startup
+script on its serial log, and prints the URL of the instance's "public IP" as its last line.
+Everything keeps running until `down`, which powers the VM off cleanly and stops the emulator.
+State (pids, ports, the serial log) lives in .state/localvm/ in the clone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from emulators.metadata import from_expanded_config
+from localvm.image import ensure_image
+from localvm.stack import GREETING, REPO, render_preview
+from localvm.vm import NETWORK, LocalVM, VMError
+
+STATE = REPO / ".state" / "localvm"
+STATE_FILE = STATE / "state.json"
+BOOT_TIMEOUT = 900
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def _alive(pid: int, needle: bytes) -> bool:
+    try:
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _workdir() -> Path:
+    # qemu's unix sockets must fit in sun_path (108 bytes); a deep clone falls back to /tmp.
+    if len(str(STATE / "vm" / "qmp.sock")) < 100:
+        return STATE / "vm"
+    return Path(tempfile.mkdtemp(prefix="hello-localvm-"))
+
+
+def _start_metadata(expanded_path: Path, project: str) -> tuple[subprocess.Popen, dict]:
+    ready = STATE / "metadata.json"
+    ready.unlink(missing_ok=True)
+    with open(STATE / "metadata.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "emulators.metadata",
+                "--config",
+                str(expanded_path),
+                "--project",
+                project,
+                "--network-json",
+                json.dumps(NETWORK),
+                "--ready-file",
+                str(ready),
+            ],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"metadata emulator failed:\n{(STATE / 'metadata.log').read_text()}")
+        time.sleep(0.1)
+    return process, json.loads(ready.read_text())
+
+
+def _follow_startup(vm: LocalVM, timeout: float) -> None:
+    """Waits for the greeting, echoing the startup script's progress from the serial log."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        lines = [line for line in vm.serial_text().splitlines() if "hello-startup:" in line]
+        for line in lines[seen:]:
+            say("vm: " + line[line.index("hello-startup:") :])
+        seen = len(lines)
+        status, body = vm.get("/", timeout=3)
+        if status == 200 and GREETING in body:
+            return
+        if not vm.running():
+            raise SystemExit(f"the VM stopped while booting\n{vm.serial_tail()}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no greeting after {timeout:.0f} s\n{vm.serial_tail()}")
+        time.sleep(1)
+
+
+def up(config: str, project: str) -> int:
+    if STATE_FILE.exists():
+        state = json.loads(STATE_FILE.read_text())
+        if _alive(state["qemu_pid"], b"qemu-system") and _alive(
+            state["metadata_pid"], b"emulators.metadata"
+        ):
+            say("already running (make down stops it)")
+            print(state["url"])
+            return 0
+        say("stale state from an earlier run: cleaning up")
+        down()
+    STATE.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    # Deployment source. TODO(pipeline): deploy through the real gcloud against the local DM API
+    # and boot from the instance resource it returns, once emulators/deploymentmanager.py lands.
+    say(f"rendering {config} (python -m dmlocal preview: the expansion Deployment Manager does)")
+    expanded = render_preview(config)
+    expanded_path = STATE / "expanded.yaml"
+    expanded_path.write_text(yaml.safe_dump(expanded, sort_keys=False))
+    instance, _ = from_expanded_config(expanded)
+    say(f"instance {instance['name']}: {len(expanded['resources'])} resources rendered")
+
+    say("Debian 12 image (cached by recipe; the first build takes a few minutes)")
+    image = ensure_image()
+    say(f"image {image.directory}")
+
+    metadata, ports = _start_metadata(expanded_path, project)
+    say(f"metadata emulator on 127.0.0.1:{ports['port']} (the guest's 169.254.169.254)")
+    vm = LocalVM(image, _workdir(), metadata_port=ports["port"], name=instance["name"])
+    vm.start()
+    state = {
+        "qemu_pid": vm.pid,
+        "metadata_pid": metadata.pid,
+        "metadata_port": ports["port"],
+        "metadata_admin_port": ports["admin_port"],
+        "workdir": str(vm.workdir),
+        "image": str(image.directory),
+        "http_port": vm.http_port,
+        "url": vm.url,
+    }
+    STATE_FILE.write_text(json.dumps(state, indent=1) + "\n")
+    say(f"booting {instance['name']} under qemu (TCG); serial log: {vm.serial_log}")
+    try:
+        _follow_startup(vm, BOOT_TIMEOUT)
+    except BaseException:
+        say("boot failed: stopping (make down also cleans up)")
+        down()
+        raise
+    say(f"serving after {time.monotonic() - started:.0f} s; `make down` stops it. Open:")
+    print(vm.url, flush=True)
+    return 0
+
+
+def down() -> int:
+    if not STATE_FILE.exists():
+        say("nothing running")
+        return 0
+    state = json.loads(STATE_FILE.read_text())
+    workdir = Path(state["workdir"])
+    if _alive(state["qemu_pid"], b"qemu-system"):
+        say("powering off the VM (ACPI, then quit)")
+        vm = LocalVM.attach(workdir, pid=state["qemu_pid"], http_port=state["http_port"])
+        with contextlib.suppress(VMError):
+            vm.stop()
+    if _alive(state["metadata_pid"], b"emulators.metadata"):
+        say("stopping the metadata emulator")
+        os.kill(state["metadata_pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(state["metadata_pid"], b"emulators.metadata") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shutil.rmtree(STATE, ignore_errors=True)
+    if not workdir.is_relative_to(STATE):
+        shutil.rmtree(workdir, ignore_errors=True)
+    say("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localvm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("up", help="render, boot and print the URL")
+    start.add_argument("config", nargs="?", default="deployment.yaml")
+    start.add_argument("--project", default="local-project")
+    commands.add_parser("down", help="stop what `up` started")
+    commands.add_parser("image", help="build or reuse the cached image; print its directory")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return up(args.config, args.project)
+    if args.command == "down":
+        return down()
+    print(ensure_image().directory)
+    return 0

@@ -1,0 +1,89 @@
+"""The rendered stack on a local VM: expanded config -> metadata emulator -> qemu VM.
+
+Shared by the e2e tests, the boot benchmark and `make up`, so all three boot the instance exactly
+as `make preview` renders it (the metadata is read from the expansion, never hard-coded).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emulators.metadata import MetadataEmulator, from_expanded_config
+from localvm.image import Image, ensure_image
+from localvm.vm import NETWORK, LocalVM
+
+REPO = Path(__file__).resolve().parents[1]
+GREETING = "Hello World from BenchSci!"
+ARTIFACTS = REPO / "build" / "artifacts"  # gitignored; CI stores it
+
+
+def render_preview(config: str | Path = "deployment.yaml") -> dict[str, Any]:
+    """Runs `python -m dmlocal preview CONFIG` (what `make preview` runs) and parses its YAML."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlocal", "preview", str(config)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return yaml.safe_load(result.stdout)
+
+
+def attributes(instance: dict[str, Any]) -> dict[str, str]:
+    return {i["key"]: i.get("value", "") for i in instance.get("metadata", {}).get("items", [])}
+
+
+def metadata_items(values: dict[str, str]) -> list[dict[str, str]]:
+    return [{"key": key, "value": value} for key, value in values.items()]
+
+
+class LocalStack:
+    """In-process metadata emulator + one VM; a context manager that always cleans up."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        expanded: dict[str, Any] | None = None,
+        image: Image | None = None,
+        project: str = "local-project",
+    ) -> None:
+        self.expanded = expanded if expanded is not None else render_preview()
+        self.instance, network_name = from_expanded_config(self.expanded)
+        self.image = image or ensure_image()
+        self.metadata = MetadataEmulator(
+            self.instance, project_id=project, network=NETWORK, network_name=network_name
+        )
+        self.vm = LocalVM(
+            self.image, workdir, metadata_port=self.metadata.port, name=self.instance["name"]
+        )
+
+    def start(self) -> LocalStack:
+        self.metadata.start()
+        try:
+            self.vm.start()
+        except BaseException:
+            self.metadata.stop()
+            raise
+        return self
+
+    def set_attributes(self, values: dict[str, str]) -> None:
+        """What a redeploy does to the running instance: replace its metadata items."""
+        self.metadata.store.set_instance_attributes(values)
+
+    def stop(self) -> None:
+        try:
+            self.vm.stop()
+        finally:
+            self.metadata.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,412 @@
+"""Runs one VM from the cached image under qemu, the way Compute Engine would run the instance.
+
+- Accelerator: TCG (`-accel tcg,thread=multi`). This host's /dev/kvm is paravirtual (PVM) and
+  cannot boot a stock Debian kernel, so KVM is used only when LOCALVM_ACCEL asks for it.
+- Disk: a qcow2 overlay on the cached raw image, so the image stays pristine and every run starts
+  from the same bytes, like a new boot disk from an image; reboots of one run keep the overlay.
+- Network: qemu user networking. The guest's metadata server address, 169.254.169.254:80, is a
+  guestfwd that starts one `socat` per connection to the local metadata emulator (a shared
+  connection would serialise the agent's long polls). Guest port 80 is forwarded to a free
+  loopback port: the instance's "public IP". The guest reaches Debian's mirror and PyPI through
+  the user network's NAT, as a GCE VM reaches them through its external IP.
+- Console: the serial port is the VM's serial log (what `gcloud compute instances
+  get-serial-port-output` shows on GCE).
+- Control: QMP for power (system_powerdown, system_reset, quit) and, for tests only, the qemu
+  guest agent over virtio-serial for running a command inside the guest (there is no SSH).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from localvm.image import Image
+
+# The guest's view of its network, also served by the metadata emulator as network-interfaces/0.
+# The metadata address must be inside qemu's user network for guestfwd to intercept it.
+NETWORK = {
+    "ip": "169.254.169.15",
+    "gateway": "169.254.169.2",
+    "dns": "169.254.169.3",
+    "subnetmask": "255.255.255.0",
+    "mac": "42:01:0a:80:00:02",
+    "mtu": "1500",
+    "external-ip": "127.0.0.1",
+}
+METADATA_IP = "169.254.169.254"
+
+
+class VMError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _accel() -> str:
+    return os.environ.get("LOCALVM_ACCEL", "tcg,thread=multi")
+
+
+class LocalVM:
+    """One qemu process: start, wait for HTTP, reset, power off, run a guest command."""
+
+    def __init__(
+        self,
+        image: Image,
+        workdir: Path,
+        *,
+        metadata_port: int,
+        name: str = "hello-vm",
+        http_port: int | None = None,
+        memory_mb: int = 1024,
+        cpus: int = 2,
+    ) -> None:
+        self.image = image
+        self.workdir = Path(workdir)
+        self.metadata_port = metadata_port
+        self.name = name
+        self.http_port = http_port or free_port()
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.process: subprocess.Popen | None = None
+        self.pid: int | None = None
+
+    @classmethod
+    def attach(cls, workdir: Path, *, pid: int, http_port: int) -> LocalVM:
+        """A handle on a VM another process started (for `make down`): QMP and serial only."""
+        vm = cls(None, workdir, metadata_port=0, http_port=http_port)  # type: ignore[arg-type]
+        vm.pid = pid
+        return vm
+
+    @property
+    def serial_log(self) -> Path:
+        return self.workdir / "serial.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.workdir / "qmp.sock"
+
+    @property
+    def qga_socket(self) -> Path:
+        return self.workdir / "qga.sock"
+
+    @property
+    def overlay(self) -> Path:
+        return self.workdir / "disk.qcow2"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/"
+
+    def command(self) -> list[str]:
+        socat = shutil.which("socat") or "socat"
+        metadata = self.metadata_port
+        netdev = ",".join(
+            [
+                "user",
+                "id=net0",
+                "net=169.254.169.0/24",
+                f"host={NETWORK['gateway']}",
+                f"dns={NETWORK['dns']}",
+                f"dhcpstart={NETWORK['ip']}",
+                f"hostname={self.name}",
+                "ipv6=off",
+                f"guestfwd=tcp:{METADATA_IP}:80-cmd:{socat} STDIO TCP:127.0.0.1:{metadata}",
+                f"hostfwd=tcp:127.0.0.1:{self.http_port}-:80",
+            ]
+        )
+        return [
+            "qemu-system-x86_64",
+            "-name",
+            self.name,
+            "-nodefaults",
+            "-no-user-config",
+            "-machine",
+            "q35",
+            "-accel",
+            _accel(),
+            "-cpu",
+            os.environ.get("LOCALVM_CPU", "max"),
+            "-smp",
+            str(self.cpus),
+            "-m",
+            str(self.memory_mb),
+            "-display",
+            "none",
+            "-kernel",
+            str(self.image.kernel),
+            "-initrd",
+            str(self.image.initrd),
+            "-append",
+            self.image.cmdline,
+            "-drive",
+            f"if=none,id=disk0,file={self.overlay},format=qcow2,cache=unsafe,discard=unmap",
+            "-device",
+            "virtio-blk-pci,drive=disk0",
+            "-netdev",
+            netdev,
+            "-device",
+            f"virtio-net-pci,netdev=net0,mac={NETWORK['mac']}",
+            "-device",
+            "virtio-rng-pci",
+            "-serial",
+            f"file:{self.serial_log}",
+            "-qmp",
+            f"unix:{self.qmp_socket},server=on,wait=off",
+            "-chardev",
+            f"socket,id=qga0,path={self.qga_socket},server=on,wait=off",
+            "-device",
+            "virtio-serial-pci",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]
+
+    def start(self) -> LocalVM:
+        """Creates a fresh overlay and starts qemu in its own session (it outlives the caller)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for path in (self.overlay, self.serial_log, self.qmp_socket, self.qga_socket):
+            path.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(self.image.disk),
+                "-F",
+                "raw",
+                str(self.overlay),
+            ],
+            check=True,
+        )
+        with open(self.workdir / "qemu.log", "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = self.process.pid
+        deadline = time.monotonic() + 30
+        while not self.qmp_socket.exists():
+            if not self.running():
+                raise VMError(f"qemu exited at start: {self.qemu_log()}")
+            if time.monotonic() > deadline:
+                raise VMError("qemu did not open its QMP socket within 30 s")
+            time.sleep(0.1)
+        return self
+
+    def qemu_log(self) -> str:
+        path = self.workdir / "qemu.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def running(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        # A zombie or a recycled pid is not our qemu.
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            return b"qemu-system" in cmdline
+        return False
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    def get(self, path: str = "/", timeout: float = 5) -> tuple[int, str]:
+        """One GET on the forwarded port; (0, reason) when nothing answered."""
+        try:
+            with urllib.request.urlopen(self.url.rstrip("/") + path, timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+        except (OSError, urllib.error.URLError) as error:
+            return 0, str(error)
+
+    def wait_http(
+        self, path: str = "/", *, timeout: float, expect: str | None = None, interval: float = 0.25
+    ) -> float:
+        """Polls until GET path is 200 (with `expect` in the body); returns the seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        last: tuple[int, str] = (0, "not tried")
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise VMError(f"qemu exited while waiting for {path}\n{self.serial_tail()}")
+            last = self.get(path, timeout=min(5, max(0.5, deadline - time.monotonic())))
+            if last[0] == 200 and (expect is None or expect in last[1]):
+                return time.monotonic() - started
+            time.sleep(interval)
+        raise VMError(
+            f"GET {path} did not return 200{f' with {expect!r}' if expect else ''} within "
+            f"{timeout:.0f} s (last: {last[0]} {last[1][:200]!r})\n{self.serial_tail()}"
+        )
+
+    # --- serial log -------------------------------------------------------------------------
+
+    def serial_text(self) -> str:
+        return self.serial_log.read_text(errors="replace") if self.serial_log.exists() else ""
+
+    def wait_serial(self, text: str, *, start: int = 0, timeout: float) -> str:
+        """Polls the serial log until `text` appears after offset `start`; returns that part."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            segment = self.serial_text()[start:]
+            if text in segment:
+                return segment
+            if not self.running():
+                break
+            time.sleep(0.5)
+        raise VMError(
+            f"{text!r} not in the serial log within {timeout:.0f} s\n{self.serial_tail()}"
+        )
+
+    def serial_tail(self, lines: int = 60) -> str:
+        tail = "\n".join(self.serial_text().splitlines()[-lines:])
+        return f"--- serial log tail ({self.serial_log}) ---\n{tail}\n--- end of serial log ---"
+
+    # --- QMP --------------------------------------------------------------------------------
+
+    def qmp(self, command: str, arguments: dict | None = None, timeout: float = 10) -> dict:
+        """Runs one QMP command on a fresh connection (the socket takes one client at a time)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.qmp_socket))
+            stream = sock.makefile("rwb")
+            json.loads(stream.readline())  # greeting
+            for message in ({"execute": "qmp_capabilities"}, {"execute": command}):
+                if arguments and message["execute"] == command:
+                    message["arguments"] = arguments
+                stream.write(json.dumps(message).encode() + b"\n")
+                stream.flush()
+                while True:
+                    reply = json.loads(stream.readline())
+                    if "return" in reply or "error" in reply:
+                        break  # skip asynchronous events
+                if "error" in reply:
+                    raise VMError(f"QMP {message['execute']}: {reply['error']}")
+            return reply["return"]
+
+    def reset(self) -> None:
+        """Hard reset, like `gcloud compute instances reset`."""
+        self.qmp("system_reset")
+
+    def stop(self, timeout: float = 60) -> None:
+        """ACPI power-off (a clean guest shutdown), then quit, then SIGKILL, each with a bound."""
+        if not self.running():
+            return
+        with contextlib.suppress(OSError, VMError, ValueError):
+            self.qmp("system_powerdown")
+        if self._wait_exit(timeout):
+            return
+        with contextlib.suppress(OSError, VMError, ValueError):
+            self.qmp("quit")
+        if self._wait_exit(10):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self._wait_exit(10)
+
+    def _wait_exit(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                return True
+            if self.process is None and not self.running():
+                return True
+            time.sleep(0.2)
+        return False
+
+    # --- guest agent (tests only) -----------------------------------------------------------
+
+    def _qga(self, stream, request: dict, sync_id: int) -> dict:
+        # guest-sync-delimited discards anything a previous client left unread in the channel.
+        stream.write(
+            b"\xff"
+            + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode()
+            + b"\n"
+        )
+        stream.flush()
+        while True:
+            line = stream.readline()
+            if not line:
+                raise VMError("guest agent closed the channel")
+            line = line.lstrip(b"\xff").strip()
+            if line and json.loads(line).get("return") == sync_id:
+                break
+        stream.write(json.dumps(request).encode() + b"\n")
+        stream.flush()
+        reply = json.loads(stream.readline())
+        if "error" in reply:
+            raise VMError(f"guest agent {request['execute']}: {reply['error']}")
+        return reply["return"]
+
+    def guest_exec(self, script: str, timeout: float = 60) -> tuple[int, str, str]:
+        """Runs `sh -c script` in the guest through qemu-guest-agent: (exit code, stdout, stderr).
+
+        Test infrastructure only (the image carries qemu-guest-agent for it); nothing on the
+        app's path uses it.
+        """
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(max(1.0, deadline - time.monotonic()))
+            sock.connect(str(self.qga_socket))
+            stream = sock.makefile("rwb")
+            sync_id = int(time.monotonic() * 1000) % 2**31
+            started = self._qga(
+                stream,
+                {
+                    "execute": "guest-exec",
+                    "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True},
+                },
+                sync_id,
+            )
+            while True:
+                status = self._qga(
+                    stream,
+                    {"execute": "guest-exec-status", "arguments": {"pid": started["pid"]}},
+                    sync_id + 1,
+                )
+                if status.get("exited"):
+                    break
+                if time.monotonic() > deadline:
+                    raise VMError(f"guest command did not finish within {timeout} s: {script}")
+                time.sleep(0.2)
+
+        def decode(key: str) -> str:
+            return base64.b64decode(status.get(key, "")).decode(errors="replace")
+
+        return status.get("exitcode", -1), decode("out-data"), decode("err-data")
+
+    def wait_guest_agent(self, timeout: float) -> None:
+        """Polls until the in-guest agent answers (it starts late in boot)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                self.guest_exec("true", timeout=min(10, max(1, deadline - time.monotonic())))
+                return
+            except (OSError, VMError, ValueError) as error:
+                last = error
+                time.sleep(1)
+        raise VMError(f"qemu guest agent did not answer within {timeout} s: {last}")
