@@ -37,8 +37,8 @@ against Google; scripts/deploy.sh treats all of them as "someone else is deployi
     operation is still running -> HTTP 409 (conflict); insert of an existing name -> HTTP 409
     (alreadyExists);
   * operations complete after `op_seconds` (default 0: every operation is DONE when returned);
-    a non-zero value keeps them RUNNING for that long, which is how tests make two deploys
-    overlap;
+    a non-zero value keeps them RUNNING for that long, and `hold_operations = True` keeps them
+    RUNNING until it is cleared, which is how tests make two deploys overlap;
   * a failed operation changes nothing (DM itself may leave a partial update behind);
   * an insert whose config is invalid leaves the deployment behind with no manifest (as DM
     does), so the next deploy is an update.
@@ -177,13 +177,15 @@ class DeploymentManagerEmulator:
         self.verify_token = verify_token
         self.address_allocator = address_allocator or TestNetAddresses()
         self.op_seconds = op_seconds
+        # While True, operations stay RUNNING: tests hold a deploy mid-flight to race another.
+        self.hold_operations = False
         self.project_number = project_number
         self.lock = threading.RLock()
         self.deployments: dict[tuple[str, str], dict] = {}
         self.operations: dict[tuple[str, str], dict] = {}
         # project -> resource type -> name -> the resource as the cloud holds it
         self.cloud: dict[str, dict[str, dict[str, dict]]] = {}
-        self.requests: list[tuple[str, str]] = []  # (method, path), for tests to inspect
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status) for tests
         self._ids = itertools.count(7_000_000_000_000_000_001)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -262,7 +264,6 @@ class DeploymentManagerEmulator:
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         project, collection, rest = parts[0], parts[2], parts[3:]
         with self.lock:
-            self.requests.append((method, path))
             self._settle()
             if collection == "operations":
                 if method == "GET" and len(rest) == 1:
@@ -509,6 +510,8 @@ class DeploymentManagerEmulator:
         return HTTPStatus.OK, _public(op)
 
     def _settle(self) -> None:
+        if self.hold_operations:
+            return
         now = time.monotonic()
         for op in self.operations.values():
             if op["status"] != "DONE" and op["_done_at"] <= now:
@@ -608,6 +611,10 @@ class DeploymentManagerEmulator:
         self.cloud[project] = cloud
         record["manifests"][manifest["name"]] = manifest
         record["manifest"] = manifest["name"]
+        if record["preview"] and record["preview"] != manifest["name"]:
+            # A real update supersedes a pending preview.
+            record["manifests"].pop(record["preview"], None)
+        record["preview"] = None
 
     def _remove(self, record: dict, names: list[str], delete_policy: str) -> None:
         project = record["project"]
@@ -848,6 +855,8 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError as error:
             status = HTTPStatus.BAD_REQUEST
             payload = ApiError(status, "parseError", f"Invalid JSON payload: {error}").body()
+        with self.emulator.lock:
+            self.emulator.requests.append((self.command, url.path, int(status)))
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")

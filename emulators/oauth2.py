@@ -112,6 +112,13 @@ class OAuth2Emulator:
         with self.lock:
             self.keys[(email, key_id)] = public
 
+    def issue(self, principal: str, scopes: tuple[str, ...] = ()) -> str:
+        """A token for `principal` without the JWT grant: for tests that seed state directly."""
+        token = "ya29.local-" + secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[token] = Issued(principal, scopes, time.time() + self.token_lifetime)
+        return token
+
     def verify(self, token: str) -> str | None:
         """The principal an access token was issued to, if it is ours and unexpired."""
         with self.lock:
@@ -132,10 +139,7 @@ class OAuth2Emulator:
             self.grants.append(claims)
         if claims.get("target_audience"):
             return {"id_token": self._id_token(claims)}
-        token = "ya29.local-" + secrets.token_urlsafe(32)
-        scopes = tuple((claims.get("scope") or "").split())
-        with self.lock:
-            self.tokens[token] = Issued(claims["iss"], scopes, time.time() + self.token_lifetime)
+        token = self.issue(claims["iss"], tuple((claims.get("scope") or "").split()))
         return {"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"}
 
     def _verify_assertion(self, assertion: str) -> dict:
