@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from dmlocal.reachability import PORTED_PROTOCOLS, PROTOCOL_NUMBERS
+from dmlocal.reachability import PORTED_PROTOCOLS, PROTOCOL_NUMBERS, follow, template_outputs
 
 REF = re.compile(r"\$\(ref\.([^.()]+)\.([^()]+)\)")
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
@@ -85,7 +85,7 @@ def validate(expansion) -> list[Finding]:
 
     origins = getattr(expansion, "origins", {}) or {}
     findings = compute_api.check_resources(expansion.resources, origins)
-    findings += semantic_checks(expansion.resources, origins)
+    findings += semantic_checks(expansion.resources, origins, getattr(expansion, "layout", None))
     tracer = _Tracer(expansion)
     order = {r["name"]: i for i, r in enumerate(expansion.resources)}
     findings = [tracer.annotate(f) for f in findings]
@@ -93,13 +93,16 @@ def validate(expansion) -> list[Finding]:
     return list(dict.fromkeys(findings))
 
 
-def semantic_checks(resources: list[dict], origins: dict[str, str] | None = None) -> list[Finding]:
+def semantic_checks(
+    resources: list[dict], origins: dict[str, str] | None = None, layout: dict | None = None
+) -> list[Finding]:
     """The reviewer's checks on leaf resources (see the module docstring)."""
     origins = origins or {}
     by_name = {r.get("name"): r for r in resources}
+    outputs = template_outputs(layout)
     findings: list[Finding] = []
     for res in resources:
-        ctx = _Ctx(res, origins.get(res.get("name", ""), "?"), by_name)
+        ctx = _Ctx(res, origins.get(res.get("name", ""), "?"), by_name, outputs)
         kind = res.get("type", "")
         findings += ctx.labels()
         if kind == "compute.v1.firewall":
@@ -115,7 +118,8 @@ def semantic_checks(resources: list[dict], origins: dict[str, str] | None = None
 
 
 class _Ctx:
-    def __init__(self, res: dict, file: str, by_name: dict[str, dict]):
+    def __init__(self, res: dict, file: str, by_name: dict[str, dict], outputs: dict):
+        self.outputs = outputs
         self.res = res
         self.name = res.get("name", "?")
         self.props = res.get("properties") or {}
@@ -399,7 +403,7 @@ class _Ctx:
             )
 
     def nic_region(self, i: int, nic: dict, zone: Any, region: str | None) -> Iterator[Finding]:
-        sub = nic.get("subnetwork")
+        sub = follow(nic.get("subnetwork"), self.outputs)
         m = REF.fullmatch(sub.strip()) if isinstance(sub, str) else None
         if m and region and m.group(1) in self.by_name:
             subnet = self.by_name[m.group(1)]
@@ -421,7 +425,7 @@ class _Ctx:
         for j, ac in enumerate(nic.get("accessConfigs") or []):
             if not isinstance(ac, dict):
                 continue
-            nat = ac.get("natIP")
+            nat = follow(ac.get("natIP"), self.outputs)
             am = REF.fullmatch(nat.strip()) if isinstance(nat, str) else None
             if am and region and am.group(1) in self.by_name:
                 address = self.by_name[am.group(1)]

@@ -96,16 +96,56 @@ def firewall_rules(resources: Iterable[Mapping]) -> list[dict]:
     return rules
 
 
-def resolver_for(resources: Iterable[Mapping]) -> Resolver:
+def template_outputs(layout: Mapping | None) -> dict[str, dict[str, object]]:
+    """{template resource name: {output name: value}} from an Expansion's layout tree."""
+    found: dict[str, dict[str, object]] = {}
+
+    def walk(nodes) -> None:
+        for node in nodes or []:
+            if "resources" in node:
+                found[node["name"]] = {o["name"]: o["value"] for o in node.get("outputs") or []}
+                walk(node["resources"])
+
+    walk((layout or {}).get("resources"))
+    return found
+
+
+def follow(value: object, outputs: Mapping[str, Mapping[str, object]], limit: int = 20) -> object:
+    """Replace a whole-string reference to a template's output by that output's value, repeatedly.
+
+    `$(ref.lab-net.subnetLink)` becomes `$(ref.lab-net-subnet.selfLink)` when template `lab-net`
+    declares that output, so callers can reach the leaf resource behind it.
+    """
+    for _ in range(limit):
+        m = REF_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if not m or m.group(1) not in outputs:
+            return value
+        name, field = m.groups()
+        head = field.split(".")[0]
+        if head not in outputs[name]:
+            return value
+        value = outputs[name][head]
+    return value
+
+
+def resolver_for(resources: Iterable[Mapping], layout: Mapping | None = None) -> Resolver:
     """Build a resolver for `$(ref.NAME.FIELD)` against the properties of `resources`.
+
+    With the Expansion's `layout`, references to template outputs are followed to the leaf
+    resource they name.
 
     FIELD may be a dotted path (`networkInterfaces.0.networkIP` style indices allowed). Fields that
     exist only after creation (selfLink, id, address of an ephemeral IP) are not in the properties
     and raise ReachabilityError: a firewall range that depends on one cannot be checked offline.
     """
     by_name = {r.get("name"): r for r in resources}
+    outputs = template_outputs(layout)
 
     def resolve(ref: str) -> object:
+        followed = follow(ref, outputs)
+        if not (isinstance(followed, str) and REF_RE.fullmatch(followed.strip())):
+            return followed
+        ref = followed
         m = REF_RE.fullmatch(ref.strip())
         if not m:
             raise ReachabilityError(f"not a reference: {ref!r}")
@@ -332,9 +372,11 @@ def _probe_label(proto: str, port: int | None) -> str:
     return f"{proto}/{port}" if port is not None else proto
 
 
-def instance_targets(resources: Iterable[Mapping]) -> list[dict]:
+def instance_targets(resources: Iterable[Mapping], layout: Mapping | None = None) -> list[dict]:
     """Each instance with the facts firewall evaluation needs: tags, service account, subnet."""
+    resources = list(resources)
     by_name = {r.get("name"): r for r in resources}
+    outputs = template_outputs(layout)
     out = []
     for res in resources:
         if res.get("type") != "compute.v1.instance":
@@ -344,7 +386,7 @@ def instance_targets(resources: Iterable[Mapping]) -> list[dict]:
         sas = [sa.get("email") for sa in props.get("serviceAccounts") or [] if isinstance(sa, dict)]
         subnet_range = None
         for nic in props.get("networkInterfaces") or []:
-            m = REF_RE.fullmatch(str(nic.get("subnetwork", "")).strip())
+            m = REF_RE.fullmatch(str(follow(nic.get("subnetwork", ""), outputs)).strip())
             if m and m.group(1) in by_name:
                 subnet_range = (by_name[m.group(1)].get("properties") or {}).get("ipCidrRange")
                 break
@@ -370,10 +412,12 @@ def _inside_probe(cidr: str | None) -> str | None:
     return str(net.network_address + min(10, net.num_addresses - 1))
 
 
-def firewall_table(resources: list[Mapping], instance: Mapping) -> list[Row]:
+def firewall_table(
+    resources: list[Mapping], instance: Mapping, layout: Mapping | None = None
+) -> list[Row]:
     """What the rules allow to/from `instance` (an item of `instance_targets`), per peer kind."""
     rules = firewall_rules(resources)
-    resolve = resolver_for(resources)
+    resolve = resolver_for(resources, layout)
     ssh_net = ipaddress.ip_network(GOOGLE_SSH_RANGE)
     peers = [
         ("from the internet", INTERNET_PROBE, "INGRESS"),

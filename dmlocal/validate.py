@@ -82,9 +82,10 @@ def run_preview(args) -> int:
     findings = checks.validate(expansion)
     errors = [f for f in findings if f.severity == "error"]
     tables: dict = {}
-    for vm in reachability.instance_targets(expansion.resources):
+    layout = expansion.layout
+    for vm in reachability.instance_targets(expansion.resources, layout):
         try:
-            tables[vm["name"]] = (vm, reachability.firewall_table(expansion.resources, vm))
+            tables[vm["name"]] = (vm, reachability.firewall_table(expansion.resources, vm, layout))
         except reachability.ReachabilityError as error:
             # The rules cannot be evaluated (a bad range); the findings already say which.
             if not errors:
@@ -175,12 +176,12 @@ def run_reach(args) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
-    resources = loaded.resources
-    targets = reachability.instance_targets(resources)
+    resources, layout = loaded.resources, loaded.layout
+    targets = reachability.instance_targets(resources, layout)
     if args.vm:
         targets = [t for t in targets if t["name"] == args.vm]
         if not targets:
-            names = ", ".join(t["name"] for t in reachability.instance_targets(resources))
+            names = ", ".join(t["name"] for t in reachability.instance_targets(resources, layout))
             print(f"error: no instance '{args.vm}' in {args.config}; instances: {names}",
                   file=sys.stderr)  # fmt: skip
             return EXIT_USAGE
@@ -189,7 +190,7 @@ def run_reach(args) -> int:
         return EXIT_USAGE
     direction = "EGRESS" if args.egress else "INGRESS"
     rules = reachability.firewall_rules(resources)
-    resolve = reachability.resolver_for(resources)
+    resolve = reachability.resolver_for(resources, layout)
     probe = f"{proto}/{port}" if port is not None else proto
     status = EXIT_OK
     for vm in targets:
