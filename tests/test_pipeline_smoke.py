@@ -1,0 +1,107 @@
+"""scripts/smoke.sh against the app served for real on loopback.
+
+Real: scripts/smoke.sh (curl, its retries and backoff), the app (app/app.py) under gunicorn, the
+production server, on 127.0.0.1. Emulated: nothing; only the address differs from production
+(a free loopback port instead of the VM's public IP on port 80).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "scripts" / "smoke.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gunicorn(port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
+            *("--workers", "1", "--chdir", str(REPO / "app"), "app:app"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def smoke(target: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(SMOKE), target],
+        env={**os.environ, "SMOKE_FIRST_WAIT": "1", "SMOKE_MAX_WAIT": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def server():
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_smoke_passes_against_the_running_app(server):
+    """The app is up: the first try gets exactly the greeting and smoke.sh exits 0."""
+    port = free_port()
+    server.append(gunicorn(port))
+    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="20")
+    out, err = result.communicate(timeout=60)
+    assert result.returncode == 0, err
+    assert "Hello World from BenchSci!" in out
+
+
+def test_smoke_waits_for_an_app_that_comes_up_late(server):
+    """smoke.sh starts before anything listens (a VM still booting); it retries with backoff
+    and passes once gunicorn is up."""
+    port = free_port()
+    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="30")
+    time.sleep(2.5)
+    server.append(gunicorn(port))
+    out, err = result.communicate(timeout=60)
+    assert result.returncode == 0, err
+    assert "try 1/30" in err  # it did fail first
+    assert "answered" in out
+
+
+class _Wrong(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"Hello World from BenchSci"  # no "!": close is not good enough
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+def test_smoke_fails_on_the_wrong_body():
+    """A server that answers 200 with a different body fails the smoke test (exit 1)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Wrong)
+    Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        result = smoke(f"127.0.0.1:{httpd.server_address[1]}", SMOKE_ATTEMPTS="2")
+        _, err = result.communicate(timeout=60)
+    finally:
+        httpd.shutdown()
+    assert result.returncode == 1
+    assert "unexpected body" in err
+    assert "FAILED" in err
