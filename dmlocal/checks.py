@@ -31,18 +31,18 @@ LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 API_PREFIX = r"(?:https://(?:www|compute)\.googleapis\.com/compute/(?:v1|beta|alpha)/)?"
 IMAGE_URL = re.compile(
-    API_PREFIX + r"(?:projects/(?P<project>[a-z][-a-z0-9.:]*[a-z0-9])/)?global/images/"
+    API_PREFIX + r"(?:projects/(?P<project>[a-z](?:[-a-z0-9.:]*[a-z0-9])?)/)?global/images/"
     r"(?:family/)?(?P<image>[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)$"
 )
 MACHINE_TYPE_URL = re.compile(
-    API_PREFIX + r"(?:projects/[a-z][-a-z0-9.:]*[a-z0-9]/)?zones/(?P<zone>[^/]+)/machineTypes/"
+    API_PREFIX + r"(?:projects/[a-z](?:[-a-z0-9.:]*[a-z0-9])?/)?zones/(?P<zone>[^/]+)/machineTypes/"
     r"(?P<type>[^/]+)$"
 )
 MACHINE_TYPE_NAME = re.compile(
     r"^(?:[a-z][a-z0-9]*-(?:custom-\d+-\d+(?:-ext)?|[a-z0-9]+(?:-[a-z0-9]+)*)|custom-\d+-\d+(?:-ext)?)$"
 )
 DISK_TYPE_URL = re.compile(
-    API_PREFIX + r"(?:projects/[a-z][-a-z0-9.:]*[a-z0-9]/)?zones/(?P<zone>[^/]+)/diskTypes/"
+    API_PREFIX + r"(?:projects/[a-z](?:[-a-z0-9.:]*[a-z0-9])?/)?zones/(?P<zone>[^/]+)/diskTypes/"
     r"(?P<type>[a-z][-a-z0-9]*)$"
 )
 VALID_PROTOCOLS = ", ".join([*PROTOCOL_NUMBERS, "all", "or a protocol number 0-255"])
