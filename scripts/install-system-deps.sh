@@ -7,6 +7,8 @@ packages=(
   python3-venv
   shellcheck
   wrk
+  # make diagram / tests/test_validate_diagram.py: DOT -> docs/architecture.svg.
+  graphviz
   # localvm (make up, tests/e2e, bench/bench_boot.py): image build, TCG VM, metadata proxy,
   # browser screenshot.
   chromium
