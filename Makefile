@@ -28,6 +28,18 @@ preview: $(VENV)/.installed
 terraform: $(VENV)/.installed
 	$(VPY) -m dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
 
+# The stack on this machine: render, boot the instance under qemu with Google's guest agent,
+# print its URL last. It keeps running in the background until `make down`.
+.PHONY: up down bench-boot
+up: $(VENV)/.installed
+	@$(VPY) -m localvm up $(CONFIG)
+
+down: $(VENV)/.installed
+	@$(VPY) -m localvm down
+
+bench-boot: $(VENV)/.installed
+	$(VPY) bench/bench_boot.py
+
 bench: $(VENV)/.installed
 	$(VPY) bench/bench_app.py
 
@@ -38,7 +50,19 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/yamllint --strict .
 
 pytest: $(VENV)/.installed
-	$(VPY) -m pytest
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# Deploy with the real gcloud (scripts/deploy.sh says how it authenticates and what the exit
+# codes mean). CI runs exactly these; so can a person with gcloud logged in and GCP_PROJECT set.
+.PHONY: deploy deploy-preview smoke
+deploy:
+	@bash scripts/deploy.sh
+
+deploy-preview:
+	@bash scripts/deploy.sh --preview
+
+smoke:
+	@bash scripts/smoke.sh $(IP)
 
 test: lint pytest
 

@@ -20,7 +20,9 @@
 #      name), GCP_DEPLOYER_SA (service account email) and an OIDC token in CIRCLE_OIDC_TOKEN_V2
 #      (CircleCI sets it), CIRCLE_OIDC_TOKEN, or the file named by OIDC_TOKEN_FILE;
 #   2. GCP_SA_KEY_B64: a base64 service-account JSON key (the fallback);
-#   3. neither: gcloud's active account, for a person running it by hand.
+#   3. neither: gcloud's active account, for a person running it by hand; unless
+#      SKIP_WITHOUT_CREDENTIALS=true (CI's preview job on branches), which makes "no credentials
+#      configured" a clear message and exit 0 instead.
 # Nothing secret is printed: keys and tokens go to 0600 files in a private temp dir that is
 # removed on exit, and this script never runs with `set -x`.
 #
@@ -140,6 +142,10 @@ authenticate() {
     gcloud_run auth activate-service-account --key-file="$key" ||
       die "$EXIT_AUTH" "gcloud rejected the service-account key (or the token endpoint refused it)"
   else
+    if [[ ${SKIP_WITHOUT_CREDENTIALS:-} == true ]]; then
+      log "SKIPPED: no GCP credentials configured (GCP_WIF_PROVIDER + GCP_DEPLOYER_SA, or GCP_SA_KEY_B64); nothing was checked against Deployment Manager"
+      exit 0
+    fi
     local account
     account=$(gcloud config get-value account 2>/dev/null || true)
     [[ -n $account ]] || die "$EXIT_AUTH" "no credentials: set GCP_WIF_PROVIDER + GCP_DEPLOYER_SA, or GCP_SA_KEY_B64, or run gcloud auth login"
