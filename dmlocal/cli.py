@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from dmlocal import terraform, validate
+from dmlocal import diagram, terraform, validate
 from dmlocal.errors import ConfigError
 from dmlocal.expand import Expansion, default_env, expand_path
 
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     preview.set_defaults(run=validate.run_preview)  # YAML on stdout, findings + firewall on stderr
     terraform.add_command(commands)
     validate.add_commands(commands)
+    diagram.add_command(commands)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
