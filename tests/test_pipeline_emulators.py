@@ -1,0 +1,204 @@
+"""The emulated Google servers themselves, at the HTTP/JSON level, without gcloud (fast).
+
+Real: the dmlocal engine the DM emulator expands with, deployment.yaml and the templates, and
+RS256 signing with a throwaway key (cryptography). Emulated: these ARE the emulators of Google's
+Deployment Manager v2 API and OAuth token endpoint; the tests pin the documented behaviour the
+gcloud tests rely on (auth, fingerprints, conflicts, rejected configs, JWT checks).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from emulators.deploymentmanager import DeploymentManagerEmulator
+from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
+
+REPO = Path(__file__).resolve().parent.parent
+EMAIL = "deployer@p.iam.gserviceaccount.com"
+BASE = "deploymentmanager/v2/projects/p/global"
+
+
+def target() -> dict:
+    config = yaml.safe_load((REPO / "deployment.yaml").read_text())
+    imports = []
+    for entry in config["imports"]:
+        for rel in (entry["path"], entry["path"] + ".schema"):
+            if (REPO / rel).exists():
+                imports.append({"name": rel, "content": (REPO / rel).read_text()})
+    return {"config": {"content": (REPO / "deployment.yaml").read_text()}, "imports": imports}
+
+
+def call(url: str, method: str, body: dict | None = None, token: str | None = None):
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {token}"} if token else {}),
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def sign(key_file: dict, claims: dict, kid: str | None = None) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid or key_file["private_key_id"]}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    private = serialization.load_pem_private_key(key_file["private_key"].encode(), None)
+    signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
+@pytest.fixture(scope="module")
+def servers():
+    oauth = OAuth2Emulator()
+    oauth.serve()
+    dm = DeploymentManagerEmulator(verify_token=oauth.verify)
+    dm.serve()
+    key, public = new_service_account_key(EMAIL, "p", oauth.token_url)
+    oauth.register_key(EMAIL, key["private_key_id"], public)
+    yield oauth, dm, key
+    dm.shutdown()
+    oauth.shutdown()
+
+
+def grant(oauth: OAuth2Emulator, assertion: str):
+    data = urllib.parse.urlencode({"grant_type": JWT_BEARER, "assertion": assertion}).encode()
+    try:
+        with urllib.request.urlopen(oauth.token_url, data=data, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def claims(**overrides) -> dict:
+    now = int(time.time())
+    return {
+        "iss": EMAIL,
+        "aud": GOOGLE_TOKEN_URI,
+        "scope": "https://www.googleapis.com/auth/cloud-platform",
+        "iat": now,
+        "exp": now + 3600,
+    } | overrides
+
+
+def test_token_endpoint_issues_a_token_for_a_good_assertion_only(servers):
+    oauth, _, key = servers
+    status, body = grant(oauth, sign(key, claims()))
+    assert status == 200 and body["token_type"] == "Bearer"
+    assert oauth.verify(body["access_token"]) == EMAIL
+
+    good = sign(key, claims())
+    tampered = good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
+    for bad in (
+        tampered,
+        sign(key, claims(aud="https://example.com/token")),
+        sign(key, claims(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)),
+        sign(key, claims(exp=int(time.time()) + 7200)),  # longer than an hour
+        sign(key, claims(), kid="not-a-registered-key"),
+        sign(key, claims(iss="someone-else@p.iam.gserviceaccount.com")),
+    ):
+        status, body = grant(oauth, bad)
+        assert (status, body["error"]) == (400, "invalid_grant"), body
+
+
+def test_dm_answers_401_without_a_token_it_issued(servers):
+    _, dm, _ = servers
+    for token in (None, "ya29.made-up"):
+        status, body = call(f"{dm.url}{BASE}/deployments/hello", "GET", token=token)
+        assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
+
+
+def test_dm_fingerprints_conflicts_and_rejected_configs(servers):
+    oauth, dm, _ = servers
+    token = oauth.issue(EMAIL)
+    deployments = f"{dm.url}{BASE}/deployments"
+    status, op = call(deployments, "POST", {"name": "fp", "target": target()}, token)
+    assert status == 200 and op["status"] == "DONE" and "error" not in op
+    status, body = call(deployments, "POST", {"name": "fp", "target": target()}, token)
+    assert status == 409
+
+    _, current = call(f"{deployments}/fp", "GET", token=token)
+    stale = base64.urlsafe_b64encode(b"stale!!!").decode()
+    status, body = call(
+        f"{deployments}/fp", "PUT", {"name": "fp", "target": target(), "fingerprint": stale}, token
+    )
+    assert status == 412, body
+
+    broken = target()
+    broken["config"]["content"] = broken["config"]["content"].replace(
+        "machineType:", "machineTyp:", 1
+    )
+    status, op = call(
+        f"{deployments}/fp",
+        "PUT",
+        {"name": "fp", "target": broken, "fingerprint": current["fingerprint"]},
+        token,
+    )
+    assert status == 200 and op["status"] == "DONE"
+    (error,) = op["error"]["errors"]
+    assert error["code"] == "MANIFEST_EXPANSION_USER_ERROR" and "machineTyp" in error["message"]
+    _, after = call(f"{deployments}/fp", "GET", token=token)
+    assert after["manifest"] == current["manifest"]
+    assert after["fingerprint"] != current["fingerprint"]
+
+    # One operation at a time: while one runs, a second update is refused with 409.
+    dm.hold_operations = True
+    try:
+        status, op = call(
+            f"{deployments}/fp",
+            "PUT",
+            {"name": "fp", "target": target(), "fingerprint": after["fingerprint"]},
+            token,
+        )
+        assert status == 200 and op["status"] == "RUNNING"
+        _, latest = call(f"{deployments}/fp", "GET", token=token)
+        status, _ = call(
+            f"{deployments}/fp",
+            "PUT",
+            {"name": "fp", "target": target(), "fingerprint": latest["fingerprint"]},
+            token,
+        )
+        assert status == 409
+    finally:
+        dm.hold_operations = False
+    status, op = call(f"{dm.url}{BASE}/operations/{op['name']}", "GET", token=token)
+    assert op["status"] == "DONE"
+
+
+def test_dm_final_properties_resolve_references_and_the_address_is_injectable():
+    dm = DeploymentManagerEmulator(address_allocator=lambda project, name, props: "192.0.2.77")
+    dm.serve()
+    try:
+        status, op = call(f"{dm.url}{BASE}/deployments", "POST", {"name": "ip", "target": target()})
+        assert status == 200 and "error" not in op, op
+        _, listing = call(f"{dm.url}{BASE}/deployments/ip/resources", "GET")
+        final = {r["name"]: yaml.safe_load(r["finalProperties"]) for r in listing["resources"]}
+        (instance,) = [r for r in listing["resources"] if r["type"] == "compute.v1.instance"]
+        nic = final[instance["name"]]["networkInterfaces"][0]
+        assert nic["accessConfigs"][0]["natIP"] == "192.0.2.77"
+        assert nic["subnetwork"].startswith("https://www.googleapis.com/compute/v1/projects/p/")
+        assert "$(ref." not in json.dumps(final)
+        _, deployment = call(f"{dm.url}{BASE}/deployments/ip", "GET")
+        manifest = deployment["manifest"].rsplit("/", 1)[1]
+        _, body = call(f"{dm.url}{BASE}/deployments/ip/manifests/{manifest}", "GET")
+        outputs = yaml.safe_load(body["layout"])["outputs"]
+        assert {o["name"]: o["finalValue"] for o in outputs}["publicIp"] == "192.0.2.77"
+    finally:
+        dm.shutdown()
