@@ -499,11 +499,18 @@ class _Tracer:
             for leaf in _leaf_names(node):
                 self.roots[leaf] = (index, node)
         self.leaves = {r["name"]: r for r in expansion.resources}
-        try:
-            with open(expansion.config_file) as fh:
-                self.tree = yaml.compose(fh)
-        except (OSError, yaml.YAMLError):
-            self.tree = None
+        self._tree: yaml.Node | bool | None = False  # parsed on first use: valid configs skip it
+
+    @property
+    def tree(self) -> yaml.Node | None:
+        if self._tree is False:
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            try:
+                with open(self.config_file) as fh:
+                    self._tree = yaml.compose(fh, Loader=loader)
+            except (OSError, yaml.YAMLError):
+                self._tree = None
+        return self._tree
 
     def annotate(self, finding: Finding) -> Finding:
         if finding.source or finding.resource not in self.roots:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,15 +34,73 @@ DOCS_URL = "https://cloud.google.com/compute/docs/reference/rest/v1/{collection}
 MAX_LISTED = 16
 
 
+def discovery_path() -> Path:
+    """Where google-api-python-client keeps its copy of the Compute Engine v1 discovery doc."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("googleapiclient")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("google-api-python-client is not installed (requirements-dev.txt)")
+    base = Path(next(iter(spec.submodule_search_locations)))
+    return base / "discovery_cache" / "documents" / "compute.v1.json"
+
+
 @functools.cache
 def discovery() -> dict:
-    """The Compute Engine v1 discovery document bundled with google-api-python-client."""
-    import googleapiclient
+    """The Compute Engine v1 discovery document bundled with google-api-python-client.
 
-    path = (
-        Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "compute.v1.json"
-    )
-    return json.loads(path.read_text())
+    Only what validation reads is kept (insert methods, schemas without their prose), and that
+    subset is cached outside the repository, keyed by the source file's path, size and mtime:
+    parsing the full 5 MB document on every `make preview` cost ~0.15 s of a 1 s budget.
+    """
+    source = discovery_path()
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}:{CACHE_VERSION}".encode())
+    cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmlocal"
+    cache = cache_dir / f"compute.v1-{key.hexdigest()[:20]}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    subset = _trim(json.loads(source.read_text()))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(subset, separators=(",", ":")))
+        tmp.replace(cache)  # atomic: concurrent previews never read a half-written cache
+    except OSError:
+        pass  # read-only home: still correct, just slower
+    return subset
+
+
+CACHE_VERSION = 2
+_PROSE = frozenset({"description", "enumDescriptions"})
+
+
+def _strip(node, names: bool = False):
+    """Drop documentation prose; `names` marks a map of field names, whose keys are all kept."""
+    if isinstance(node, dict):
+        return {
+            k: _strip(v, names=not names and k in ("properties", "parameters"))
+            for k, v in node.items()
+            if names or k not in _PROSE
+        }
+    if isinstance(node, list):
+        return [_strip(v) for v in node]
+    return node
+
+
+def _trim(doc: dict) -> dict:
+    resources = {
+        name: {"methods": {"insert": _strip(body["methods"]["insert"])}}
+        for name, body in doc["resources"].items()
+        if "insert" in body.get("methods", {})
+    }
+    return {
+        "revision": doc.get("revision"),
+        "resources": resources,
+        "schemas": _strip(doc["schemas"]),
+    }
 
 
 @dataclass(frozen=True)

@@ -271,3 +271,29 @@ def test_protocol_names(proto, expected):
         [f] = findings
         assert f.path == "r.allowed[0].IPProtocol"
         assert expected in f.message
+
+
+def test_cached_subset_keeps_every_field_type_and_enum_of_the_discovery_doc():
+    import json
+
+    from dmlocal.compute_api import discovery_path
+
+    full = json.loads(discovery_path().read_text())["schemas"]
+    subset = discovery()["schemas"]
+    assert set(full) == set(subset)
+
+    def shape(node):
+        if isinstance(node, dict):
+            keep = {k: shape(v) for k, v in node.items() if k in ("type", "enum", "$ref", "format")}
+            for key in ("properties", "additionalProperties", "items"):
+                if key in node:
+                    keep[key] = (
+                        {n: shape(f) for n, f in node[key].items()}
+                        if key == "properties"
+                        else shape(node[key])
+                    )
+            return keep
+        return node
+
+    for name in ("Instance", "Firewall", "Network", "Subnetwork", "Address", "AttachedDisk"):
+        assert shape(subset[name]) == shape(full[name])
