@@ -5,7 +5,7 @@
 #                                the resources and the public IP
 #   scripts/deploy.sh --preview  DM's server-side preview of the same create/update: show what
 #                                would change, then cancel the preview (nothing is touched)
-#   scripts/deploy.sh --auth-only  authenticate as below, report the account, and stop
+#   scripts/deploy.sh --auth-only  authenticate as below, then stop (checks credentials)
 #
 # Settings (environment):
 #   GCP_PROJECT            project id (or CLOUDSDK_CORE_PROJECT / gcloud's configured project)
@@ -20,7 +20,8 @@
 #      name), GCP_DEPLOYER_SA (service account email) and an OIDC token in CIRCLE_OIDC_TOKEN_V2
 #      (CircleCI sets it), CIRCLE_OIDC_TOKEN, or the file named by OIDC_TOKEN_FILE;
 #   2. GCP_SA_KEY_B64: a base64 service-account JSON key (the fallback);
-#   3. neither: gcloud's active account, for a person running it by hand; unless
+#   3. neither: gcloud's active account (or CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, gcloud's own
+#      access-token property), for a person running it by hand; unless
 #      SKIP_WITHOUT_CREDENTIALS=true (CI's preview job on branches), which makes "no credentials
 #      configured" a clear message and exit 0 instead.
 # Nothing secret is printed: keys and tokens go to 0600 files in a private temp dir that is
@@ -28,8 +29,9 @@
 #
 # Delete policy: updates run with --delete-policy=DELETE. deployment.yaml is the truth, so a
 # resource removed from it (say a firewall rule) is removed from the project; ABANDON would leave
-# it live and unmanaged, which for an "allow" rule is an open door nobody sees in code. Nothing
-# here ever deletes the deployment itself; the instance carries deletion protection against that.
+# it live and unmanaged, which for an "allow" rule is an open door nobody sees in code. Apart from
+# the empty shell a preview of a new deployment leaves behind, nothing here deletes a deployment;
+# the instance carries deletion protection against that.
 #
 # Serialized deploys: DM allows one operation per deployment and checks the fingerprint read
 # before an update. A deploy that finds another one running (HTTP 409, or 412 for a stale
@@ -145,6 +147,11 @@ authenticate() {
     if [[ ${SKIP_WITHOUT_CREDENTIALS:-} == true ]]; then
       log "SKIPPED: no GCP credentials configured (GCP_WIF_PROVIDER + GCP_DEPLOYER_SA, or GCP_SA_KEY_B64); nothing was checked against Deployment Manager"
       exit 0
+    fi
+    if [[ -n ${CLOUDSDK_AUTH_ACCESS_TOKEN_FILE:-} ]]; then
+      # gcloud's auth/access_token_file property: a bare token, e.g. for a local emulator.
+      log "using the access token in CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"
+      return 0
     fi
     local account
     account=$(gcloud config get-value account 2>/dev/null || true)

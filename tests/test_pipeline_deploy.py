@@ -535,3 +535,44 @@ def test_create_cred_config_writes_a_valid_external_account_file(tmp_path):
     assert isinstance(credentials, identity_pool.Credentials)
     assert credentials.service_account_email == DEPLOYER
     assert credentials.retrieve_subject_token(None) == "header.payload.signature"
+
+
+def test_local_run_with_an_access_token_file_and_an_injected_address(tmp_path):
+    """How `make up` can reuse this path on one machine: a DM emulator whose static address is
+    injected (a loopback address standing in for the public IP), and gcloud authenticated by
+    its own auth/access_token_file property instead of a key. deploy.sh prints that address.
+
+    Real: gcloud, deploy.sh, templates, engine. Emulated: DM's server (no OAuth server at all:
+    the DM emulator accepts exactly one token).
+    """
+    token_file = tmp_path / "token"
+    token_file.write_text("local-token")
+    dm = DeploymentManagerEmulator(
+        verify_token=lambda t: "operator@example.com" if t == "local-token" else None,
+        address_allocator=lambda project, name, properties: "127.0.0.42",
+    )
+    dm.serve()
+    try:
+        config_dir = tmp_path / "gcloud"
+        config_dir.mkdir()
+        result = subprocess.run(
+            [str(DEPLOY)],
+            cwd=REPO,
+            env={
+                "PATH": os.environ["PATH"],
+                "HOME": str(tmp_path),
+                "CLOUDSDK_CONFIG": str(config_dir),
+                "CLOUDSDK_API_ENDPOINT_OVERRIDES_DEPLOYMENTMANAGER": dm.url,
+                "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token_file),
+                "GCP_PROJECT": "local-project",
+                "DEPLOY_OUT_DIR": str(tmp_path / "out"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        dm.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert ip_from(result.stdout) == "127.0.0.42"
+    assert (tmp_path / "out" / "public-ip").read_text() == "127.0.0.42\n"
