@@ -487,13 +487,13 @@ def test_workload_identity_login_from_a_circleci_oidc_token(pipeline, tmp_path):
 
 def test_create_cred_config_writes_a_valid_external_account_file(tmp_path):
     """The OIDC cred-config gcloud writes is a valid external_account credential: the fields
-    Google's STS exchange needs, and google-auth (the library gcloud itself uses) loads it and
-    reads the subject token from the file.
+    Google's STS exchange needs, and google-auth (the library gcloud itself uses) loads it as an
+    identity-pool credential and reads the subject token from the file.
 
     Real: gcloud's create-cred-config (a local file, no network) and google-auth's parser.
     Emulated: nothing.
     """
-    from google.auth import identity_pool, load_credentials_from_file
+    from google.auth import identity_pool
 
     token_file = tmp_path / "oidc-token"
     token_file.write_text("header.payload.signature")
@@ -531,8 +531,7 @@ def test_create_cred_config_writes_a_valid_external_account_file(tmp_path):
         "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/"
         f"{DEPLOYER}:generateAccessToken"
     )
-    credentials, _ = load_credentials_from_file(str(out))
-    assert isinstance(credentials, identity_pool.Credentials)
+    credentials = identity_pool.Credentials.from_file(str(out))
     assert credentials.service_account_email == DEPLOYER
     assert credentials.retrieve_subject_token(None) == "header.payload.signature"
 
