@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 CONFIG ?= deployment.yaml
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
-.PHONY: preview test lint pytest bench diagram system-deps clean
+.PHONY: preview test lint pytest bench diagram bench-preview system-deps clean
 
 $(VENV)/.installed: requirements-dev.txt app/requirements.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-boot: $(VENV)/.installed
 # tests/test_validate_diagram.py fails until this is re-run after a change that shows in it.
 diagram: $(VENV)/.installed
 	$(VPY) -m dmlocal diagram deployment.yaml --out docs
+
+# Render + full validation of deployment.yaml, median wall time (target <= 1 s); prints figures.
+bench-preview: $(VENV)/.installed
+	$(VPY) bench/bench_preview.py
 
 bench: $(VENV)/.installed
 	$(VPY) bench/bench_app.py
