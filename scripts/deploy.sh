@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one place deploy logic lives: CircleCI runs it, and so do people.
 #
-#   scripts/deploy.sh            create the deployment, or update it when it exists; wait; print
-#                                the resources and the public IP
+#   scripts/deploy.sh            update the deployment, or create it when it does not exist;
+#                                wait; print the resources and the public IP
 #   scripts/deploy.sh --preview  DM's server-side preview of the same create/update: show what
 #                                would change, then cancel the preview (nothing is touched)
 #   scripts/deploy.sh --auth-only  authenticate as below, then stop (checks credentials)
@@ -96,10 +96,16 @@ trap 'rm -rf "$private"' EXIT
 chmod 700 "$private"
 stderr_file=$private/gcloud.stderr
 
-# Runs gcloud, showing its stderr live and keeping a copy to classify failures.
+# Runs gcloud, showing its stderr live and keeping a copy to classify failures. With
+# hide_not_found=true, gcloud's "code=404" error line is kept out of the live output (the
+# caller expects that answer and says what it means).
 gcloud_run() {
   local rc=0
-  gcloud "$@" 2> >(tee "$stderr_file" >&2) || rc=$?
+  if [[ ${hide_not_found:-} == true ]]; then
+    gcloud "$@" 2> >(tee "$stderr_file" | grep --line-buffered -v 'code=404' >&2) || rc=$?
+  else
+    gcloud "$@" 2> >(tee "$stderr_file" >&2) || rc=$?
+  fi
   wait # for tee, so the copy is complete
   return "$rc"
 }
@@ -160,39 +166,34 @@ authenticate() {
   fi
 }
 
-# Returns 0 when the deployment exists, 1 when it does not; dies on any other answer.
-deployment_exists() {
-  # Quiet: "not found" is an expected answer here, not an error to show.
-  if gcloud deployment-manager deployments describe "$deployment" \
-    --format='value(deployment.fingerprint)' >/dev/null 2>"$stderr_file"; then
-    return 0
-  fi
-  case $(last_failure) in
-    missing) return 1 ;;
-    *)
-      cat "$stderr_file" >&2
-      die "$EXIT_API" "could not read deployment $deployment (see gcloud's message above)"
-      ;;
-  esac
-}
-
 # One create-or-update attempt. Returns 0 on success, 75 when busy (retry), else dies.
+# `gcloud ... update` first reads the deployment (GET) and then updates it (PUT); when the read
+# says 404 the deployment does not exist and is created instead. That is describe -> update or
+# create at the API level, in one gcloud process fewer than a separate describe.
 create_or_update() {
   local -a mode_flags=()
-  "$preview" && mode_flags=(--preview)
-  local verb
-  if deployment_exists; then
-    verb=update
-    log "deployment $deployment exists: updating from $config${mode_flags:+ (preview)}"
-    gcloud_run deployment-manager deployments update "$deployment" --config="$config" \
-      --delete-policy=DELETE --create-policy=CREATE_OR_ACQUIRE "${mode_flags[@]}" |
-      tee "$private/result" && return 0
-  else
+  local note=""
+  if "$preview"; then
+    mode_flags=(--preview)
+    note=" (preview)"
+  fi
+  local verb=update
+  log "create-or-update of $deployment from $config$note"
+  if hide_not_found=true gcloud_run deployment-manager deployments update "$deployment" \
+    --config="$config" --delete-policy=DELETE --create-policy=CREATE_OR_ACQUIRE \
+    "${mode_flags[@]}" | tee "$private/result"; then
+    log "deployment $deployment existed: updated in place$note"
+    return 0
+  fi
+  if [[ $(last_failure) == missing ]]; then
     verb=create
-    log "deployment $deployment does not exist: creating from $config${mode_flags:+ (preview)}"
+    log "deployment $deployment does not exist: creating it$note"
     created_for_preview=$preview
-    gcloud_run deployment-manager deployments create "$deployment" --config="$config" \
-      "${mode_flags[@]}" | tee "$private/result" && return 0
+    if gcloud_run deployment-manager deployments create "$deployment" --config="$config" \
+      "${mode_flags[@]}" | tee "$private/result"; then
+      log "deployment $deployment created$note"
+      return 0
+    fi
   fi
   case $(last_failure) in
     busy) return 75 ;;

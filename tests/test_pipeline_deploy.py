@@ -91,6 +91,8 @@ class Pipeline:
             "CLOUDSDK_AUTH_TOKEN_HOST": self.token_url,
             "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
             "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
+            # No probing for a GCE metadata server: loopback only.
+            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
             "GCP_PROJECT": project,
             "CLOUDSDK_CORE_PROJECT": project,
             "DEPLOYMENT_NAME": NAME,
@@ -186,7 +188,8 @@ def test_first_deploy_creates_the_stack(pipeline, tmp_path):
         "proj-first", GCP_SA_KEY_B64=pipeline.key_b64, CLOUDSDK_CONFIG=str(fresh)
     )
     assert result.returncode == 0, result.stderr
-    assert "does not exist: creating" in result.stderr
+    assert "does not exist: creating it" in result.stderr
+    assert "code=404" not in result.stderr  # the expected "not found" is not shown as an error
 
     # The token endpoint verified an assertion signed by our key, and every DM call carried a
     # token it issued (the emulator answers 401 otherwise).
@@ -244,7 +247,7 @@ def test_changed_firewall_rule_is_an_update_and_the_new_manifest_shows_it(pipeli
 
     result = pipeline.deploy(project, stack=stack)
     assert result.returncode == 0, result.stderr
-    assert "exists: updating" in result.stderr
+    assert "existed: updated in place" in result.stderr
     after = pipeline.live(project)
     assert after["name"] != before["name"]
     rule = expanded(after)["hello-firewall-allow-ssh"]["properties"]
@@ -305,7 +308,7 @@ def test_the_incident_deleted_deployment_comes_back_on_rerun(pipeline):
 
     result = pipeline.deploy(project)
     assert result.returncode == 0, result.stderr
-    assert "does not exist: creating" in result.stderr
+    assert "does not exist: creating it" in result.stderr
     assert pipeline.dm.live_manifest(project, NAME) is not None
     assert ip_from(result.stdout) == ip_before
 
@@ -475,7 +478,7 @@ def test_workload_identity_login_from_a_circleci_oidc_token(pipeline, tmp_path):
     assert result.returncode == 0, result.stderr
     assert token not in result.stdout + result.stderr
     accounts = subprocess.run(
-        [GCLOUD, "auth", "list", "--format=json"],
+        [GCLOUD, "auth", "list", "--format=json", "--filter=status:ACTIVE"],
         env=pipeline.env("proj-wif", config_dir=fresh),
         capture_output=True,
         text=True,
@@ -515,6 +518,7 @@ def test_create_cred_config_writes_a_valid_external_account_file(tmp_path):
             "HOME": str(tmp_path),
             "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
         },
         capture_output=True,
         text=True,
@@ -563,6 +567,7 @@ def test_local_run_with_an_access_token_file_and_an_injected_address(tmp_path):
                 "CLOUDSDK_CONFIG": str(config_dir),
                 "CLOUDSDK_API_ENDPOINT_OVERRIDES_DEPLOYMENTMANAGER": dm.url,
                 "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token_file),
+                "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
                 "GCP_PROJECT": "local-project",
                 "DEPLOY_OUT_DIR": str(tmp_path / "out"),
             },
