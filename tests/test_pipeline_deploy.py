@@ -580,3 +580,37 @@ def test_local_run_with_an_access_token_file_and_an_injected_address(tmp_path):
     assert result.returncode == 0, result.stderr
     assert ip_from(result.stdout) == "127.0.0.42"
     assert (tmp_path / "out" / "public-ip").read_text() == "127.0.0.42\n"
+
+
+def test_usage_errors_and_missing_credentials_have_their_own_exit_codes(tmp_path):
+    """Exit 2 for a bad flag or a missing config; with no credentials at all, exit 3, or, in
+    CI's branch preview (SKIP_WITHOUT_CREDENTIALS=true), a clear SKIPPED line and exit 0.
+
+    Real: deploy.sh and gcloud (reading its empty config). Emulated: nothing; no server is
+    contacted.
+    """
+    (tmp_path / "gcloud").mkdir()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+        "GCP_PROJECT": "p",
+    }
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(DEPLOY), *args],
+            cwd=REPO,
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert run("--bogus").returncode == 2
+    assert run(DM_CONFIG="missing.yaml").returncode == 2
+    skipped = run("--preview", SKIP_WITHOUT_CREDENTIALS="true")
+    assert skipped.returncode == 0 and "SKIPPED: no GCP credentials" in skipped.stderr
+    refused = run()
+    assert refused.returncode == 3 and "no credentials" in refused.stderr
