@@ -208,7 +208,10 @@ def build(expansion) -> Model:
             if denied:
                 notes.setdefault(net or "?", []).append(f"deny {what} out to {', '.join(dests)}")
                 continue
-            dst = model.add(Node(_id("src", ",".join(dests)), _range_label(dests), "source"))
+            # A node of its own, so the outbound arrow does not pull the inbound source around.
+            label = _range_label(dests)
+            label[0] += " (outbound)"
+            dst = model.add(Node(_id("dst", ",".join(dests)), label, "source"))
             for v in targets:
                 model.edges.append(Edge(_id("vm", v), dst, [f"egress: {what}", tag], "egress"))
             continue
@@ -277,7 +280,7 @@ _DOT_STYLE = {
 _EDGE_STYLE = {
     "allow": 'color="#188038"',
     "nat": 'color="#1a73e8", style=bold',
-    "egress": 'color="#5f6368", style=dashed, constraint=false',
+    "egress": 'color="#5f6368", style=dashed',
 }
 
 
