@@ -85,6 +85,7 @@ def validate(expansion) -> list[Finding]:
 
     origins = getattr(expansion, "origins", {}) or {}
     findings = compute_api.check_resources(expansion.resources, origins)
+    findings += compute_api.check_references(expansion)
     findings += semantic_checks(expansion.resources, origins, getattr(expansion, "layout", None))
     tracer = _Tracer(expansion)
     order = {r["name"]: i for i, r in enumerate(expansion.resources)}

@@ -339,3 +339,97 @@ def check_resources(resources: list[dict], origins: dict[str, str] | None = None
     for resource in resources:
         findings += check_resource(resource, origins.get(resource.get("name", ""), "?"))
     return findings
+
+
+_REF_FIELDS = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
+
+
+def _field_parts(path: str) -> list[str]:
+    """'networkInterfaces[0].accessConfigs.0.natIP' -> names only, indices dropped."""
+    return [p for p in re.split(r"[.\[\]]+", path) if p and not p.isdigit()]
+
+
+def _walk_field(schema_name: str, parts: list[str]) -> tuple[str, str, list[str]] | None:
+    """None when the field path exists in the schema; else (bad part, schema, its fields)."""
+    schemas = discovery()["schemas"]
+    node: dict = schemas[schema_name]
+    current = schema_name
+    for part in parts:
+        while "$ref" in node or node.get("type") == "array":
+            if "$ref" in node:
+                current = node["$ref"]
+                node = schemas[current]
+            else:
+                node = node.get("items", {})
+        fields = node.get("properties")
+        if fields is None:
+            if node.get("additionalProperties") is not None:
+                node = node["additionalProperties"]
+                continue
+            return None  # a scalar or free-form value: nothing more to check
+        if part not in fields:
+            return part, current, sorted(fields)
+        node = fields[part]
+    return None
+
+
+def _resource_docs(method: Method) -> str:
+    return DOCS_URL.format(collection=method.collection).rsplit("/", 1)[0]
+
+
+def check_references(expansion) -> list[Finding]:
+    """Each `$(ref.NAME.FIELD)` whose NAME is a compute.v1 leaf must name a field that resource
+    has (output-only ones such as selfLink and address included).
+
+    The engine checks that NAME exists; this catches `$(ref.hello-vm.publicIpp)` when a
+    template and its main resource share the name `hello-vm`, and `$(ref.subnet.ipCidrRnge)`.
+    """
+    from dmlocal.reachability import template_outputs
+
+    leaves = {r["name"]: r for r in expansion.resources}
+    outputs = template_outputs(getattr(expansion, "layout", None))
+    origins = getattr(expansion, "origins", {}) or {}
+    findings: list[Finding] = []
+
+    def scan(value: Any, file: str, resource: str, path: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                scan(v, file, resource, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                scan(v, file, resource, f"{path}[{i}]")
+        elif isinstance(value, str):
+            for target, ref_field in _REF_FIELDS.findall(value):
+                head = _field_parts(ref_field)[:1]
+                if target in outputs and head and head[0] in outputs[target]:
+                    continue  # a template output; the engine checks those
+                leaf = leaves.get(target)
+                method = method_for(leaf["type"]) if leaf else None
+                if method is None:
+                    continue
+                bad = _walk_field(method.schema, _field_parts(ref_field))
+                if bad is None:
+                    continue
+                part, schema, fields = bad
+                candidates = [*fields, *(outputs.get(target) or {})]
+                close = difflib.get_close_matches(part, candidates, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                also = ""
+                if target in outputs:
+                    names = ", ".join(outputs[target]) or "none"
+                    also = f"; template '{target}' outputs: {names}"
+                findings.append(
+                    Finding(
+                        file,
+                        resource,
+                        path,
+                        f"$(ref.{target}.{ref_field}): {leaf['type']} '{target}' has no field "
+                        f"'{part}' ({schema}): {hint}see {_resource_docs(method)}{also}",
+                    )
+                )
+
+    for leaf in expansion.resources:
+        scan(leaf.get("properties") or {}, origins.get(leaf["name"], "?"), leaf["name"], "")
+    for output in expansion.outputs or []:
+        scan(output.get("value"), expansion.config_file, "outputs", str(output.get("name")))
+    return findings

@@ -297,3 +297,34 @@ def test_cached_subset_keeps_every_field_type_and_enum_of_the_discovery_doc():
 
     for name in ("Instance", "Firewall", "Network", "Subnetwork", "Address", "AttachedDisk"):
         assert shape(subset[name]) == shape(full[name])
+
+
+def test_reference_fields_are_checked_against_the_target_schema():
+    from types import SimpleNamespace
+
+    from dmlocal.compute_api import check_references
+
+    def expansion(ref: str):
+        vm = instance()
+        fw = {
+            "name": "fw",
+            "type": "compute.v1.firewall",
+            "properties": {"sourceRanges": [ref], "allowed": [{"IPProtocol": "tcp"}]},
+        }
+        return SimpleNamespace(
+            config_file="c.yaml",
+            resources=[vm, fw],
+            outputs=[],
+            layout={"resources": [vm, fw]},
+            origins={"vm": "vm.py", "fw": "fw.py"},
+        )
+
+    # Output-only fields and indexed paths exist in the API's response schema.
+    for ok in ("$(ref.vm.selfLink)", "$(ref.vm.networkInterfaces[0].accessConfigs[0].natIP)",
+               "$(ref.vm.networkInterfaces.0.networkIP)", "$(ref.vm.labels.team)"):  # fmt: skip
+        assert check_references(expansion(ok)) == [], ok
+    [f] = check_references(expansion("$(ref.vm.networkInterfaces[0].accessConfig[0].natIP)"))
+    assert (f.file, f.path) == ("fw.py", "fw.sourceRanges[0]")
+    assert "has no field 'accessConfig' (NetworkInterface): did you mean 'accessConfigs'?" in (
+        f.message
+    )

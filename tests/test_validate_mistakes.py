@@ -258,7 +258,32 @@ def test_uppercase_label_key(stack):
     )
 
 
+def test_output_name_typo_on_a_template_sharing_its_vms_name(stack):
+    # `hello-vm` is both the vm.py template and its instance, so the engine sees a resource;
+    # only the field check knows neither has `publicIpp`.
+    stack.edit("deployment.yaml", "$(ref.hello-vm.publicIp)", "$(ref.hello-vm.publicIpp)")
+    assert_invalid(
+        stack.preview(),
+        f"error: {stack.config}: outputs.publicIp: $(ref.hello-vm.publicIpp): "
+        "compute.v1.instance 'hello-vm' has no field 'publicIpp' (Instance): did you mean "
+        "'publicIp'? see https://cloud.google.com/compute/docs/reference/rest/v1/instances; "
+        "template 'hello-vm' outputs: publicIp, instance",
+    )
+
+
 # -- mistakes in an edited template -------------------------------------------------------------
+
+
+def test_reference_to_a_field_the_subnet_does_not_have(stack):
+    stack.edit("firewall.py", 'sourceRanges=list(properties["vpcSourceRanges"]),',
+               'sourceRanges=["$(ref.hello-vpc-subnet.ipCidrRnge)"],')  # fmt: skip
+    assert_invalid(
+        stack.preview(),
+        "error: firewall.py: hello-firewall-allow-internal.sourceRanges[0]: "
+        "$(ref.hello-vpc-subnet.ipCidrRnge): compute.v1.subnetwork 'hello-vpc-subnet' has no "
+        "field 'ipCidrRnge' (Subnetwork): did you mean 'ipCidrRange'? see "
+        "https://cloud.google.com/compute/docs/reference/rest/v1/subnetworks",
+    )
 
 
 def test_port_with_letter_o_instead_of_zero(stack):
