@@ -19,8 +19,6 @@ import contextlib
 import hashlib
 import ipaddress
 import re
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +325,9 @@ def dot_hash(dot: str) -> str:
 
 def render_svg(dot: str) -> str:
     """Run Graphviz on `dot` and embed the DOT's sha256 so staleness is checkable without it."""
+    import shutil  # here: `make preview` imports this module and never renders
+    import subprocess
+
     exe = shutil.which("dot")
     if exe is None:
         raise RuntimeError("Graphviz `dot` is not installed: run `make system-deps`")
