@@ -110,15 +110,16 @@ gcloud_run() {
   return "$rc"
 }
 
-# Classifies the last failure: busy (409/412, someone else is deploying), missing (404),
-# rejected (the operation finished with errors), or api (anything else).
+# Classifies the last failure: rejected (the operation finished with errors; checked first, as
+# its text may quote anything), busy (HTTP 409/412: someone else is deploying), missing (404),
+# or api (anything else).
 last_failure() {
-  if grep -q 'code=409\|code=412' "$stderr_file"; then
+  if grep -q 'Error in Operation' "$stderr_file"; then
+    echo rejected
+  elif grep -q 'code=409\|code=412' "$stderr_file"; then
     echo busy
   elif grep -q 'code=404' "$stderr_file"; then
     echo missing
-  elif grep -q 'Error in Operation' "$stderr_file"; then
-    echo rejected
   else
     echo api
   fi
