@@ -1,4 +1,4 @@
-"""Command line: `python -m dmlocal preview [CONFIG]`.
+"""Command line: `python -m dmlocal {preview,reach,diagram,terraform} ...`.
 
 Exit codes: 0 the config expands cleanly, 1 the config is invalid (the message names the file,
 the field and the fix), 2 the command line itself is wrong.
@@ -7,13 +7,11 @@ the field and the fix), 2 the command line itself is wrong.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import yaml
 
 from dmlocal import diagram, terraform, validate
-from dmlocal.errors import ConfigError
-from dmlocal.expand import Expansion, default_env, expand_path
+from dmlocal.expand import Expansion
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_commands(commands)
     diagram.add_command(commands)
     args = parser.parse_args(argv)
-    if hasattr(args, "run"):
-        return args.run(args)
-
-    try:
-        expansion = expand_path(args.config, default_env(args.deployment, args.project))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    sys.stdout.write(render_yaml(expansion))
-    return 0
+    return args.run(args)
 
 
 class _ReadableDumper(yaml.SafeDumper):

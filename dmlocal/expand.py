@@ -401,12 +401,20 @@ class _Expander:
     def _resolve(
         self, target: str, ref_field: str, file: str, where: str, seen: tuple
     ) -> list[str]:
-        """The leaf resources a reference waits for (a template output may hold references)."""
-        if any(leaf["name"] == target for leaf in self.leaves):
-            return [target]
+        """The leaf resources a reference waits for (a template output may hold references).
+
+        A template often names its main resource after itself (`hello-vm` the template creates
+        `hello-vm` the instance); then a field that is one of the template's outputs means the
+        output, and any other field means the resource's own.
+        """
         template = self.templates.get(target)
+        is_output = template is not None and ref_field.split(".")[0] in template.outputs
+        if not is_output and any(leaf["name"] == target for leaf in self.leaves):
+            return [target]
         if template is None:
-            known = [leaf["name"] for leaf in self.leaves] + list(self.templates)
+            known = list(
+                dict.fromkeys([leaf["name"] for leaf in self.leaves] + list(self.templates))
+            )
             close = difflib.get_close_matches(target, known, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(

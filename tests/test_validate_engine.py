@@ -220,3 +220,26 @@ def test_broken_config_is_refused_with_its_reason(config, message):
     assert result.returncode == 1
     assert result.stdout == ""
     assert message in result.stderr
+
+
+def test_template_output_wins_over_a_same_named_resource_field(tmp_path):
+    """A template that names its main resource after itself (as vm.py does with `hello-vm`):
+    `$(ref.T.OUTPUT)` means the template's output, and waits for what the output refers to."""
+    (tmp_path / "t.py").write_text(
+        "def GenerateConfig(context):\n"
+        "    name = context.env['name']\n"
+        "    return {'resources': [\n"
+        "        {'name': name, 'type': 'compute.v1.network', 'properties': {}},\n"
+        "        {'name': name + '-ip', 'type': 'compute.v1.address', 'properties': {}}],\n"
+        "        'outputs': [{'name': 'ip', 'value': '$(ref.' + name + '-ip.address)'}]}\n"
+    )
+    (tmp_path / "c.yaml").write_text(
+        "imports: [{path: t.py}]\n"
+        "resources:\n"
+        "  - {name: t, type: t.py}\n"
+        "  - {name: user, type: compute.v1.firewall, properties: {description: $(ref.t.ip)}}\n"
+        "  - {name: other, type: compute.v1.firewall, properties: {network: $(ref.t.selfLink)}}\n"
+    )
+    expansion = expand_path(tmp_path / "c.yaml")
+    assert expansion.dependencies["user"] == ["t-ip"]
+    assert expansion.dependencies["other"] == ["t"]
