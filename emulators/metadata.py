@@ -119,7 +119,10 @@ def instance_tree(
             {
                 "access-configs": [
                     {
-                        "external-ip": network.get("external-ip", "127.0.0.1"),
+                        # The deployed static IP once DM resolved it; else the local stand-in.
+                        "external-ip": access.get("natIP")
+                        if re.fullmatch(r"[0-9.]+", access.get("natIP") or "")
+                        else network.get("external-ip", "127.0.0.1"),
                         "type": access.get("type", "ONE_TO_ONE_NAT"),
                     }
                 ]
@@ -573,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--config", type=Path, help="expanded config YAML (dmlocal preview)")
     source.add_argument("--instance-json", type=Path, help="a compute.v1 instance resource")
     parser.add_argument("--instance", help="instance name, when the config has several")
+    parser.add_argument("--network-name", default="default", help="with --instance-json")
     parser.add_argument("--project", default="local-project")
     parser.add_argument("--project-number", type=int, default=123456789012)
     parser.add_argument("--network-json", help="the guest's NIC as seen locally (JSON)")
@@ -587,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             yaml.safe_load(args.config.read_text()), instance_name=args.instance
         )
     else:
-        instance, network_name = json.loads(args.instance_json.read_text()), "default"
+        instance, network_name = json.loads(args.instance_json.read_text()), args.network_name
     emulator = MetadataEmulator(
         instance,
         project_id=args.project,

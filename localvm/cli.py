@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from emulators.metadata import from_expanded_config
+from localvm import deploy
 from localvm.image import ensure_image
 from localvm.stack import GREETING, REPO, render_preview
 from localvm.vm import NETWORK, LocalVM, VMError
@@ -51,7 +52,7 @@ def _workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="hello-localvm-"))
 
 
-def _start_metadata(expanded_path: Path, project: str) -> tuple[subprocess.Popen, dict]:
+def _start_metadata(source: list[str], project: str) -> tuple[subprocess.Popen, dict]:
     ready = STATE / "metadata.json"
     ready.unlink(missing_ok=True)
     with open(STATE / "metadata.log", "wb") as log:
@@ -60,8 +61,7 @@ def _start_metadata(expanded_path: Path, project: str) -> tuple[subprocess.Popen
                 sys.executable,
                 "-m",
                 "emulators.metadata",
-                "--config",
-                str(expanded_path),
+                *source,
                 "--project",
                 project,
                 "--network-json",
@@ -102,7 +102,7 @@ def _follow_startup(vm: LocalVM, timeout: float) -> None:
         time.sleep(1)
 
 
-def up(config: str, project: str) -> int:
+def up(config: str, project: str, from_preview: bool = False) -> int:
     if STATE_FILE.exists():
         state = json.loads(STATE_FILE.read_text())
         if _alive(state["qemu_pid"], b"qemu-system") and _alive(
@@ -116,23 +116,37 @@ def up(config: str, project: str) -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    # Deployment source. TODO(pipeline): deploy through the real gcloud against the local DM API
-    # and boot from the instance resource it returns, once emulators/deploymentmanager.py lands.
-    say(f"rendering {config} (python -m dmlocal preview: the expansion Deployment Manager does)")
-    expanded = render_preview(config)
-    expanded_path = STATE / "expanded.yaml"
-    expanded_path.write_text(yaml.safe_dump(expanded, sort_keys=False))
-    instance, _ = from_expanded_config(expanded)
-    say(f"instance {instance['name']}: {len(expanded['resources'])} resources rendered")
+    reason = "--from-preview was given" if from_preview else deploy.available()
+    if reason is None:
+        say(
+            "deploying with the real gcloud (scripts/deploy.sh) against the local "
+            "Deployment Manager API (emulated, like Google's token endpoint)"
+        )
+        instance, network_name, output = deploy.deploy(config, project)
+        for line in output.splitlines():
+            if line.startswith(("deploy:", "Public IP")):
+                say(f"gcloud: {line}")
+        instance_path = STATE / "instance.json"
+        instance_path.write_text(json.dumps(instance, indent=1) + "\n")
+        source = ["--instance-json", str(instance_path), "--network-name", network_name]
+        say(f"instance {instance['name']} deployed: booting it from the deployment's resource")
+    else:
+        say(f"{reason}: booting from `make preview`'s expansion instead of a gcloud deploy")
+        expanded = render_preview(config)
+        expanded_path = STATE / "expanded.yaml"
+        expanded_path.write_text(yaml.safe_dump(expanded, sort_keys=False))
+        instance, _ = from_expanded_config(expanded)
+        source = ["--config", str(expanded_path)]
+        say(f"instance {instance['name']}: {len(expanded['resources'])} resources rendered")
 
     say("Debian 12 image (cached by recipe; the first build takes a few minutes)")
     image = ensure_image()
     say(f"image {image.directory}")
 
-    metadata, ports = _start_metadata(expanded_path, project)
+    metadata, ports = _start_metadata(source, project)
     say(f"metadata emulator on 127.0.0.1:{ports['port']} (the guest's 169.254.169.254)")
     vm = LocalVM(image, _workdir(), metadata_port=ports["port"], name=instance["name"])
-    vm.start()
+    vm.start(detach=True)
     state = {
         "qemu_pid": vm.pid,
         "metadata_pid": metadata.pid,
@@ -186,11 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("up", help="render, boot and print the URL")
     start.add_argument("config", nargs="?", default="deployment.yaml")
     start.add_argument("--project", default="local-project")
+    start.add_argument(
+        "--from-preview", action="store_true", help="skip the gcloud deploy; boot the expansion"
+    )
     commands.add_parser("down", help="stop what `up` started")
     commands.add_parser("image", help="build or reuse the cached image; print its directory")
     args = parser.parse_args(argv)
     if args.command == "up":
-        return up(args.config, args.project)
+        return up(args.config, args.project, args.from_preview)
     if args.command == "down":
         return down()
     print(ensure_image().directory)

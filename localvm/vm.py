@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -54,6 +55,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _accel() -> str:
@@ -174,8 +181,12 @@ class LocalVM:
             "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
         ]
 
-    def start(self) -> LocalVM:
-        """Creates a fresh overlay and starts qemu in its own session (it outlives the caller)."""
+    def start(self, *, detach: bool = False) -> LocalVM:
+        """Creates a fresh overlay and starts qemu.
+
+        By default qemu dies with the process that started it (tests, benchmarks: a killed
+        pytest leaves no VM behind). `detach=True` (for `make up`) lets it outlive the caller.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
         for path in (self.overlay, self.serial_log, self.qmp_socket, self.qga_socket):
             path.unlink(missing_ok=True)
@@ -201,6 +212,7 @@ class LocalVM:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=None if detach else _die_with_parent,
             )
         self.pid = self.process.pid
         deadline = time.monotonic() + 30

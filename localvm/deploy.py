@@ -1,0 +1,104 @@
+"""`make up`'s deploy step: the real gcloud runs scripts/deploy.sh against the local DM API.
+
+Real: the `gcloud` binary (auth activate-service-account, deployment-manager describe/create),
+scripts/deploy.sh (the same script CircleCI runs), deployment.yaml and its templates, and the
+dmlocal engine the DM emulator expands them with. Emulated: Google's servers only, namely the
+Deployment Manager v2 API (emulators/deploymentmanager.py) and the OAuth 2.0 token endpoint
+(emulators/oauth2.py), with a throwaway service-account key made here and never stored.
+
+The result is the compute.v1.instance as the emulated cloud holds it after the deployment
+(references resolved, server-side id and selfLink filled in): the VM boots from that.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from localvm.stack import REPO
+
+DEPLOYER = "deployer@{project}.iam.gserviceaccount.com"
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+def available() -> str | None:
+    """Why the gcloud path cannot run here, or None when it can."""
+    if shutil.which("gcloud") is None:
+        return "gcloud is not installed"
+    try:
+        import emulators.deploymentmanager
+        import emulators.oauth2  # noqa: F401
+    except ImportError as error:
+        return f"the local Deployment Manager API is not available ({error})"
+    return None
+
+
+def _short(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def deploy(config: str, project: str, deployment: str = "hello") -> tuple[dict[str, Any], str, str]:
+    """Deploys through gcloud; returns (instance resource, its network's name, deploy.sh output)."""
+    from emulators.deploymentmanager import DeploymentManagerEmulator
+    from emulators.oauth2 import OAuth2Emulator, new_service_account_key
+
+    email = DEPLOYER.format(project=project)
+    with tempfile.TemporaryDirectory(prefix="hello-up-gcloud-") as tmp:
+        oauth = OAuth2Emulator()
+        token_url = oauth.serve()
+        dm = DeploymentManagerEmulator(verify_token=oauth.verify)
+        try:
+            dm_url = dm.serve()
+            key, public_pem = new_service_account_key(email, project, token_url)
+            oauth.register_key(email, key["private_key_id"], public_pem)
+            env = {
+                "PATH": os.environ["PATH"],
+                "HOME": tmp,
+                "LANG": "C.UTF-8",
+                "CLOUDSDK_CONFIG": str(Path(tmp) / "gcloud"),
+                "CLOUDSDK_API_ENDPOINT_OVERRIDES_DEPLOYMENTMANAGER": dm_url,
+                "CLOUDSDK_AUTH_TOKEN_HOST": token_url,
+                "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+                "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
+                "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+                "GCP_PROJECT": project,
+                "DEPLOYMENT_NAME": deployment,
+                "DM_CONFIG": config,
+                "DEPLOY_OUT_DIR": str(Path(tmp) / "out"),
+                "GCP_SA_KEY_B64": base64.b64encode(json.dumps(key).encode()).decode(),
+            }
+            result = subprocess.run(
+                ["bash", str(REPO / "scripts" / "deploy.sh")],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if result.returncode != 0:
+                raise DeployError(
+                    f"scripts/deploy.sh exited {result.returncode}\n{result.stdout}{result.stderr}"
+                )
+            cloud = dm.cloud_resources(project)
+        finally:
+            dm.shutdown()
+            oauth.shutdown()
+    instances = list(cloud.get("compute.v1.instance", {}).values())
+    if len(instances) != 1:
+        raise DeployError(f"expected one instance in the deployed cloud, found {len(instances)}")
+    instance = instances[0]
+    network = "default"
+    subnet_link = (instance.get("networkInterfaces") or [{}])[0].get("subnetwork", "")
+    for subnet in cloud.get("compute.v1.subnetwork", {}).values():
+        if subnet.get("selfLink") == subnet_link or subnet.get("name") == _short(subnet_link):
+            network = _short(subnet.get("network", "")) or network
+    return instance, network, result.stdout + result.stderr
