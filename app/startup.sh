@@ -134,7 +134,7 @@ wait_healthy() {
   local attempt
   for attempt in $(seq 1 30); do
     if curl --silent --fail --max-time 2 http://127.0.0.1/healthz >/dev/null; then
-      log "serving on :80 (healthy after ${attempt} check(s))"
+      log "serving on :80 (healthy after ${attempt} check(s); converged in ${SECONDS} s)"
       return 0
     fi
     sleep 1
