@@ -1,5 +1,6 @@
-# Two commands matter: `make preview` (render the stack locally, as Deployment Manager would)
-# and `make test` (lint + every test). Everything else supports those two.
+# Two commands matter: `make up` (the stack on this machine, greeting in a browser) and
+# `make test` (lint + every test). `make preview` is the operator's dry run of deployment.yaml.
+# Everything else supports those.
 SHELL := /bin/bash
 .DEFAULT_GOAL := preview
 
@@ -72,6 +73,19 @@ deploy-preview:
 
 smoke:
 	@bash scripts/smoke.sh $(IP)
+
+# `make test` = `make check` + `make e2e`; CI splits them into parallel jobs.
+.PHONY: check e2e image-key
+check: lint
+	$(VPY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+e2e: $(VENV)/.installed
+	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
+
+# The VM image's cache key (a hash of its recipe), for CI caches keyed by content.
+image-key: $(VENV)/.installed
+	@mkdir -p build && $(VPY) -c 'from localvm.image import recipe_key; print(recipe_key())' \
+		| tee build/image-key
 
 test: lint pytest
 

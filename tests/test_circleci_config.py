@@ -72,14 +72,14 @@ def test_every_ci_command_is_a_make_target_the_readme_documents():
         assert f"make {target}" in readme, f"{job}: the README never mentions `make {target}`"
 
 
-def test_deploy_runs_on_master_only_after_test_one_at_a_time():
+def test_deploy_runs_on_master_only_after_the_tests_and_the_vm_boot_one_at_a_time():
     workflow = next(iter(load()["workflows"].values()))
     jobs = {}
     for entry in workflow["jobs"]:
         name, settings = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
         jobs[name] = settings or {}
     deploy = jobs["deploy"]
-    assert deploy["requires"] == ["test"]
+    assert deploy["requires"] == ["test", "e2e"]
     assert deploy["filters"]["branches"] == {"only": "master"}
     assert deploy.get("serial-group")
     preview = jobs["preview"]
