@@ -64,7 +64,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -72,6 +72,7 @@ import yaml
 
 from dmlocal.errors import ConfigError
 from dmlocal.expand import default_env, expand_files
+from emulators.loopback import LoopbackService
 
 API_ROOT = "/deploymentmanager/v2/projects/"
 PUBLIC_ROOT = "https://www.googleapis.com/deploymentmanager/v2/projects/"
@@ -164,7 +165,7 @@ class TestNetAddresses:
         return f"203.0.113.{next(self._next) % 256}"
 
 
-class DeploymentManagerEmulator:
+class DeploymentManagerEmulator(LoopbackService):
     """The emulated service: state plus the v2 methods. `serve()` puts it behind HTTP."""
 
     def __init__(
@@ -187,44 +188,15 @@ class DeploymentManagerEmulator:
         self.cloud: dict[str, dict[str, dict[str, dict]]] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) for tests
         self._ids = itertools.count(7_000_000_000_000_000_001)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- HTTP lifecycle ----------------------------------------------------------------------
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Starts serving in a background thread; returns the endpoint override URL."""
-        emulator = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.emulator = emulator
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        super().serve(host, port)
         return self.url
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "not serving"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
-
-    def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> DeploymentManagerEmulator:
-        if self._server is None:
-            self.serve()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
+        return self.base_url + "/"
 
     # -- inspection helpers for tests and `make up` ------------------------------------------
 
@@ -865,6 +837,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+
+DeploymentManagerEmulator.handler = _Handler
 
 
 def main(argv: list[str] | None = None) -> int:

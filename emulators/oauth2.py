@@ -27,12 +27,14 @@ import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from emulators.loopback import LoopbackService
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -94,7 +96,7 @@ def new_service_account_key(
     return key_file, public_pem
 
 
-class OAuth2Emulator:
+class OAuth2Emulator(LoopbackService):
     """Registered public keys in, bearer tokens out."""
 
     def __init__(self, token_lifetime: int = MAX_LIFETIME):
@@ -104,7 +106,6 @@ class OAuth2Emulator:
         self.tokens: dict[str, Issued] = {}
         self.grants: list[dict] = []  # verified assertion claims, for tests to inspect
         self.rejections: list[str] = []
-        self._server: ThreadingHTTPServer | None = None
 
     def register_key(self, email: str, key_id: str, public_pem: str) -> None:
         public = serialization.load_pem_public_key(public_pem.encode())
@@ -196,15 +197,7 @@ class OAuth2Emulator:
     # -- HTTP --------------------------------------------------------------------------------
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        emulator = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.emulator = emulator
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        super().serve(host, port)
         return self.token_url
 
     def _own_url(self) -> str | None:
@@ -212,23 +205,7 @@ class OAuth2Emulator:
 
     @property
     def token_url(self) -> str:
-        assert self._server is not None, "not serving"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/token"
-
-    def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> OAuth2Emulator:
-        if self._server is None:
-            self.serve()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
+        return self.base_url + "/token"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -259,3 +236,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+OAuth2Emulator.handler = _Handler
