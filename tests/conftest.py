@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +22,36 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dmlocal.schema import apply_schema, load_schema  # noqa: E402
+
+# What an operator's checkout of the stack holds: the config, the templates, the app.
+STACK_FILES = [
+    "deployment.yaml",
+    "app",
+    *(f"{t}{s}" for t in ("network.py", "firewall.py", "vm.py") for s in ("", ".schema")),
+]
+
+
+def copy_stack(destination: Path) -> Path:
+    """A private copy of the stack, for tests that edit it as an operator would."""
+    for path in STACK_FILES:
+        source = REPO / path
+        if source.is_dir():
+            shutil.copytree(source, destination / path)
+        else:
+            shutil.copy(source, destination / path)
+    return destination
+
+
+def run_dmlocal(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python -m dmlocal ARGS`, run as an operator runs it, in a clean environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "dmlocal", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def deployment_imports() -> dict[str, str]:

@@ -148,48 +148,35 @@ def vm_tags(expansion):
     return expansion.resource("hello-vm")["properties"]["tags"]["items"]
 
 
-@pytest.mark.parametrize(("source", "protocol", "port", "allowed"), MATRIX)
-def test_reachability_matrix(expansion, vm_tags, source, protocol, port, allowed):
-    decision = evaluate(
+def decide(expansion, remote, protocol, port, tags, direction="INGRESS"):
+    """The deployment's own firewall rules, with their $(ref...) ranges resolved, on one packet."""
+    return evaluate(
         firewall_rules(expansion.resources),
-        source,
+        remote,
         protocol,
         port,
-        tags=vm_tags,
+        tags=tags,
+        direction=direction,
         resolve=resolver_for(expansion.resources),
     )
+
+
+@pytest.mark.parametrize(("source", "protocol", "port", "allowed"), MATRIX)
+def test_reachability_matrix(expansion, vm_tags, source, protocol, port, allowed):
+    decision = decide(expansion, source, protocol, port, vm_tags)
     assert decision.allowed is allowed, decision
 
 
 def test_denials_come_from_the_explicit_deny_rule_not_the_implied_one(expansion, vm_tags):
-    decision = evaluate(
-        firewall_rules(expansion.resources),
-        "203.0.113.7",
-        "tcp",
-        22,
-        tags=vm_tags,
-        resolve=resolver_for(expansion.resources),
-    )
+    decision = decide(expansion, "203.0.113.7", "tcp", 22, vm_tags)
     assert (decision.rule, decision.priority) == ("hello-firewall-deny-ingress", 65535)
 
 
 def test_public_rules_do_not_reach_an_untagged_vm(expansion):
-    decision = evaluate(
-        firewall_rules(expansion.resources),
-        "203.0.113.7",
-        "tcp",
-        80,
-        tags=[],
-        resolve=resolver_for(expansion.resources),
-    )
-    assert not decision.allowed
+    assert not decide(expansion, "203.0.113.7", "tcp", 80, tags=[]).allowed
 
 
 def test_all_egress_is_allowed(expansion, vm_tags):
-    rules = firewall_rules(expansion.resources)
-    resolve = resolver_for(expansion.resources)
     for remote, protocol, port in [("8.8.8.8", "udp", 53), ("151.101.0.1", "tcp", 443)]:
-        decision = evaluate(
-            rules, remote, protocol, port, tags=vm_tags, resolve=resolve, direction="EGRESS"
-        )
+        decision = decide(expansion, remote, protocol, port, vm_tags, direction="EGRESS")
         assert decision.allowed, decision

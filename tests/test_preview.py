@@ -2,24 +2,16 @@
 
 import shutil
 import subprocess
-import sys
 from collections import Counter
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_stack, run_dmlocal
 
 
-def preview(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dmlocal", "preview", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
+def preview(*args: str) -> subprocess.CompletedProcess:
+    return run_dmlocal("preview", *args)
 
 
 def test_prints_the_full_expanded_stack():
@@ -54,15 +46,7 @@ def test_renders_another_config(tmp_path):
 
 @pytest.fixture
 def stack_copy(tmp_path):
-    for path in ["deployment.yaml", "app"] + [
-        f"{t}{s}" for t in ("network.py", "firewall.py", "vm.py") for s in ("", ".schema")
-    ]:
-        source = REPO / path
-        if source.is_dir():
-            shutil.copytree(source, tmp_path / path)
-        else:
-            shutil.copy(source, tmp_path / path)
-    return tmp_path
+    return copy_stack(tmp_path)
 
 
 def test_bad_config_exits_1_naming_file_and_field(stack_copy):

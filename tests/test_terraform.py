@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -42,7 +41,7 @@ import pytest
 from dmlocal.errors import ConfigError
 from dmlocal.expand import expand_files, expand_path
 from dmlocal.terraform import GOOGLE_PROVIDER_VERSION, to_terraform
-from tests.conftest import REPO
+from tests.conftest import REPO, run_dmlocal
 
 PROJECT = "hello-prod-1234"
 DM_REF = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
@@ -322,13 +321,7 @@ def test_untranslated_property_is_refused_not_dropped():
 
 def test_cli_writes_the_module_and_reports_errors(tmp_path):
     def run(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "dmlocal", "terraform", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        return run_dmlocal("terraform", *args)
 
     out = tmp_path / "tf"
     result = run("deployment.yaml", "--out", str(out), "--project", PROJECT)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,21 +22,14 @@ from dmlocal.checks import validate
 from dmlocal.errors import ConfigError
 from dmlocal.expand import default_env, expand_path
 from dmlocal.reachability import evaluate, firewall_rules, resolver_for
-from tests.conftest import REPO
+from tests.conftest import REPO, run_dmlocal
 
 CONFIGS = REPO / "tests" / "configs"
 NESTED = CONFIGS / "nested"
 
 
 def preview(config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dmlocal", "preview", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
+    return run_dmlocal("preview", str(config))
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,13 @@ because the stack was already broken.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
-
-STACK = [
-    "deployment.yaml",
-    "app",
-    *(f"{t}{s}" for t in ("network.py", "firewall.py", "vm.py") for s in ("", ".schema")),
-]
+from tests.conftest import copy_stack, run_dmlocal
 
 # A second firewall rule an operator might add for a load balancer's health checks. Variants of
 # it carry the mistakes that only a resource written directly in deployment.yaml can have.
@@ -47,28 +39,11 @@ EXTRA_RULE = """
 """
 
 
-def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dmlocal", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
-
-
 class Stack:
     """A private copy of the stack, edited one realistic change at a time."""
 
     def __init__(self, root: Path):
-        self.root = root
-        for path in STACK:
-            source = REPO / path
-            if source.is_dir():
-                shutil.copytree(source, root / path)
-            else:
-                shutil.copy(source, root / path)
+        self.root = copy_stack(root)
 
     @property
     def config(self) -> str:
@@ -92,7 +67,7 @@ class Stack:
         return f" [set at {self.config}:{self.line_of(text)}]"
 
     def preview(self, *extra: str) -> subprocess.CompletedProcess:
-        return run("preview", self.config, *extra, cwd=self.root)
+        return run_dmlocal("preview", self.config, *extra, cwd=self.root)
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +375,8 @@ def test_port_range_written_backwards(stack):
 
 
 def test_ssh_lockout_is_caught_before_merging(stack):
-    ok = run("reach", "104.155.0.1", "tcp/22", "--config", stack.config, "--expect", "allow")
+    ssh_check = ("reach", "104.155.0.1", "tcp/22", "--config", stack.config, "--expect", "allow")
+    ok = run_dmlocal(*ssh_check)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == (
         "allow: 104.155.0.1 -> hello-vm tcp/22 (rule hello-firewall-allow-ssh, priority 1000)\n"
@@ -408,7 +384,7 @@ def test_ssh_lockout_is_caught_before_merging(stack):
     # Someone narrows SSH to the office range: still a valid config, but it locks Google out.
     stack.edit("deployment.yaml", "- 104.154.0.0/15", "- 203.0.113.0/24")
     assert stack.preview().returncode == 0
-    locked = run("reach", "104.155.0.1", "tcp/22", "--config", stack.config, "--expect", "allow")
+    locked = run_dmlocal(*ssh_check)
     assert locked.returncode == 1
     assert locked.stdout == (
         "deny: 104.155.0.1 -> hello-vm tcp/22 (rule hello-firewall-deny-ingress, priority 65535)\n"
@@ -456,7 +432,7 @@ def test_valid_stack_yaml_on_stdout_summary_on_stderr(stack):
     ],
 )
 def test_usage_errors_exit_2(args, needle):
-    result = run(*args)
+    result = run_dmlocal(*args)
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr
 
