@@ -68,20 +68,24 @@ ensure_packages() {
 
 # The venv lives in a directory named after the hash of its pins, so a change of pins builds a
 # fresh venv beside the running one and switches the symlink only once it is complete.
+# "Complete" is a marker written after the install has been flushed to disk: a GCE reset is a
+# power cut, and one seen here left a venv whose files existed but were empty.
 ensure_venv() {
   local requirements=$1 digest venv
   digest=$(sha256sum "$requirements" | cut -c1-16)
   venv=$PREFIX/venv-$digest
-  if [[ -x $venv/bin/gunicorn && $(readlink "$PREFIX/venv") == "$venv" ]]; then
+  if [[ -f $venv/.complete && $(readlink "$PREFIX/venv") == "$venv" ]]; then
     log "venv up to date: $venv"
     return 0
   fi
-  if [[ ! -x $venv/bin/gunicorn ]]; then
+  if [[ ! -f $venv/.complete ]]; then
     log "building venv $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
       --only-binary=:all: --requirement "$requirements"
+    sync
+    touch "$venv/.complete"
   fi
   ln -sfn "$venv" "$PREFIX/venv"
   find "$PREFIX" -maxdepth 1 -name 'venv-*' ! -path "$venv" -exec rm -rf {} +
@@ -111,6 +115,8 @@ converge() {
     "$UNIT_DIR/hello-metadata-watch.service" 0644 reload_units
   install_if_changed "$staging/hello-startup" "$SELF" 0755 reload_units
 
+  # Make what was just installed survive a reset (a power cut) from here on.
+  sync
   if ((reload_units)); then
     systemctl daemon-reload
   fi
