@@ -1,93 +1,86 @@
-# Two commands matter: `make up` (the stack on this machine, greeting in a browser) and
-# `make test` (lint + every test). `make preview` is the operator's dry run of deployment.yaml.
-# Everything else supports those.
+# `make` alone lists the targets. The two that matter: `make up` (the stack on this machine,
+# greeting in a browser) and `make test` (lint and every test). Any target that reads a config
+# takes CONFIG=other.yaml.
 SHELL := /bin/bash
-.DEFAULT_GOAL := preview
+.DEFAULT_GOAL := help
 
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 CONFIG ?= deployment.yaml
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
-.PHONY: preview test lint pytest bench diagram bench-preview system-deps clean
+.PHONY: help up down test check e2e preview reach terraform diagram deploy deploy-preview smoke \
+	lint pytest image image-key bench bench-preview bench-boot system-deps clean
 
-$(VENV)/.installed: requirements-dev.txt app/requirements.txt | system-deps
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: tools/requirements.txt app/requirements.txt pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt -e .
 	touch $@
 
-system-deps:
+system-deps: ## install the Debian packages the tooling needs (root)
 	@bash scripts/install-system-deps.sh
 
-preview: $(VENV)/.installed
-	@$(VPY) -m dmlocal preview $(CONFIG)
+up: $(VENV)/.installed ## the stack on a local VM: deploy with the real gcloud, boot, print the URL
+	@$(BIN)/localvm up $(CONFIG)
 
-# The stack as Terraform for Infrastructure Manager (docs/migration.md). PROJECT=<id> adds the
-# import blocks that adopt the resources DM created there.
-.PHONY: terraform
-terraform: $(VENV)/.installed
-	$(VPY) -m dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
+down: $(VENV)/.installed ## stop what `make up` started
+	@$(BIN)/localvm down
 
-# The stack on this machine: render, boot the instance under qemu with Google's guest agent,
-# print its URL last. It keeps running in the background until `make down`.
-.PHONY: up down bench-boot
-up: $(VENV)/.installed
-	@$(VPY) -m localvm up $(CONFIG)
+test: lint pytest ## lint and every test (what CI runs)
 
-down: $(VENV)/.installed
-	@$(VPY) -m localvm down
+check: lint ## lint and every test but the VM boot
+	$(VPY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-bench-boot: $(VENV)/.installed
-	$(VPY) bench/bench_boot.py
+e2e: $(VENV)/.installed ## boot the VM under qemu and test it end to end
+	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
 
-# The architecture diagram (docs/architecture.{dot,svg,mmd}) from the expanded deployment.yaml;
-# tests/test_validate_diagram.py fails until this is re-run after a change that shows in it.
-diagram: $(VENV)/.installed
-	$(VPY) -m dmlocal diagram deployment.yaml --out docs
+preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager would and check it
+	@$(BIN)/dmlocal preview $(CONFIG)
 
-# Render + full validation of deployment.yaml, median wall time (target <= 1 s); prints figures.
-bench-preview: $(VENV)/.installed
-	$(VPY) bench/bench_preview.py
+terraform: $(VENV)/.installed ## CONFIG as Terraform JSON in build/terraform (PROJECT=id adopts)
+	$(BIN)/dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
 
-bench: $(VENV)/.installed
-	$(VPY) bench/bench_app.py
+diagram: $(VENV)/.installed ## regenerate docs/architecture.* from CONFIG
+	$(BIN)/dmlocal diagram $(CONFIG) --out docs
 
-lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+deploy: ## create or update the deployment with gcloud (GCP_PROJECT=...)
+	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh
+
+deploy-preview: ## server-side preview of CONFIG, then cancel it
+	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh --preview
+
+smoke: ## GET the deployed IP (or IP=...) until it greets
+	@bash scripts/smoke.sh $(IP)
+
+lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	shellcheck $(SHELL_SCRIPTS)
-	$(VENV)/bin/yamllint --strict .
+	$(BIN)/yamllint --strict .
 
 pytest: $(VENV)/.installed
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
-# Deploy with the real gcloud (scripts/deploy.sh says how it authenticates and what the exit
-# codes mean). CI runs exactly these; so can a person with gcloud logged in and GCP_PROJECT set.
-.PHONY: deploy deploy-preview smoke
-deploy:
-	@bash scripts/deploy.sh
+image: $(VENV)/.installed ## build the VM image, or reuse the cached one
+	$(BIN)/localvm image
 
-deploy-preview:
-	@bash scripts/deploy.sh --preview
-
-smoke:
-	@bash scripts/smoke.sh $(IP)
-
-# `make test` = `make check` + `make e2e`; CI splits them into parallel jobs.
-.PHONY: check e2e image-key
-check: lint
-	$(VPY) -m pytest -m "not e2e" $(PYTEST_ARGS)
-
-e2e: $(VENV)/.installed
-	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
-
-# The VM image's cache key (a hash of its recipe), for CI caches keyed by content.
-image-key: $(VENV)/.installed
+image-key: $(VENV)/.installed ## the VM image's cache key (a hash of its recipe), for CI caches
 	@mkdir -p build && $(VPY) -c 'from localvm.image import recipe_key; print(recipe_key())' \
 		| tee build/image-key
 
-test: lint pytest
+bench: $(VENV)/.installed ## the app under load: gunicorn against Flask's dev server
+	$(BIN)/bench-app
 
-clean:
+bench-preview: $(VENV)/.installed ## how long `make preview` takes
+	$(BIN)/bench-preview --config $(CONFIG)
+
+bench-boot: $(VENV)/.installed ## how long the VM takes to boot and recover
+	$(BIN)/bench-boot
+
+clean: ## remove the venv and everything generated
 	rm -rf $(VENV) build .state .pytest_cache .ruff_cache

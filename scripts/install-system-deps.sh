@@ -9,7 +9,7 @@ packages=(
   wrk
   # make diagram / tests/test_validate_diagram.py: DOT -> docs/architecture.svg.
   graphviz
-  # localvm (make up, tests/e2e, bench/bench_boot.py): image build, TCG VM, metadata proxy,
+  # localvm (make up, tests/e2e, bench-boot): image build, TCG VM, metadata proxy,
   # browser screenshot.
   chromium
   debootstrap

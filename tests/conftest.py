@@ -17,11 +17,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from dmlocal.schema import apply_schema, load_schema
 
-from dmlocal.schema import apply_schema, load_schema  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 # What an operator's checkout of the stack holds: the config, the templates, the app.
 STACK_FILES = [
@@ -43,14 +41,14 @@ def copy_stack(destination: Path) -> Path:
 
 
 def run_dmlocal(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """`python -m dmlocal ARGS`, run as an operator runs it, in a clean environment."""
+    """`dmlocal ARGS`, the command `make` installs into the venv, run as an operator runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "dmlocal", *args],
+        [str(Path(sys.executable).parent / "dmlocal"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         check=False,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin"},
     )
 
 

@@ -10,14 +10,13 @@ import http.client
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from dmlocal.expand import default_env, expand_path
 from emulators.metadata import MetadataEmulator, from_expanded_config
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FLAVOR = {"Metadata-Flavor": "Google"}
 
 

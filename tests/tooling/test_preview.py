@@ -1,4 +1,4 @@
-"""`python -m dmlocal preview`, the engine behind `make preview`, run as operators run it."""
+"""`dmlocal preview`, the engine behind `make preview`, run as operators run it."""
 
 import shutil
 import subprocess

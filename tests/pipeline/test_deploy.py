@@ -30,8 +30,8 @@ import yaml
 from dmlocal.expand import expand_path
 from emulators.deploymentmanager import DeploymentManagerEmulator
 from emulators.oauth2 import OAuth2Emulator, new_service_account_key
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "scripts" / "deploy.sh"
 GCLOUD = shutil.which("gcloud")
 DEPLOYER = "deployer@hello-proj.iam.gserviceaccount.com"

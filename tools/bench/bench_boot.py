@@ -9,7 +9,7 @@ Medians over N fresh VMs (default 3) of:
 Also breaks the cold boot down from the serial log: kernel -> startup script start -> apt done ->
 venv done -> serving.
 
-Usage: python bench/bench_boot.py [--runs 3] [--image-runs 1] [--json build/artifacts/...]
+Usage: bench-boot [--runs 3] [--image-runs 1] [--json build/artifacts/...]
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localvm import image as image_module
 from localvm.stack import ARTIFACTS, GREETING, LocalStack, render_preview

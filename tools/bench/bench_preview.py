@@ -1,7 +1,7 @@
 """How long an operator waits for `make preview`: render plus full validation of deployment.yaml.
 
 Two figures, both medians over N runs:
-  * cli:        wall time of `python -m dmlocal preview deployment.yaml` as a fresh process,
+  * cli:        wall time of `dmlocal preview deployment.yaml` as a fresh process,
                 exactly what `make preview` runs (interpreter start, imports, reading the
                 5 MB Compute Engine discovery document, expansion, API and semantic checks,
                 firewall table, YAML output). This is the number the 1 s target is about.
@@ -10,7 +10,7 @@ Two figures, both medians over N runs:
 Plus a per-stage breakdown of one in-process run. Target (issue 3): cli median <= 1 s. The
 figures are printed, never asserted: a busy CI machine must not fail the build.
 
-    python bench/bench_preview.py [--runs 15] [--config deployment.yaml]
+    bench-preview [--runs 15] [--config deployment.yaml]
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from dmlocal import checks, compute_api, reachability  # noqa: E402
-from dmlocal.cli import render_yaml  # noqa: E402
-from dmlocal.expand import default_env, expand_path  # noqa: E402
+from dmlocal import checks, compute_api, reachability
+from dmlocal.cli import render_yaml
+from dmlocal.expand import default_env, expand_path
+from localvm.stack import REPO
 
 TARGET_S = 1.0
 

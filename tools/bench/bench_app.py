@@ -9,7 +9,7 @@ p99 and total errors for each, and the throughput ratio. wrk runs on the same 2 
 Targets (issue 2): gunicorn >= 5x the development server's throughput, p99 <= 20 ms, 0 errors.
 The numbers are printed, never asserted: a loaded CI machine must not fail the build.
 
-    python bench/bench_app.py [--duration 10] [--connections 50]
+    bench-app [--duration 10] [--connections 50]
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from localvm.stack import REPO
+
 GREETING = "Hello World from BenchSci!"
 
 

@@ -1,6 +1,6 @@
 """Local Deployment Manager: render, check and explain a DM config without a cloud account.
 
-`python -m dmlocal preview deployment.yaml` expands the config the way Deployment Manager's
+`dmlocal preview deployment.yaml` expands the config the way Deployment Manager's
 server does (imports, schemas and their defaults, `context.env`, template expansion, references)
 and prints the result. The same engine backs the local DM API emulator used in the pipeline tests.
 """

@@ -6,7 +6,7 @@ human summary: findings (file, resource, field, what is valid), creation order, 
 what the firewall allows from the internet, from Google's SSH range, from inside the VPC and as
 egress. Exit 0 valid, 1 invalid, 2 usage.
 
-reach: `python -m dmlocal reach SRC PROTO[/PORT]` answers whether SRC may reach the VM, with the
+reach: `dmlocal reach SRC PROTO[/PORT]` answers whether SRC may reach the VM, with the
 deciding rule and its priority, using GCP's semantics including the implied rules; `--expect
 allow` turns it into a guard ("will this change lock us out of SSH?").
 """

@@ -1,4 +1,4 @@
-"""Realistic operator mistakes, each caught by `python -m dmlocal preview` with a useful message.
+"""Realistic operator mistakes, each caught by `dmlocal preview` with a useful message.
 
 Every test copies the real stack (deployment.yaml, the three templates and schemas, app/) into a
 temporary directory, makes ONE edit an operator could plausibly make, runs the CLI as a

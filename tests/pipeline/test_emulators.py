@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from emulators.deploymentmanager import DeploymentManagerEmulator
 from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 EMAIL = "deployer@p.iam.gserviceaccount.com"
 BASE = "deploymentmanager/v2/projects/p/global"
 

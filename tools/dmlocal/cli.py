@@ -1,4 +1,4 @@
-"""Command line: `python -m dmlocal {preview,reach,diagram,terraform} ...`.
+"""Command line: `dmlocal {preview,reach,diagram,terraform} ...`.
 
 Exit codes: 0 the config expands cleanly, 1 the config is invalid (the message names the file,
 the field and the fix), 2 the command line itself is wrong.
@@ -15,7 +15,7 @@ from dmlocal.expand import Expansion
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dmlocal", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dmlocal", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     preview = commands.add_parser("preview", help="expand a config and print it as YAML")
     preview.add_argument("config", nargs="?", default="deployment.yaml")

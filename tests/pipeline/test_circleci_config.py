@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 CONFIG = REPO / ".circleci" / "config.yml"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 
@@ -91,7 +92,7 @@ def test_test_job_keeps_results_manifest_and_a_pip_cache_keyed_on_requirements()
     steps = load()["jobs"]["test"]["steps"]
     restore = next(s["restore_cache"] for s in steps if "restore_cache" in s)
     save = next(s["save_cache"] for s in steps if "save_cache" in s)
-    for requirements in ("requirements-dev.txt", "app/requirements.txt"):
+    for requirements in ("tools/requirements.txt", "app/requirements.txt"):
         assert (REPO / requirements).exists()
         assert f'checksum "{requirements}"' in save["key"]
         assert save["key"] in restore["keys"]

@@ -195,7 +195,7 @@ def down() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localvm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="localvm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("up", help="render, boot and print the URL")
     start.add_argument("config", nargs="?", default="deployment.yaml")

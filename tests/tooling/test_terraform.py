@@ -1,4 +1,4 @@
-"""`python -m dmlocal terraform`: the Deployment Manager stack as Terraform JSON, checked against
+"""`dmlocal terraform`: the Deployment Manager stack as Terraform JSON, checked against
 the DM expansion of the real deployment.yaml.
 
 What is verified here: every DM leaf resource has exactly one Terraform resource of the matching

@@ -6,7 +6,7 @@ outputs at every level, references across templates (to leaves and to template o
 `metadata.dependsOn`, a YAML-string result, and a template with both generate_config and
 GenerateConfig. tests/configs/broken/ holds configs each broken in one way; more broken variants
 are made by editing a copy of the nested config. Everything runs through the same entry points
-operators use (`expand_path` and `python -m dmlocal preview`).
+operators use (`expand_path` and `dmlocal preview`).
 """
 
 from __future__ import annotations

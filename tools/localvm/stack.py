@@ -17,13 +17,13 @@ from emulators.metadata import MetadataEmulator, from_expanded_config
 from localvm.image import Image, ensure_image
 from localvm.vm import NETWORK, LocalVM
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GREETING = "Hello World from BenchSci!"
 ARTIFACTS = REPO / "build" / "artifacts"  # gitignored; CI stores it
 
 
 def render_preview(config: str | Path = "deployment.yaml") -> dict[str, Any]:
-    """Runs `python -m dmlocal preview CONFIG` (what `make preview` runs) and parses its YAML."""
+    """Runs `dmlocal preview CONFIG` (what `make preview` runs) and parses its YAML."""
     result = subprocess.run(
         [sys.executable, "-m", "dmlocal", "preview", str(config)],
         cwd=REPO,
