@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 CONFIG ?= deployment.yaml
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
-.PHONY: help up down test check e2e preview reach terraform diagram deploy deploy-preview smoke \
+.PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
 	lint pytest image image-key bench bench-preview bench-boot system-deps clean
 
 help: ## list the targets
@@ -45,8 +45,9 @@ preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager woul
 terraform: $(VENV)/.installed ## CONFIG as Terraform JSON in build/terraform (PROJECT=id adopts)
 	$(BIN)/dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
 
-diagram: $(VENV)/.installed ## regenerate docs/architecture.* from CONFIG
+docs: $(VENV)/.installed ## regenerate the diagram (docs/architecture.*) and README's inputs table
 	$(BIN)/dmlocal diagram $(CONFIG) --out docs
+	$(VPY) -m dmlocal.inputs $(CONFIG) --readme README.md
 
 deploy: ## create or update the deployment with gcloud (GCP_PROJECT=...)
 	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh

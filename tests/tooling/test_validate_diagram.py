@@ -1,6 +1,6 @@
 """The committed architecture diagram is generated from deployment.yaml and is not stale.
 
-docs/architecture.dot and docs/architecture.mmd must equal what `make diagram` generates now;
+docs/architecture.dot and docs/architecture.mmd must equal what `make docs` generates now;
 docs/architecture.svg must carry the sha256 of that DOT (written by dmlocal.diagram.render_svg)
 and contain every label of it, so an SVG left over from an older config fails. Graphviz itself
 is only needed to regenerate, not to check.
@@ -18,7 +18,7 @@ from dmlocal import diagram
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
-STALE = "docs/architecture.* is stale: run `make diagram` and commit docs/"
+STALE = "docs/architecture.* is stale: run `make docs` and commit docs/"
 
 
 @pytest.fixture(scope="module")
