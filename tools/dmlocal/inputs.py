@@ -73,9 +73,8 @@ def tables(config_path: Path) -> str:
         if outputs:
             lines += ["", "| output | type | description |", "|---|---|---|"]
             for output, spec in outputs.items():
-                lines.append(
-                    f"| `{output}` | {spec.get('type', '')} | {_describe(spec.get('description'))} |"
-                )
+                description = _describe(spec.get("description"))
+                lines.append(f"| `{output}` | {spec.get('type', '')} | {description} |")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
 
