@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from dmlocal.checks import Finding, semantic_checks
+from dmlocal.checks import semantic_checks
+from dmlocal.errors import Finding
 from dmlocal.compute_api import check_resource, discovery, method_for
 
 IMAGE = "projects/debian-cloud/global/images/family/debian-12"

@@ -30,12 +30,11 @@ from typing import Any
 import yaml
 
 from dmlocal.errors import ConfigError
+from dmlocal.references import REFERENCE, RESOURCE_NAME
 from dmlocal.schema import apply_schema, load_schema
 
-REFERENCE = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
 BASE_TYPE = re.compile(r"^[a-z][a-z0-9]*\.(v[0-9]+[a-z0-9]*|alpha|beta)\.[a-zA-Z]+$")
 PROVIDER_TYPE = re.compile(r"^[^/\s]+/[^:\s]+:[^\s]+$")
-GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 CONFIG_KEYS = ("imports", "resources", "outputs")
 RESOURCE_KEYS = ("name", "type", "properties", "metadata", "accessControl")
 MAX_DEPTH = 20
@@ -278,7 +277,7 @@ class _Expander:
         if not leaf["type"].startswith(("compute.", "gcp-types/compute-")):
             return
         gce_name = leaf["properties"].get("name", leaf["name"])
-        if isinstance(gce_name, str) and "$(" not in gce_name and not GCE_NAME.match(gce_name):
+        if isinstance(gce_name, str) and "$(" not in gce_name and not RESOURCE_NAME.match(gce_name):
             raise ConfigError(
                 file,
                 f"resources[{leaf['name']}].name",
