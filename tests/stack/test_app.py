@@ -14,7 +14,7 @@ def client():
 def test_greeting_routes_return_exactly_the_greeting(client, path):
     response = client.get(path)
     assert response.status_code == 200
-    assert response.get_data(as_text=True) == "Hello World from BenchSci!"
+    assert response.get_data(as_text=True) == GREETING
     assert response.mimetype == "text/plain"
 
 

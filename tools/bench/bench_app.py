@@ -26,9 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from app.app import GREETING
 from localvm.stack import REPO
-
-GREETING = "Hello World from BenchSci!"
 
 
 def free_port() -> int:
