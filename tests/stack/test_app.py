@@ -18,7 +18,7 @@ def test_greeting_routes_return_exactly_the_greeting(client, path):
     assert response.mimetype == "text/plain"
 
 
-def test_greeting_constant_is_the_one_the_brief_names():
+def test_greeting_is_exactly_the_required_text():
     assert GREETING == "Hello World from BenchSci!"
 
 

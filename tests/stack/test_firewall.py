@@ -1,6 +1,6 @@
-"""firewall.py: exactly the brief's rules, and what they let through under GCP's semantics.
+"""firewall.py: exactly the required rules, and what they let through under GCP's semantics.
 
-The brief: allow all egress; deny all other ingress, but allow TCP 80 and 443 from anywhere,
+Required: allow all egress; deny all other ingress, but allow TCP 80 and 443 from anywhere,
 ICMP from anywhere, TCP 22 from 104.154.0.0/15 only, and all TCP/UDP inside the VPC.
 """
 
@@ -40,7 +40,7 @@ def summary(rule: dict) -> tuple:
     )
 
 
-def test_exactly_the_briefs_rule_set():
+def test_exactly_the_required_rule_set():
     vpc_ranges = deployment_properties("hello-firewall")["vpcSourceRanges"]
     assert {name: summary(rule) for name, rule in rules().items()} == {
         "hello-firewall-allow-web": (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -36,8 +37,6 @@ MAX_LISTED = 16
 
 def discovery_path() -> Path:
     """Where google-api-python-client keeps its copy of the Compute Engine v1 discovery doc."""
-    import importlib.util
-
     spec = importlib.util.find_spec("googleapiclient")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("google-api-python-client is not installed (requirements-dev.txt)")

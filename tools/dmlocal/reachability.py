@@ -11,15 +11,16 @@ whether a change locks them out of SSH:
 * two implied rules sit at priority 65535: allow all egress and deny all ingress. They take part in
   the same contest, so an explicit rule at 65535 only wins against them by the deny-beats-allow tie.
 
-`$(ref.NAME.FIELD)` strings (the firewall template uses `$(ref.hello-vpc-subnet.ipCidrRange)` in
-`sourceRanges`) are resolved with a callback; `resolver_for(resources)` builds one that looks the
-field up in the referenced resource's properties in the same expansion.
+`$(ref.NAME.FIELD)` strings (the internal rule's `sourceRanges` is `$(ref.hello-vpc.subnetCidr)`,
+the network template's output naming its subnet's range) are resolved with a callback;
+`resolver_for(resources, layout)` builds one that follows template outputs to the leaf resource
+and looks the field up in its properties in the same expansion.
 
 Small public API (the template tests import it):
 
     rules = firewall_rules(expansion.resources)
     d = evaluate(rules, "104.155.255.254", "tcp", 22, tags=["hello-web"],
-                 resolve=resolver_for(expansion.resources))
+                 resolve=resolver_for(expansion.resources, expansion.layout))
     d.allowed, d.rule, d.priority
 """
 
