@@ -66,6 +66,11 @@ def semantic_checks(
     return findings
 
 
+def _known(value: Any) -> bool:
+    """A string whose value is known before deploy: no `$(ref...)` for DM to substitute later."""
+    return isinstance(value, str) and not REFERENCE.search(value)
+
+
 class _Ctx:
     def __init__(self, res: dict, file: str, by_name: dict[str, dict], outputs: dict):
         self.outputs = outputs
@@ -89,11 +94,7 @@ class _Ctx:
                     f"label key '{key}' is invalid: lowercase letters, digits, '_' and '-', "
                     f"1-63 characters, starting with a letter (e.g. '{str(key).lower()}')",
                 )
-            if (
-                isinstance(value, str)
-                and not REFERENCE.search(value)
-                and not LABEL_VALUE.fullmatch(value)
-            ):
+            if _known(value) and not LABEL_VALUE.fullmatch(value):
                 yield self.err(
                     f"labels.{key}",
                     f"label value '{value}' is invalid: at most 63 lowercase letters, digits, "
@@ -147,11 +148,7 @@ class _Ctx:
                     yield from self.protocol_entry(f"{key}[{i}]", entry)
         for key in ("targetTags", "sourceTags"):
             for i, tag in enumerate(p.get(key) or []):
-                if (
-                    isinstance(tag, str)
-                    and not REFERENCE.search(tag)
-                    and not RESOURCE_NAME.match(tag)
-                ):
+                if _known(tag) and not RESOURCE_NAME.match(tag):
                     yield self.err(
                         f"{key}[{i}]",
                         f"'{tag}' is not a valid network tag: lowercase letters, digits and "
@@ -211,7 +208,7 @@ class _Ctx:
         )
 
     def cidr(self, where: str, value: Any, host_bits_ok: bool) -> Iterator[Finding]:
-        if not isinstance(value, str) or REFERENCE.search(value):
+        if not _known(value):
             return
         try:
             net = ipaddress.ip_network(value, strict=False)
@@ -239,7 +236,7 @@ class _Ctx:
     def subnetwork(self) -> Iterator[Finding]:
         p = self.props
         region = p.get("region")
-        if isinstance(region, str) and not REFERENCE.search(region) and not REGION.match(region):
+        if _known(region) and not REGION.match(region):
             yield self.err("region", f"'{region}' is not a region name like us-central1")
         cidr = p.get("ipCidrRange")
         if cidr is None:
@@ -259,7 +256,7 @@ class _Ctx:
     def subnet_range(self, where: str, value: Any) -> Iterator[Finding]:
         problems = list(self.cidr(where, value, host_bits_ok=False))
         yield from problems
-        if problems or not isinstance(value, str) or REFERENCE.search(value):
+        if problems or not _known(value):
             return
         net = ipaddress.ip_network(value, strict=False)
         if net.version == 4 and not 8 <= net.prefixlen <= 29:
@@ -271,14 +268,14 @@ class _Ctx:
         p = self.props
         zone = p.get("zone")
         region = None
-        if isinstance(zone, str) and not REFERENCE.search(zone):
+        if _known(zone):
             m = ZONE.match(zone)
             if not m:
                 yield self.err("zone", f"'{zone}' is not a zone name like us-central1-a")
             else:
                 region = m.group(1)
         mt = p.get("machineType")
-        if isinstance(mt, str) and not REFERENCE.search(mt):
+        if _known(mt):
             yield from self.machine_type(mt, zone)
         for i, disk in enumerate(p.get("disks") or []):
             if not isinstance(disk, dict):
@@ -286,18 +283,14 @@ class _Ctx:
             init = disk.get("initializeParams") or {}
             where = f"disks[{i}].initializeParams"
             image = init.get("sourceImage")
-            if (
-                isinstance(image, str)
-                and not REFERENCE.search(image)
-                and not IMAGE_URL.fullmatch(image)
-            ):
+            if _known(image) and not IMAGE_URL.fullmatch(image):
                 yield self.err(
                     f"{where}.sourceImage",
                     f"'{image}' is not an image URL: write projects/PROJECT/global/images/NAME or "
                     f".../images/family/FAMILY, e.g. {IMAGE_EXAMPLE}",
                 )
             dt = init.get("diskType")
-            if isinstance(dt, str) and not REFERENCE.search(dt):
+            if _known(dt):
                 m = DISK_TYPE_URL.fullmatch(dt)
                 if not m:
                     yield self.err(
@@ -350,18 +343,14 @@ class _Ctx:
         if m and region and m.group(1) in self.by_name:
             subnet = self.by_name[m.group(1)]
             sub_region = (subnet.get("properties") or {}).get("region")
-            if (
-                isinstance(sub_region, str)
-                and not REFERENCE.search(sub_region)
-                and sub_region != region
-            ):
+            if _known(sub_region) and sub_region != region:
                 yield self.err(
                     "zone",
                     f"zone {zone} is in region {region}, but networkInterfaces[{i}] uses subnet "
                     f"'{m.group(1)}' in {sub_region}: pick a zone of {sub_region} (e.g. "
                     f"{sub_region}-a) or a subnet in {region}",
                 )
-        elif isinstance(sub, str) and region and not REFERENCE.search(sub):
+        elif _known(sub) and region:
             sm = re.search(r"regions/([^/]+)/subnetworks/", sub)
             if sm and sm.group(1) != region:
                 yield self.err(
@@ -382,11 +371,7 @@ class _Ctx:
                         f"'{am.group(1)}' is a global address; a VM's NAT IP must be a regional "
                         f"compute.v1.address in {region}",
                     )
-                elif (
-                    isinstance(a_region, str)
-                    and not REFERENCE.search(a_region)
-                    and a_region != region
-                ):
+                elif _known(a_region) and a_region != region:
                     yield self.err(
                         f"networkInterfaces[{i}].accessConfigs[{j}].natIP",
                         f"address '{am.group(1)}' is in region {a_region}, the VM in {region}: a "
@@ -397,7 +382,7 @@ class _Ctx:
 
     def address(self) -> Iterator[Finding]:
         region = self.props.get("region")
-        if isinstance(region, str) and not REFERENCE.search(region) and not REGION.match(region):
+        if _known(region) and not REGION.match(region):
             yield self.err("region", f"'{region}' is not a region name like us-central1")
 
 
@@ -417,7 +402,7 @@ def _overlapping_subnets(resources: list[dict], origins: dict[str, str]) -> list
             if isinstance(s, dict)
         ]
         for field, value in ranges:
-            if not isinstance(value, str) or REFERENCE.search(value):
+            if not _known(value):
                 continue
             try:
                 net = ipaddress.ip_network(value, strict=False)
