@@ -107,6 +107,5 @@ def GenerateConfig(context):
         ],
         "outputs": [
             {"name": "publicIp", "value": f"$(ref.{address}.address)"},
-            {"name": "instance", "value": f"$(ref.{name}.selfLink)"},
         ],
     }

@@ -1,8 +1,10 @@
 """Shared fixtures: call a template's GenerateConfig the way Deployment Manager does.
 
-`render(template, properties)` builds a context like DM's: `env` with every documented key,
-`properties` after the template's schema has filled in defaults (and rejected bad input), and
-`imports` holding every file deployment.yaml imports, read from the working tree.
+`render(template, properties)` builds `context` with the renderer's own code
+(dmlocal.expand.template_context): `env` with every documented key, `properties` after the
+template's schema has filled in defaults (and rejected bad input), and `imports` holding every
+file deployment.yaml imports (schemas included), read from the working tree as gcloud uploads
+them.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from dmlocal.schema import apply_schema, load_schema
+from dmlocal.expand import default_env, read_files, template_context
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,11 +54,9 @@ def run_dmlocal(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def deployment_imports() -> dict[str, str]:
-    config = yaml.safe_load((REPO / "deployment.yaml").read_text())
-    return {
-        entry.get("name", entry["path"]): (REPO / entry["path"]).read_text()
-        for entry in config["imports"]
-    }
+    """Every file deployment.yaml imports, by import name, as the renderer reads them."""
+    config = REPO / "deployment.yaml"
+    return {name: text for name, text in read_files(config).items() if name != str(config)}
 
 
 def deployment_properties(resource_name: str) -> dict:
@@ -78,25 +77,10 @@ def load_template(filename: str):
 
 
 def dm_context(template: str, name: str, properties: dict, imports: dict | None = None):
-    schema_file = f"{template}.schema"
-    schema = load_schema((REPO / schema_file).read_text(), schema_file)
-    filled = apply_schema(
-        schema, properties, config_file="test", resource=name, schema_file=schema_file
-    )
-    env = {
-        "deployment": "hello",
-        "name": name,
-        "project": "test-project",
-        "project_number": "123456789012",
-        "current_time": 1_764_000_000,
-        "type": template,
-        "username": "ci@test-project.iam.gserviceaccount.com",
-    }
-    return SimpleNamespace(
-        env=env,
-        properties=filled,
-        imports=deployment_imports() if imports is None else imports,
-    )
+    if imports is None:
+        imports = deployment_imports()
+    env = default_env(project="test-project", username="ci@test-project.iam.gserviceaccount.com")
+    return template_context(template, name, properties, env, imports, file="test")
 
 
 def render(template: str, name: str, properties: dict, imports: dict | None = None) -> dict:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from localvm.stack import ARTIFACTS, GREETING, attributes
+from app.app import GREETING
+from localvm.stack import ARTIFACTS, attributes
 
 pytestmark = pytest.mark.e2e
 

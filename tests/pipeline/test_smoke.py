@@ -17,6 +17,7 @@ from threading import Thread
 
 import pytest
 
+from app.app import GREETING
 from tests.conftest import REPO
 
 SMOKE = REPO / "scripts" / "smoke.sh"
@@ -65,7 +66,7 @@ def test_smoke_passes_against_the_running_app(server):
     result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="20")
     out, err = result.communicate(timeout=60)
     assert result.returncode == 0, err
-    assert "Hello World from BenchSci!" in out
+    assert GREETING in out
 
 
 def test_smoke_waits_for_an_app_that_comes_up_late(server):

@@ -14,11 +14,11 @@ def client():
 def test_greeting_routes_return_exactly_the_greeting(client, path):
     response = client.get(path)
     assert response.status_code == 200
-    assert response.get_data(as_text=True) == "Hello World from BenchSci!"
+    assert response.get_data(as_text=True) == GREETING
     assert response.mimetype == "text/plain"
 
 
-def test_greeting_constant_is_the_one_the_brief_names():
+def test_greeting_is_exactly_the_required_text():
     assert GREETING == "Hello World from BenchSci!"
 
 

@@ -1,6 +1,6 @@
-"""firewall.py: exactly the brief's rules, and what they let through under GCP's semantics.
+"""firewall.py: exactly the required rules, and what they let through under GCP's semantics.
 
-The brief: allow all egress; deny all other ingress, but allow TCP 80 and 443 from anywhere,
+Required: allow all egress; deny all other ingress, but allow TCP 80 and 443 from anywhere,
 ICMP from anywhere, TCP 22 from 104.154.0.0/15 only, and all TCP/UDP inside the VPC.
 """
 
@@ -8,6 +8,7 @@ import pytest
 
 from dmlocal.expand import expand_path
 from dmlocal.reachability import evaluate, firewall_rules, resolver_for
+from dmlocal.references import template_outputs
 from tests.conftest import REPO, by_name, deployment_properties, render
 
 SUBNET = "10.10.0.0/24"
@@ -39,7 +40,7 @@ def summary(rule: dict) -> tuple:
     )
 
 
-def test_exactly_the_briefs_rule_set():
+def test_exactly_the_required_rule_set():
     vpc_ranges = deployment_properties("hello-firewall")["vpcSourceRanges"]
     assert {name: summary(rule) for name, rule in rules().items()} == {
         "hello-firewall-allow-web": (
@@ -94,13 +95,18 @@ def test_exactly_the_briefs_rule_set():
 
 
 def test_internal_rule_follows_the_vpcs_own_subnet():
+    """Wired through the network template's output, which names the subnet's own range."""
     assert deployment_properties("hello-firewall")["vpcSourceRanges"] == [
-        "$(ref.hello-vpc-subnet.ipCidrRange)"
+        "$(ref.hello-vpc.subnetCidr)"
     ]
+    outputs = template_outputs(expand_path(REPO / "deployment.yaml").layout)
+    assert outputs["hello-vpc"]["subnetCidr"] == "$(ref.hello-vpc-subnet.ipCidrRange)"
 
 
 def test_every_rule_is_in_the_stacks_network():
-    assert {rule["network"] for rule in rules().values()} == {"$(ref.hello-vpc.selfLink)"}
+    assert {rule["network"] for rule in rules().values()} == {"$(ref.hello-vpc.network)"}
+    outputs = template_outputs(expand_path(REPO / "deployment.yaml").layout)
+    assert outputs["hello-vpc"]["network"] == "$(ref.hello-vpc.selfLink)"
 
 
 def test_ssh_ranges_and_tag_are_configurable():
@@ -157,7 +163,7 @@ def decide(expansion, remote, protocol, port, tags, direction="INGRESS"):
         port,
         tags=tags,
         direction=direction,
-        resolve=resolver_for(expansion.resources),
+        resolve=resolver_for(expansion.resources, expansion.layout),
     )
 
 

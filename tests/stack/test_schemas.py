@@ -1,11 +1,14 @@
-"""The three schemas: defaults, and rejection of the inputs an operator could get wrong."""
+"""The three schemas: defaults, rejection of the inputs an operator could get wrong, and the
+outputs through which deployment.yaml wires the templates together."""
 
 import pytest
 import yaml
 
 from dmlocal.errors import ConfigError
+from dmlocal.expand import expand_path
+from dmlocal.references import REFERENCE, template_outputs
 from dmlocal.schema import apply_schema, load_schema
-from tests.conftest import REPO, deployment_properties
+from tests.conftest import REPO, deployment_properties, render
 
 TEMPLATES = {"network.py": "hello-vpc", "firewall.py": "hello-firewall", "vm.py": "hello-vm"}
 
@@ -90,3 +93,33 @@ def test_missing_required_property_is_named(template, required):
         check(template, properties)
     assert raised.value.field == f"resources[r].properties.{required}"
     assert "required" in raised.value.message
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_schema_documents_exactly_the_outputs_its_template_returns(template):
+    """A template's outputs are its interface (like terraform-google-modules' Outputs table):
+    each one the template returns is typed and described in its schema, and none is invented."""
+    schema = yaml.safe_load((REPO / f"{template}.schema").read_text())
+    documented = schema.get("outputs") or {}
+    returned = render(template, TEMPLATES[template], deployment_properties(TEMPLATES[template]))
+    assert sorted(documented) == sorted(o["name"] for o in returned.get("outputs") or [])
+    for name, spec in documented.items():
+        assert spec.get("type") and spec.get("description"), f"{template}.schema: {name}"
+
+
+def test_deployment_wires_templates_only_through_their_outputs():
+    """deployment.yaml never names a resource a template creates inside itself: it references
+    template outputs, `$(ref.TEMPLATE_RESOURCE.OUTPUT)`, which Deployment Manager documents for
+    exactly this, a sibling resource's properties consuming a template's output
+    (https://cloud.google.com/deployment-manager/docs/configuration/expose-information-outputs:
+    a compute.v1.instance beside template `my_mongo` sets `databaseIp: $(ref.my_mongo.databaseIp)`).
+    Every template output is used, so none is dead."""
+    expansion = expand_path(REPO / "deployment.yaml")
+    outputs = template_outputs(expansion.layout)
+    config = yaml.safe_load((REPO / "deployment.yaml").read_text())
+    used = set()
+    for value in [r.get("properties") for r in config["resources"]] + [config["outputs"]]:
+        for target, field in REFERENCE.findall(yaml.safe_dump(value)):
+            assert field in outputs.get(target, {}), f"$(ref.{target}.{field}) is not an output"
+            used.add((target, field))
+    assert used == {(name, o) for name, declared in outputs.items() for o in declared}

@@ -40,11 +40,11 @@ import pytest
 
 from dmlocal.errors import ConfigError
 from dmlocal.expand import expand_files, expand_path
+from dmlocal.references import REFERENCE, follow, template_outputs
 from dmlocal.terraform import GOOGLE_PROVIDER_VERSION, to_terraform
 from tests.conftest import REPO, run_dmlocal
 
 PROJECT = "hello-prod-1234"
-DM_REF = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
 TF_REF = re.compile(r"\$\{([a-z_]+)\.([-a-zA-Z0-9_]+)\.([a-z_]+)\}")
 
 
@@ -120,7 +120,18 @@ def firewall_as_dm(body: dict) -> dict:
 
 
 def dm_refs(value) -> set[tuple[str, str]]:
-    return set(DM_REF.findall(json.dumps(value)))
+    return set(REFERENCE.findall(json.dumps(value)))
+
+
+def through_outputs(value, expansion):
+    """`value` with each reference to a template output replaced by the leaf reference it names:
+    the leaf resource and field Terraform must point at."""
+    outputs = template_outputs(expansion.layout)
+    if isinstance(value, dict):
+        return {key: through_outputs(item, expansion) for key, item in value.items()}
+    if isinstance(value, list):
+        return [through_outputs(item, expansion) for item in value]
+    return follow(value, outputs)
 
 
 def tf_refs(value) -> set[tuple[str, str, str]]:
@@ -148,7 +159,8 @@ def test_references_point_at_the_same_resources_and_fields(expansion, tf_resourc
     for resource in expansion.resources:
         _, body = tf_resources[resource["name"]]
         translated = {(name, camel(attr)) for _, name, attr in tf_refs(body)}
-        assert translated == dm_refs(resource["properties"]), resource["name"]
+        wanted = dm_refs(through_outputs(resource["properties"], expansion))
+        assert translated == wanted, resource["name"]
     for tf_type, name, _ in tf_refs(files["main.tf.json"]):
         assert tf_resources[name][0] == tf_type, f"{tf_type}.{name} is not a resource"
     wanted = {
@@ -174,7 +186,7 @@ def test_firewall_rules_mean_what_the_dm_rules_mean(expansion, tf_resources):
     for rule in rules:
         tf_type, body = tf_resources[rule["name"]]
         assert tf_type == "google_compute_firewall"
-        assert firewall_as_dm(body) == rule["properties"], rule["name"]
+        assert firewall_as_dm(body) == through_outputs(rule["properties"], expansion), rule["name"]
 
 
 def test_network_subnet_and_address_carry_every_dm_property(expansion, tf_resources):
@@ -206,7 +218,7 @@ def test_vm_arguments_follow_the_dm_instance(expansion, tf_resources):
     assert disk["initializeParams"]["diskType"].endswith("/" + params["type"])
     (nic,) = dm["networkInterfaces"]
     (tf_nic,) = vm["network_interface"]
-    assert as_dm(tf_nic["subnetwork"]) == nic["subnetwork"]
+    assert as_dm(tf_nic["subnetwork"]) == through_outputs(nic["subnetwork"], expansion)
     (access,) = nic["accessConfigs"]
     assert [as_dm(c) for c in tf_nic["access_config"]] == [
         {"nat_ip": access["natIP"], "network_tier": access["networkTier"]}

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from dmlocal.checks import Finding, semantic_checks
+from dmlocal.checks import semantic_checks
 from dmlocal.compute_api import check_resource, discovery, method_for
+from dmlocal.errors import Finding
 
 IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 

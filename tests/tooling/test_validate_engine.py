@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dmlocal.checks import validate
 from dmlocal.errors import ConfigError
 from dmlocal.expand import default_env, expand_path
 from dmlocal.reachability import evaluate, firewall_rules, resolver_for
+from dmlocal.validate import validate
 from tests.conftest import REPO, run_dmlocal
 
 CONFIGS = REPO / "tests" / "configs"

@@ -105,7 +105,7 @@ def test_property_name_typo(stack):
 
 
 def test_missing_required_property(stack):
-    stack.edit("deployment.yaml", "      subnetwork: $(ref.hello-vpc-subnet.selfLink)\n", "")
+    stack.edit("deployment.yaml", "      subnetwork: $(ref.hello-vpc.subnetwork)\n", "")
     result = stack.preview()
     assert result.returncode == 1
     assert (
@@ -126,15 +126,13 @@ def test_cidr_typo_rejected_by_schema_pattern(stack):
 
 
 def test_reference_to_a_resource_that_does_not_exist(stack):
-    stack.edit(
-        "deployment.yaml", "$(ref.hello-vpc-subnet.selfLink)", "$(ref.hello-subnet.selfLink)"
-    )
+    stack.edit("deployment.yaml", "$(ref.hello-vpc.subnetwork)", "$(ref.hello-vcp.subnetwork)")
     result = stack.preview()
     assert result.returncode == 1
     assert (
         "error: vm.py: resources[hello-vm].properties.networkInterfaces[0].subnetwork: "
-        "$(ref.hello-subnet.selfLink) points to no resource in this deployment: "
-        "did you mean 'hello-vpc-subnet'?"
+        "$(ref.hello-vcp.subnetwork) points to no resource in this deployment: "
+        "did you mean 'hello-vpc'?"
     ) in result.stderr
 
 
@@ -242,7 +240,7 @@ def test_output_name_typo_on_a_template_sharing_its_vms_name(stack):
         f"error: {stack.config}: outputs.publicIp: $(ref.hello-vm.publicIpp): "
         "compute.v1.instance 'hello-vm' has no field 'publicIpp' (Instance): did you mean "
         "'publicIp'? see https://cloud.google.com/compute/docs/reference/rest/v1/instances; "
-        "template 'hello-vm' outputs: publicIp, instance",
+        "template 'hello-vm' outputs: publicIp",
     )
 
 

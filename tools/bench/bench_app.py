@@ -6,7 +6,8 @@ development server. Loads each with wrk (50 connections, 2 threads, DURATION sec
 turns for ROUNDS rounds so both see the same machine, and prints the median requests/s, p50,
 p99 and total errors for each, and the throughput ratio. wrk runs on the same 2 cores.
 
-Targets (issue 2): gunicorn >= 5x the development server's throughput, p99 <= 20 ms, 0 errors.
+Targets, which justify running gunicorn rather than the simpler development server: gunicorn
+>= 5x the development server's throughput, p99 <= 20 ms, 0 errors.
 The numbers are printed, never asserted: a loaded CI machine must not fail the build.
 
     bench-app [--duration 10] [--connections 50]
@@ -26,9 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from app.app import GREETING
 from localvm.stack import REPO
-
-GREETING = "Hello World from BenchSci!"
 
 
 def free_port() -> int:

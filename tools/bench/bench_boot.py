@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.app import GREETING
 from localvm import image as image_module
-from localvm.stack import ARTIFACTS, GREETING, LocalStack, render_preview
+from localvm.stack import ARTIFACTS, LocalStack, render_preview
 
 TARGETS = {"cold_boot_s": 90, "reset_s": 25, "kill9_s": 5}
 _STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")

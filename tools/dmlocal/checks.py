@@ -1,14 +1,10 @@
-"""Semantic checks a reviewer would make on an expanded deployment, plus the validation entry point.
+"""Semantic checks a reviewer would make on an expanded deployment's leaf resources.
 
-`validate(expansion)` runs the Compute Engine API schema check (dmlocal.compute_api) and the
-checks below, and returns Findings. The checks catch what the API schema cannot express but the
-API (or the first packet) would reject: CIDRs that do not parse or overlap, ports like `8O`,
+They catch what the Compute Engine API schema (dmlocal.compute_api) cannot express but the API
+(or the first packet) would reject: CIDRs that do not parse or overlap, ports like `8O`,
 protocols like `TCP `, priorities out of range, an instance in a zone outside its subnet's
-region, malformed image and machine-type URLs.
-
-Each Finding names the file that declared the resource, the resource, the field path and what
-would be valid. When the bad value was passed into a template from the deployment config, the
-Finding also points at that line of the config, which is the line an operator edits.
+region, malformed image and machine-type URLs. Each Finding names the file that declared the
+resource, the resource, the field path and what would be valid.
 """
 
 from __future__ import annotations
@@ -16,19 +12,16 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from dmlocal.errors import Finding
+from dmlocal.reachability import PORTED_PROTOCOLS, PROTOCOL_NUMBERS
+from dmlocal.references import REFERENCE, RESOURCE_NAME, follow, template_outputs
 
-from dmlocal.reachability import PORTED_PROTOCOLS, PROTOCOL_NUMBERS, follow, template_outputs
-
-REF = re.compile(r"\$\(ref\.([^.()]+)\.([^()]+)\)")
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 API_PREFIX = r"(?:https://(?:www|compute)\.googleapis\.com/compute/(?:v1|beta|alpha)/)?"
 IMAGE_URL = re.compile(
     API_PREFIX + r"(?:projects/(?P<project>[a-z](?:[-a-z0-9.:]*[a-z0-9])?)/)?global/images/"
@@ -47,51 +40,6 @@ DISK_TYPE_URL = re.compile(
 )
 VALID_PROTOCOLS = ", ".join([*PROTOCOL_NUMBERS, "all", "or a protocol number 0-255"])
 IMAGE_EXAMPLE = "projects/debian-cloud/global/images/family/debian-12"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem: where it is (file, resource, field path), what is wrong, what is valid."""
-
-    file: str
-    resource: str
-    field: str
-    message: str
-    severity: str = "error"
-    source: str = ""  # "deployment.yaml:24 (hello-vpc.subnetCidr)" when the value came from there
-
-    @property
-    def path(self) -> str:
-        return f"{self.resource}.{self.field}" if self.field else self.resource
-
-    def __str__(self) -> str:
-        where = f" [set at {self.source}]" if self.source else ""
-        return f"{self.file}: {self.path}: {self.message}{where}"
-
-    def as_dict(self) -> dict:
-        return {
-            "severity": self.severity,
-            "file": self.file,
-            "resource": self.resource,
-            "field": self.field,
-            "message": self.message,
-            "source": self.source or None,
-        }
-
-
-def validate(expansion) -> list[Finding]:
-    """Every finding for an Expansion: API schema first, then semantics, in resource order."""
-    from dmlocal import compute_api  # here, not at the top: compute_api imports Finding
-
-    origins = getattr(expansion, "origins", {}) or {}
-    findings = compute_api.check_resources(expansion.resources, origins)
-    findings += compute_api.check_references(expansion)
-    findings += semantic_checks(expansion.resources, origins, getattr(expansion, "layout", None))
-    tracer = _Tracer(expansion)
-    order = {r["name"]: i for i, r in enumerate(expansion.resources)}
-    findings = [tracer.annotate(f) for f in findings]
-    findings.sort(key=lambda f: (order.get(f.resource, len(order)), f.severity != "error"))
-    return list(dict.fromkeys(findings))
 
 
 def semantic_checks(
@@ -118,6 +66,11 @@ def semantic_checks(
     return findings
 
 
+def _known(value: Any) -> bool:
+    """A string whose value is known before deploy: no `$(ref...)` for DM to substitute later."""
+    return isinstance(value, str) and not REFERENCE.search(value)
+
+
 class _Ctx:
     def __init__(self, res: dict, file: str, by_name: dict[str, dict], outputs: dict):
         self.outputs = outputs
@@ -130,21 +83,6 @@ class _Ctx:
     def err(self, field: str, message: str, severity: str = "error") -> Finding:
         return Finding(self.file, self.name, field, message, severity)
 
-    def deref(self, value: Any) -> Any:
-        """The value a whole-string `$(ref.R.field)` points at, if it is known before deploy."""
-        if not isinstance(value, str):
-            return value
-        m = REF.fullmatch(value.strip())
-        if not m:
-            return value
-        target = self.by_name.get(m.group(1))
-        if target is None:
-            return None
-        got: Any = target.get("properties") or {}
-        for part in m.group(2).split("."):
-            got = got.get(part) if isinstance(got, dict) else None
-        return got
-
     def labels(self) -> Iterator[Finding]:
         labels = self.props.get("labels")
         if not isinstance(labels, dict):
@@ -156,11 +94,7 @@ class _Ctx:
                     f"label key '{key}' is invalid: lowercase letters, digits, '_' and '-', "
                     f"1-63 characters, starting with a letter (e.g. '{str(key).lower()}')",
                 )
-            if (
-                isinstance(value, str)
-                and not REF.search(value)
-                and not LABEL_VALUE.fullmatch(value)
-            ):
+            if _known(value) and not LABEL_VALUE.fullmatch(value):
                 yield self.err(
                     f"labels.{key}",
                     f"label value '{value}' is invalid: at most 63 lowercase letters, digits, "
@@ -214,7 +148,7 @@ class _Ctx:
                     yield from self.protocol_entry(f"{key}[{i}]", entry)
         for key in ("targetTags", "sourceTags"):
             for i, tag in enumerate(p.get(key) or []):
-                if isinstance(tag, str) and not REF.search(tag) and not GCE_NAME.match(tag):
+                if _known(tag) and not RESOURCE_NAME.match(tag):
                     yield self.err(
                         f"{key}[{i}]",
                         f"'{tag}' is not a valid network tag: lowercase letters, digits and "
@@ -274,7 +208,7 @@ class _Ctx:
         )
 
     def cidr(self, where: str, value: Any, host_bits_ok: bool) -> Iterator[Finding]:
-        if not isinstance(value, str) or REF.search(value):
+        if not _known(value):
             return
         try:
             net = ipaddress.ip_network(value, strict=False)
@@ -302,7 +236,7 @@ class _Ctx:
     def subnetwork(self) -> Iterator[Finding]:
         p = self.props
         region = p.get("region")
-        if isinstance(region, str) and not REF.search(region) and not REGION.match(region):
+        if _known(region) and not REGION.match(region):
             yield self.err("region", f"'{region}' is not a region name like us-central1")
         cidr = p.get("ipCidrRange")
         if cidr is None:
@@ -322,7 +256,7 @@ class _Ctx:
     def subnet_range(self, where: str, value: Any) -> Iterator[Finding]:
         problems = list(self.cidr(where, value, host_bits_ok=False))
         yield from problems
-        if problems or not isinstance(value, str) or REF.search(value):
+        if problems or not _known(value):
             return
         net = ipaddress.ip_network(value, strict=False)
         if net.version == 4 and not 8 <= net.prefixlen <= 29:
@@ -334,14 +268,14 @@ class _Ctx:
         p = self.props
         zone = p.get("zone")
         region = None
-        if isinstance(zone, str) and not REF.search(zone):
+        if _known(zone):
             m = ZONE.match(zone)
             if not m:
                 yield self.err("zone", f"'{zone}' is not a zone name like us-central1-a")
             else:
                 region = m.group(1)
         mt = p.get("machineType")
-        if isinstance(mt, str) and not REF.search(mt):
+        if _known(mt):
             yield from self.machine_type(mt, zone)
         for i, disk in enumerate(p.get("disks") or []):
             if not isinstance(disk, dict):
@@ -349,14 +283,14 @@ class _Ctx:
             init = disk.get("initializeParams") or {}
             where = f"disks[{i}].initializeParams"
             image = init.get("sourceImage")
-            if isinstance(image, str) and not REF.search(image) and not IMAGE_URL.fullmatch(image):
+            if _known(image) and not IMAGE_URL.fullmatch(image):
                 yield self.err(
                     f"{where}.sourceImage",
                     f"'{image}' is not an image URL: write projects/PROJECT/global/images/NAME or "
                     f".../images/family/FAMILY, e.g. {IMAGE_EXAMPLE}",
                 )
             dt = init.get("diskType")
-            if isinstance(dt, str) and not REF.search(dt):
+            if _known(dt):
                 m = DISK_TYPE_URL.fullmatch(dt)
                 if not m:
                     yield self.err(
@@ -405,18 +339,18 @@ class _Ctx:
 
     def nic_region(self, i: int, nic: dict, zone: Any, region: str | None) -> Iterator[Finding]:
         sub = follow(nic.get("subnetwork"), self.outputs)
-        m = REF.fullmatch(sub.strip()) if isinstance(sub, str) else None
+        m = REFERENCE.fullmatch(sub.strip()) if isinstance(sub, str) else None
         if m and region and m.group(1) in self.by_name:
             subnet = self.by_name[m.group(1)]
             sub_region = (subnet.get("properties") or {}).get("region")
-            if isinstance(sub_region, str) and not REF.search(sub_region) and sub_region != region:
+            if _known(sub_region) and sub_region != region:
                 yield self.err(
                     "zone",
                     f"zone {zone} is in region {region}, but networkInterfaces[{i}] uses subnet "
                     f"'{m.group(1)}' in {sub_region}: pick a zone of {sub_region} (e.g. "
                     f"{sub_region}-a) or a subnet in {region}",
                 )
-        elif isinstance(sub, str) and region and not REF.search(sub):
+        elif _known(sub) and region:
             sm = re.search(r"regions/([^/]+)/subnetworks/", sub)
             if sm and sm.group(1) != region:
                 yield self.err(
@@ -427,7 +361,7 @@ class _Ctx:
             if not isinstance(ac, dict):
                 continue
             nat = follow(ac.get("natIP"), self.outputs)
-            am = REF.fullmatch(nat.strip()) if isinstance(nat, str) else None
+            am = REFERENCE.fullmatch(nat.strip()) if isinstance(nat, str) else None
             if am and region and am.group(1) in self.by_name:
                 address = self.by_name[am.group(1)]
                 a_region = (address.get("properties") or {}).get("region")
@@ -437,7 +371,7 @@ class _Ctx:
                         f"'{am.group(1)}' is a global address; a VM's NAT IP must be a regional "
                         f"compute.v1.address in {region}",
                     )
-                elif isinstance(a_region, str) and not REF.search(a_region) and a_region != region:
+                elif _known(a_region) and a_region != region:
                     yield self.err(
                         f"networkInterfaces[{i}].accessConfigs[{j}].natIP",
                         f"address '{am.group(1)}' is in region {a_region}, the VM in {region}: a "
@@ -448,7 +382,7 @@ class _Ctx:
 
     def address(self) -> Iterator[Finding]:
         region = self.props.get("region")
-        if isinstance(region, str) and not REF.search(region) and not REGION.match(region):
+        if _known(region) and not REGION.match(region):
             yield self.err("region", f"'{region}' is not a region name like us-central1")
 
 
@@ -468,7 +402,7 @@ def _overlapping_subnets(resources: list[dict], origins: dict[str, str]) -> list
             if isinstance(s, dict)
         ]
         for field, value in ranges:
-            if not isinstance(value, str) or REF.search(value):
+            if not _known(value):
                 continue
             try:
                 net = ipaddress.ip_network(value, strict=False)
@@ -487,125 +421,3 @@ def _overlapping_subnets(resources: list[dict], origins: dict[str, str]) -> list
                     )
             seen.append((res["name"], field, network, net))
     return findings
-
-
-class _Tracer:
-    """Maps a leaf finding back to the deployment-config line whose value produced it."""
-
-    def __init__(self, expansion):
-        self.config_file = expansion.config_file
-        self.roots: dict[str, tuple[int, dict]] = {}  # leaf name -> (config index, top node)
-        layout = getattr(expansion, "layout", None) or {}
-        for index, node in enumerate(layout.get("resources") or []):
-            for leaf in _leaf_names(node):
-                self.roots[leaf] = (index, node)
-        self.leaves = {r["name"]: r for r in expansion.resources}
-        self._tree: yaml.Node | bool | None = False  # parsed on first use: valid configs skip it
-
-    @property
-    def tree(self) -> yaml.Node | None:
-        if self._tree is False:
-            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            try:
-                with open(self.config_file) as fh:
-                    self._tree = yaml.compose(fh, Loader=loader)
-            except (OSError, yaml.YAMLError):
-                self._tree = None
-        return self._tree
-
-    def annotate(self, finding: Finding) -> Finding:
-        if finding.source or finding.resource not in self.roots:
-            return finding
-        index, node = self.roots[finding.resource]
-        if "resources" not in node:
-            # Declared in the config itself: point at the field's own line (or the resource's).
-            line = self._line(["resources", index, "properties", *_split(finding.field)])
-            line = line or self._line(["resources", index])
-            if not line:
-                return finding
-            return Finding(
-                finding.file,
-                finding.resource,
-                finding.field,
-                finding.message,
-                finding.severity,
-                f"{self.config_file}:{line}",
-            )
-        value = _get_path(
-            self.leaves.get(finding.resource, {}).get("properties") or {}, finding.field
-        )
-        if value is _MISSING or isinstance(value, dict | list | bool) or value is None:
-            return finding
-        found = _find_value(node.get("properties") or {}, value, "")
-        if found is None:
-            return finding
-        line = self._line(["resources", index, "properties", *_split(found)])
-        where = f"{self.config_file}:{line}" if line else self.config_file
-        source = f"{where} ({node['name']}.{found})"
-        return Finding(
-            finding.file, finding.resource, finding.field, finding.message, finding.severity, source
-        )
-
-    def _line(self, keys: list) -> int | None:
-        """1-based line of the node at `keys`; for a mapping entry, the line of its key."""
-        node, line = self.tree, None
-        for key in keys:
-            if isinstance(node, yaml.MappingNode):
-                pair = next(((k, v) for k, v in node.value if k.value == key), None)
-                if pair is None:
-                    return None
-                line, node = pair[0].start_mark.line + 1, pair[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                if key >= len(node.value):
-                    return None
-                node = node.value[key]
-                line = node.start_mark.line + 1
-            else:
-                return None
-        return line
-
-
-_MISSING = object()
-
-
-def _leaf_names(node: dict) -> Iterator[str]:
-    children = node.get("resources")
-    if children is None:
-        yield node["name"]
-        return
-    for child in children:
-        yield from _leaf_names(child)
-
-
-def _split(path: str) -> list:
-    out: list = []
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        out.append(int(part[1:-1]) if part.startswith("[") else part)
-    return out
-
-
-def _get_path(value: Any, path: str) -> Any:
-    for part in _split(path):
-        if (isinstance(part, int) and isinstance(value, list) and part < len(value)) or (
-            isinstance(value, dict) and part in value
-        ):
-            value = value[part]
-        else:
-            return _MISSING
-    return value
-
-
-def _find_value(value: Any, target: Any, path: str) -> str | None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            got = _find_value(item, target, f"{path}.{key}" if path else str(key))
-            if got is not None:
-                return got
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            got = _find_value(item, target, f"{path}[{i}]")
-            if got is not None:
-                return got
-    elif type(value) is type(target) and value == target:
-        return path
-    return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -24,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmlocal.checks import Finding
+from dmlocal.errors import Finding
+from dmlocal.references import REFERENCE, template_outputs
 
 DM_TYPE = re.compile(r"^compute\.v1\.([a-zA-Z]+)$")
-REF = re.compile(r"\$\(ref\.[^()]+\)")
 DOCS_URL = "https://cloud.google.com/compute/docs/reference/rest/v1/{collection}/insert"
 # Listing every field of a big message (Instance has ~60) buries the hint; past this, say where
 # the full list is instead.
@@ -36,8 +37,6 @@ MAX_LISTED = 16
 
 def discovery_path() -> Path:
     """Where google-api-python-client keeps its copy of the Compute Engine v1 discovery doc."""
-    import importlib.util
-
     spec = importlib.util.find_spec("googleapiclient")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("google-api-python-client is not installed (requirements-dev.txt)")
@@ -164,7 +163,7 @@ def supported_types() -> list[str]:
 
 
 def _is_ref(value: Any) -> bool:
-    return isinstance(value, str) and REF.search(value) is not None
+    return isinstance(value, str) and REFERENCE.search(value) is not None
 
 
 def _describe(value: Any) -> str:
@@ -341,9 +340,6 @@ def check_resources(resources: list[dict], origins: dict[str, str] | None = None
     return findings
 
 
-_REF_FIELDS = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
-
-
 def _field_parts(path: str) -> list[str]:
     """'networkInterfaces[0].accessConfigs.0.natIP' -> names only, indices dropped."""
     return [p for p in re.split(r"[.\[\]]+", path) if p and not p.isdigit()]
@@ -384,11 +380,9 @@ def check_references(expansion) -> list[Finding]:
     The engine checks that NAME exists; this catches `$(ref.hello-vm.publicIpp)` when a
     template and its main resource share the name `hello-vm`, and `$(ref.subnet.ipCidrRnge)`.
     """
-    from dmlocal.reachability import template_outputs
-
     leaves = {r["name"]: r for r in expansion.resources}
-    outputs = template_outputs(getattr(expansion, "layout", None))
-    origins = getattr(expansion, "origins", {}) or {}
+    outputs = template_outputs(expansion.layout)
+    origins = expansion.origins
     findings: list[Finding] = []
 
     def scan(value: Any, file: str, resource: str, path: str) -> None:
@@ -399,7 +393,7 @@ def check_references(expansion) -> list[Finding]:
             for i, v in enumerate(value):
                 scan(v, file, resource, f"{path}[{i}]")
         elif isinstance(value, str):
-            for target, ref_field in _REF_FIELDS.findall(value):
+            for target, ref_field in REFERENCE.findall(value):
                 head = _field_parts(ref_field)[:1]
                 if target in outputs and head and head[0] in outputs[target]:
                     continue  # a template output; the engine checks those

@@ -1,4 +1,12 @@
-"""The one error type operators see: it always names the file, the field and the fix."""
+"""How operators see mistakes: each names the file, the field and the fix.
+
+ConfigError stops the expansion (the config cannot be rendered at all); a Finding is one problem
+the validator found in a config that did render, so all of them can be reported at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class ConfigError(Exception):
@@ -9,3 +17,33 @@ class ConfigError(Exception):
         self.file = file
         self.field = field
         self.message = message
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: where it is (file, resource, field path), what is wrong, what is valid."""
+
+    file: str
+    resource: str
+    field: str
+    message: str
+    severity: str = "error"
+    source: str = ""  # "deployment.yaml:24 (hello-vpc.subnetCidr)" when the value came from there
+
+    @property
+    def path(self) -> str:
+        return f"{self.resource}.{self.field}" if self.field else self.resource
+
+    def __str__(self) -> str:
+        where = f" [set at {self.source}]" if self.source else ""
+        return f"{self.file}: {self.path}: {self.message}{where}"
+
+    def as_dict(self) -> dict:
+        return {
+            "severity": self.severity,
+            "file": self.file,
+            "resource": self.resource,
+            "field": self.field,
+            "message": self.message,
+            "source": self.source or None,
+        }

@@ -30,12 +30,11 @@ from typing import Any
 import yaml
 
 from dmlocal.errors import ConfigError
+from dmlocal.references import REFERENCE, RESOURCE_NAME
 from dmlocal.schema import apply_schema, load_schema
 
-REFERENCE = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
 BASE_TYPE = re.compile(r"^[a-z][a-z0-9]*\.(v[0-9]+[a-z0-9]*|alpha|beta)\.[a-zA-Z]+$")
 PROVIDER_TYPE = re.compile(r"^[^/\s]+/[^:\s]+:[^\s]+$")
-GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 CONFIG_KEYS = ("imports", "resources", "outputs")
 RESOURCE_KEYS = ("name", "type", "properties", "metadata", "accessControl")
 MAX_DEPTH = 20
@@ -81,6 +80,15 @@ def default_env(
 
 def expand_path(config_path: str | Path, env: dict | None = None) -> Expansion:
     """Reads a config and everything it imports from disk, as gcloud uploads them, and expands."""
+    return expand_files(read_files(config_path), str(config_path), env)
+
+
+def read_files(config_path: str | Path) -> dict[str, str]:
+    """What gcloud uploads for a config: {its path: text, each import name: text}.
+
+    A template's schema travels with it as `<import name>.schema`, and the schema's own
+    `imports:` come along too.
+    """
     config_path = Path(config_path)
     config_name = str(config_path)
     text = _read(config_path, config_name, "(file)")
@@ -95,7 +103,7 @@ def expand_path(config_path: str | Path, env: dict | None = None) -> Expansion:
             schema_text = schema_path.read_text()
             files[name + ".schema"] = schema_text
             _add_schema_imports(files, schema_text, schema_path)
-    return expand_files(files, config_name, env)
+    return files
 
 
 def _add_schema_imports(files: dict[str, str], schema_text: str, schema_path: Path) -> None:
@@ -159,13 +167,31 @@ def expand_files(files: dict[str, str], config_name: str, env: dict | None = Non
     return _Expander(files, config_name, env or default_env()).run(config)
 
 
-class _Context:
+class TemplateContext:
     """What a template sees as `context`, as DM builds it."""
 
     def __init__(self, env: dict, properties: dict, imports: dict[str, str]):
         self.env = env
         self.properties = properties
         self.imports = imports
+
+
+def template_context(
+    type_: str, name: str, properties: dict, env: dict, imports: dict[str, str], file: str
+) -> TemplateContext:
+    """`context` for template resource `name` of type `type_`, declared in `file`.
+
+    As DM does: the properties are checked against the template's schema (in `imports` as
+    `<type_>.schema`) with its defaults filled in, `env` gains the resource's `name` and `type`,
+    and `imports` holds every imported file by import name.
+    """
+    schema_file = f"{type_}.schema"
+    if schema_file in imports:
+        schema = load_schema(imports[schema_file], schema_file)
+        properties = apply_schema(
+            schema, properties, config_file=file, resource=name, schema_file=schema_file
+        )
+    return TemplateContext({**env, "name": name, "type": type_}, properties, dict(imports))
 
 
 @dataclass
@@ -180,7 +206,6 @@ class _Template:
 
 class _Expander:
     def __init__(self, files: dict[str, str], config_name: str, env: dict):
-        self.files = files
         self.config_name = config_name
         self.env = env
         self.imports = {k: v for k, v in files.items() if k != config_name}
@@ -278,7 +303,7 @@ class _Expander:
         if not leaf["type"].startswith(("compute.", "gcp-types/compute-")):
             return
         gce_name = leaf["properties"].get("name", leaf["name"])
-        if isinstance(gce_name, str) and "$(" not in gce_name and not GCE_NAME.match(gce_name):
+        if isinstance(gce_name, str) and "$(" not in gce_name and not RESOURCE_NAME.match(gce_name):
             raise ConfigError(
                 file,
                 f"resources[{leaf['name']}].name",
@@ -292,15 +317,10 @@ class _Expander:
             raise ConfigError(
                 file, f"resources[{name}].type", f"templates nest deeper than {MAX_DEPTH} levels"
             )
-        properties = resource.get("properties") or {}
-        schema_file = f"{type_}.schema"
-        if schema_file in self.files:
-            schema = load_schema(self.files[schema_file], schema_file)
-            properties = apply_schema(
-                schema, properties, config_file=file, resource=name, schema_file=schema_file
-            )
-        env = {**self.env, "name": name, "type": type_}
-        result = self._run_template(type_, _Context(env, properties, dict(self.imports)), name)
+        context = template_context(
+            type_, name, resource.get("properties") or {}, self.env, self.imports, file
+        )
+        result = self._run_template(type_, context, name)
         children, outputs = self._template_result(result, type_, name)
         first_leaf = len(self.leaves)
         nested = [
@@ -311,12 +331,12 @@ class _Expander:
         self.templates[name] = _Template(
             name, type_, template_outputs, [leaf["name"] for leaf in self.leaves[first_leaf:]]
         )
-        node = {"name": name, "type": type_, "properties": properties, "resources": nested}
+        node = {"name": name, "type": type_, "properties": context.properties, "resources": nested}
         if template_outputs:
             node["outputs"] = [{"name": k, "value": v} for k, v in template_outputs.items()]
         return node
 
-    def _run_template(self, type_: str, context: _Context, name: str) -> Any:
+    def _run_template(self, type_: str, context: TemplateContext, name: str) -> Any:
         finder = _ImportedModules(self.imports)
         sys.meta_path.insert(0, finder)
         try:

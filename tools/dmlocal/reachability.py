@@ -11,15 +11,16 @@ whether a change locks them out of SSH:
 * two implied rules sit at priority 65535: allow all egress and deny all ingress. They take part in
   the same contest, so an explicit rule at 65535 only wins against them by the deny-beats-allow tie.
 
-`$(ref.NAME.FIELD)` strings (the firewall template uses `$(ref.hello-vpc-subnet.ipCidrRange)` in
-`sourceRanges`) are resolved with a callback; `resolver_for(resources)` builds one that looks the
-field up in the referenced resource's properties in the same expansion.
+`$(ref.NAME.FIELD)` strings (the internal rule's `sourceRanges` is `$(ref.hello-vpc.subnetCidr)`,
+the network template's output naming its subnet's range) are resolved with a callback;
+`resolver_for(resources, layout)` builds one that follows template outputs to the leaf resource
+and looks the field up in its properties in the same expansion.
 
 Small public API (the template tests import it):
 
     rules = firewall_rules(expansion.resources)
     d = evaluate(rules, "104.155.255.254", "tcp", 22, tags=["hello-web"],
-                 resolve=resolver_for(expansion.resources))
+                 resolve=resolver_for(expansion.resources, expansion.layout))
     d.allowed, d.rule, d.priority
 """
 
@@ -30,10 +31,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from dmlocal.references import REFERENCE, follow, template_outputs
+
 IMPLIED_ALLOW_EGRESS = "implied-allow-egress"
 IMPLIED_DENY_INGRESS = "implied-deny-ingress"
 IMPLIED_PRIORITY = 65535
 DEFAULT_PRIORITY = 1000
+# Where the stack admits SSH from (deployment.yaml's sshSourceRanges): the preview asks about
+# it by name and the diagram labels it, so a change that locks the team out shows in both.
+GOOGLE_SSH_RANGE = "104.154.0.0/15"
 
 # Protocols GCP accepts by name in `IPProtocol`, with their IANA numbers (a rule may use either).
 PROTOCOL_NUMBERS = {
@@ -48,7 +54,6 @@ PROTOCOL_NUMBERS = {
 }
 PORTED_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 
-REF_RE = re.compile(r"\$\(ref\.([^.()]+)\.([^()]+)\)")
 _PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 
 
@@ -96,38 +101,6 @@ def firewall_rules(resources: Iterable[Mapping]) -> list[dict]:
     return rules
 
 
-def template_outputs(layout: Mapping | None) -> dict[str, dict[str, object]]:
-    """{template resource name: {output name: value}} from an Expansion's layout tree."""
-    found: dict[str, dict[str, object]] = {}
-
-    def walk(nodes) -> None:
-        for node in nodes or []:
-            if "resources" in node:
-                found[node["name"]] = {o["name"]: o["value"] for o in node.get("outputs") or []}
-                walk(node["resources"])
-
-    walk((layout or {}).get("resources"))
-    return found
-
-
-def follow(value: object, outputs: Mapping[str, Mapping[str, object]], limit: int = 20) -> object:
-    """Replace a whole-string reference to a template's output by that output's value, repeatedly.
-
-    `$(ref.lab-net.subnetLink)` becomes `$(ref.lab-net-subnet.selfLink)` when template `lab-net`
-    declares that output, so callers can reach the leaf resource behind it.
-    """
-    for _ in range(limit):
-        m = REF_RE.fullmatch(value.strip()) if isinstance(value, str) else None
-        if not m or m.group(1) not in outputs:
-            return value
-        name, field = m.groups()
-        head = field.split(".")[0]
-        if head not in outputs[name]:
-            return value
-        value = outputs[name][head]
-    return value
-
-
 def resolver_for(resources: Iterable[Mapping], layout: Mapping | None = None) -> Resolver:
     """Build a resolver for `$(ref.NAME.FIELD)` against the properties of `resources`.
 
@@ -143,10 +116,10 @@ def resolver_for(resources: Iterable[Mapping], layout: Mapping | None = None) ->
 
     def resolve(ref: str) -> object:
         followed = follow(ref, outputs)
-        if not (isinstance(followed, str) and REF_RE.fullmatch(followed.strip())):
+        if not (isinstance(followed, str) and REFERENCE.fullmatch(followed.strip())):
             return followed
         ref = followed
-        m = REF_RE.fullmatch(ref.strip())
+        m = REFERENCE.fullmatch(ref.strip())
         if not m:
             raise ReachabilityError(f"not a reference: {ref!r}")
         name, field = m.groups()
@@ -351,27 +324,6 @@ def is_allowed(rules: Iterable[Mapping], remote: str, protocol: str | int, port=
     return evaluate(rules, remote, protocol, port, **kw).allowed
 
 
-# -- the questions `make preview` answers for every instance ------------------------------------
-
-INTERNET_PROBE = "198.51.100.10"  # TEST-NET-2: stands for "any address on the internet"
-GOOGLE_SSH_RANGE = "104.154.0.0/15"
-PROBES = (("tcp", 22), ("tcp", 80), ("tcp", 443), ("tcp", 8080), ("udp", 53), ("icmp", None))
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the firewall table: a kind of peer and the decision for each probe."""
-
-    label: str
-    peer: str
-    direction: str
-    decisions: tuple[tuple[str, Decision], ...]  # (probe label "tcp/22", decision)
-
-
-def _probe_label(proto: str, port: int | None) -> str:
-    return f"{proto}/{port}" if port is not None else proto
-
-
 def instance_targets(resources: Iterable[Mapping], layout: Mapping | None = None) -> list[dict]:
     """Each instance with the facts firewall evaluation needs: tags, service account, subnet."""
     resources = list(resources)
@@ -386,7 +338,7 @@ def instance_targets(resources: Iterable[Mapping], layout: Mapping | None = None
         sas = [sa.get("email") for sa in props.get("serviceAccounts") or [] if isinstance(sa, dict)]
         subnet_range = None
         for nic in props.get("networkInterfaces") or []:
-            m = REF_RE.fullmatch(str(follow(nic.get("subnetwork", ""), outputs)).strip())
+            m = REFERENCE.fullmatch(str(follow(nic.get("subnetwork", ""), outputs)).strip())
             if m and m.group(1) in by_name:
                 subnet_range = (by_name[m.group(1)].get("properties") or {}).get("ipCidrRange")
                 break
@@ -399,68 +351,3 @@ def instance_targets(resources: Iterable[Mapping], layout: Mapping | None = None
             }
         )
     return out
-
-
-def _inside_probe(cidr: str | None) -> str | None:
-    if not cidr:
-        return None
-    try:
-        net = ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        return None
-    # .0 is the network and .1 the gateway in a GCP subnet; any later host is a peer VM.
-    return str(net.network_address + min(10, net.num_addresses - 1))
-
-
-def firewall_table(
-    resources: list[Mapping], instance: Mapping, layout: Mapping | None = None
-) -> list[Row]:
-    """What the rules allow to/from `instance` (an item of `instance_targets`), per peer kind."""
-    rules = firewall_rules(resources)
-    resolve = resolver_for(resources, layout)
-    ssh_net = ipaddress.ip_network(GOOGLE_SSH_RANGE)
-    peers = [
-        ("from the internet", INTERNET_PROBE, "INGRESS"),
-        (
-            f"from Google's SSH range {GOOGLE_SSH_RANGE}",
-            str(ssh_net.network_address + 1),
-            "INGRESS",
-        ),
-    ]
-    inside = _inside_probe(instance.get("subnet_range"))
-    if inside:
-        peers.append((f"from inside the VPC ({instance['subnet_range']})", inside, "INGRESS"))
-    peers.append(("egress to the internet", INTERNET_PROBE, "EGRESS"))
-    rows = []
-    for label, peer, direction in peers:
-        decisions = tuple(
-            (
-                _probe_label(proto, port),
-                evaluate(
-                    rules,
-                    peer,
-                    proto,
-                    port,
-                    tags=instance.get("tags") or (),
-                    service_account=instance.get("service_account"),
-                    direction=direction,
-                    resolve=resolve,
-                ),
-            )
-            for proto, port in PROBES
-        )
-        rows.append(Row(label, peer, direction, decisions))
-    return rows
-
-
-def format_table(rows: list[Row]) -> str:
-    """The table as fixed-width text for the terminal."""
-    if not rows:
-        return ""
-    probes = [label for label, _ in rows[0].decisions]
-    width = max(len(r.label) for r in rows)
-    lines = [("  " + " " * width + "  " + "  ".join(f"{p:<8}" for p in probes)).rstrip()]
-    for row in rows:
-        cells = "  ".join(f"{d.action:<8}" for _, d in row.decisions)
-        lines.append(f"  {row.label:<{width}}  {cells}".rstrip())
-    return "\n".join(lines)

@@ -51,8 +51,8 @@ def load_schema(text: str, filename: str) -> dict:
 
 
 def _validation_part(schema: dict) -> dict:
-    # `info` and `imports` are DM's own keys, not JSON Schema.
-    return {k: v for k, v in schema.items() if k not in ("info", "imports")}
+    # `info`, `imports` and `outputs` are DM's own keys, not JSON Schema.
+    return {k: v for k, v in schema.items() if k not in ("info", "imports", "outputs")}
 
 
 def apply_schema(

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from dmlocal.errors import ConfigError
-from dmlocal.expand import REFERENCE, Expansion, default_env, expand_path
+from dmlocal.expand import Expansion, default_env, expand_path
+from dmlocal.references import REFERENCE, last_segment, template_outputs
 
 # Exact pin: a provider upgrade is a reviewed change, never a side effect of a redeploy. 6.50.0
 # (the last 6.x) because it is the newest release whose schema tests/test_terraform.py can check
@@ -70,7 +71,7 @@ class _Translator:
     def __init__(self, expansion: Expansion):
         self.expansion = expansion
         self.leaves = {r["name"]: r for r in expansion.resources}
-        self.template_outputs = _template_outputs(expansion.layout)
+        self.template_outputs = template_outputs(expansion.layout)
 
     # -- values ----------------------------------------------------------------------------
 
@@ -403,20 +404,7 @@ def _escape(text: str) -> str:
 
 
 def _last_segment(value: str, prefix: str) -> str:
-    return value[len(prefix) :] if value.startswith(prefix) else value.rsplit("/", 1)[-1]
-
-
-def _template_outputs(layout: dict) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-
-    def walk(nodes: list[dict]) -> None:
-        for node in nodes:
-            if "resources" in node:
-                found[node["name"]] = {o["name"]: o["value"] for o in node.get("outputs", [])}
-                walk(node["resources"])
-
-    walk(layout.get("resources", []))
-    return found
+    return value[len(prefix) :] if value.startswith(prefix) else last_segment(value)
 
 
 def import_id(tf_type: str, body: dict, project: str) -> str:
@@ -520,11 +508,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     env = default_env(args.deployment, args.project or "local-project")
-    try:
-        written = write_terraform(expand_path(args.config, env), args.out, args.project)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    written = write_terraform(expand_path(args.config, env), args.out, args.project)
     for path in written:
         print(path)
     if args.project is None:

@@ -181,7 +181,11 @@ def from_expanded_config(
     nic = (instance.get("networkInterfaces") or [{}])[0]
     network_name = _ref_name(nic.get("network", ""))
     subnet = resources.get(_ref_name(nic.get("subnetwork", "")))
-    if subnet is not None:
+    if subnet is not None and subnet["type"].endswith(".network"):
+        # `$(ref.hello-vpc.subnetwork)`: an output of the network template, which names its
+        # network after itself (the expanded YAML carries no layout to follow the output by).
+        network_name = subnet["name"]
+    elif subnet is not None:
         network_name = _ref_name(subnet.get("properties", {}).get("network", "")) or network_name
     return instance, network_name or "default"
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from app.app import GREETING
 from emulators.metadata import from_expanded_config
 from localvm import deploy
 from localvm.image import ensure_image
-from localvm.stack import GREETING, REPO, render_preview
+from localvm.stack import REPO, render_preview
 from localvm.vm import NETWORK, LocalVM, VMError
 
 STATE = REPO / ".state" / "localvm"

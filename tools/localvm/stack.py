@@ -18,7 +18,6 @@ from localvm.image import Image, ensure_image
 from localvm.vm import NETWORK, LocalVM
 
 REPO = Path(__file__).resolve().parents[2]
-GREETING = "Hello World from BenchSci!"
 ARTIFACTS = REPO / "build" / "artifacts"  # gitignored; CI stores it
 
 

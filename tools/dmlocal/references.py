@@ -1,0 +1,58 @@
+"""How one resource points at another: `$(ref.NAME.FIELD)`, template outputs, resource URLs.
+
+Deployment Manager substitutes `$(ref.NAME.FIELD)` at deploy time with FIELD of resource NAME,
+or with the output FIELD of template resource NAME
+(https://cloud.google.com/deployment-manager/docs/configuration/use-references,
+https://cloud.google.com/deployment-manager/docs/configuration/expose-information-outputs).
+Everything that reads references (the renderer, the checks, the firewall evaluator, the diagram,
+the Terraform translation) uses these definitions, so they agree on what a reference is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+# NAME cannot contain a dot (FIELD may: `networkInterfaces.0.networkIP`); neither holds
+# whitespace or parentheses, so a reference ends at the first `)`.
+REFERENCE = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
+# Compute Engine names (RFC 1035): 1-63 characters, lowercase letters, digits and hyphens,
+# starting with a letter and not ending with a hyphen. Network tags follow the same rule.
+RESOURCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def template_outputs(layout: Mapping | None) -> dict[str, dict[str, object]]:
+    """{template resource name: {output name: value}} from an Expansion's layout tree."""
+    found: dict[str, dict[str, object]] = {}
+
+    def walk(nodes) -> None:
+        for node in nodes or []:
+            if "resources" in node:
+                found[node["name"]] = {o["name"]: o["value"] for o in node.get("outputs") or []}
+                walk(node["resources"])
+
+    walk((layout or {}).get("resources"))
+    return found
+
+
+def follow(value: object, outputs: Mapping[str, Mapping[str, object]], limit: int = 20) -> object:
+    """Replace a whole-string reference to a template's output by that output's value, repeatedly.
+
+    `$(ref.hello-vpc.subnetwork)` becomes `$(ref.hello-vpc-subnet.selfLink)` when template
+    `hello-vpc` declares that output, so callers can reach the leaf resource behind it.
+    """
+    for _ in range(limit):
+        m = REFERENCE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if not m or m.group(1) not in outputs:
+            return value
+        name, field = m.groups()
+        head = field.split(".")[0]
+        if head not in outputs[name]:
+            return value
+        value = outputs[name][head]
+    return value
+
+
+def last_segment(url: object) -> str:
+    """`.../zones/us-central1-a/machineTypes/e2-small` -> `e2-small` (a bare name stays as is)."""
+    return str(url or "?").rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,139 @@
+"""Traces a finding on a leaf resource back to the deployment-config line that caused it.
+
+A template turns the config's properties into leaf resources, so a finding names a leaf
+(`hello-firewall-allow-ssh.sourceRanges[0]`) while the operator edits deployment.yaml. When the
+bad value was passed in from the config, the tracer finds that value's line there, so the
+message points at the line to change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+from dmlocal.errors import Finding
+from dmlocal.expand import Expansion
+
+
+class Tracer:
+    """Maps a leaf finding back to the deployment-config line whose value produced it."""
+
+    def __init__(self, expansion: Expansion):
+        self.config_file = expansion.config_file
+        self.roots: dict[str, tuple[int, dict]] = {}  # leaf name -> (config index, top node)
+        for index, node in enumerate(expansion.layout.get("resources") or []):
+            for leaf in _leaf_names(node):
+                self.roots[leaf] = (index, node)
+        self.leaves = {r["name"]: r for r in expansion.resources}
+        self._tree: yaml.Node | bool | None = False  # parsed on first use: valid configs skip it
+
+    @property
+    def tree(self) -> yaml.Node | None:
+        if self._tree is False:
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            try:
+                with open(self.config_file) as fh:
+                    self._tree = yaml.compose(fh, Loader=loader)
+            except (OSError, yaml.YAMLError):
+                self._tree = None
+        return self._tree
+
+    def annotate(self, finding: Finding) -> Finding:
+        if finding.source or finding.resource not in self.roots:
+            return finding
+        index, node = self.roots[finding.resource]
+        if "resources" not in node:
+            # Declared in the config itself: point at the field's own line (or the resource's).
+            line = self._line(["resources", index, "properties", *_split(finding.field)])
+            line = line or self._line(["resources", index])
+            if not line:
+                return finding
+            return Finding(
+                finding.file,
+                finding.resource,
+                finding.field,
+                finding.message,
+                finding.severity,
+                f"{self.config_file}:{line}",
+            )
+        value = _get_path(
+            self.leaves.get(finding.resource, {}).get("properties") or {}, finding.field
+        )
+        if value is _MISSING or isinstance(value, dict | list | bool) or value is None:
+            return finding
+        found = _find_value(node.get("properties") or {}, value, "")
+        if found is None:
+            return finding
+        line = self._line(["resources", index, "properties", *_split(found)])
+        where = f"{self.config_file}:{line}" if line else self.config_file
+        source = f"{where} ({node['name']}.{found})"
+        return Finding(
+            finding.file, finding.resource, finding.field, finding.message, finding.severity, source
+        )
+
+    def _line(self, keys: list) -> int | None:
+        """1-based line of the node at `keys`; for a mapping entry, the line of its key."""
+        node, line = self.tree, None
+        for key in keys:
+            if isinstance(node, yaml.MappingNode):
+                pair = next(((k, v) for k, v in node.value if k.value == key), None)
+                if pair is None:
+                    return None
+                line, node = pair[0].start_mark.line + 1, pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+                if key >= len(node.value):
+                    return None
+                node = node.value[key]
+                line = node.start_mark.line + 1
+            else:
+                return None
+        return line
+
+
+_MISSING = object()
+
+
+def _leaf_names(node: dict) -> Iterator[str]:
+    children = node.get("resources")
+    if children is None:
+        yield node["name"]
+        return
+    for child in children:
+        yield from _leaf_names(child)
+
+
+def _split(path: str) -> list:
+    out: list = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        out.append(int(part[1:-1]) if part.startswith("[") else part)
+    return out
+
+
+def _get_path(value: Any, path: str) -> Any:
+    for part in _split(path):
+        if (isinstance(part, int) and isinstance(value, list) and part < len(value)) or (
+            isinstance(value, dict) and part in value
+        ):
+            value = value[part]
+        else:
+            return _MISSING
+    return value
+
+
+def _find_value(value: Any, target: Any, path: str) -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            got = _find_value(item, target, f"{path}.{key}" if path else str(key))
+            if got is not None:
+                return got
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            got = _find_value(item, target, f"{path}[{i}]")
+            if got is not None:
+                return got
+    elif type(value) is type(target) and value == target:
+        return path
+    return None
