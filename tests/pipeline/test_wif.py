@@ -46,10 +46,14 @@ import shlex
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from emulators.oauth2 import new_service_account_key
@@ -72,8 +76,8 @@ LONG_ORIGIN = (
 pytestmark = pytest.mark.skipif(GCLOUD is None, reason="needs the real gcloud on PATH")
 
 
-def bootstrap_commands(**overrides: str) -> list[list[str]]:
-    """The gcloud commands gcp-bootstrap.sh would run, as argv lists."""
+def bootstrap_dry_run(**overrides: str) -> str:
+    """What `gcp-bootstrap.sh --dry-run` prints for this test's project and CircleCI ids."""
     env = {
         "PATH": os.environ["PATH"],
         "PROJECT_ID": PROJECT_ID,
@@ -86,9 +90,14 @@ def bootstrap_commands(**overrides: str) -> list[list[str]]:
         [str(BOOTSTRAP), "--dry-run"], env=env, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def bootstrap_commands(**overrides: str) -> list[list[str]]:
+    """The gcloud commands gcp-bootstrap.sh would run, as argv lists."""
     return [
         shlex.split(line[2:], comments=True)
-        for line in result.stdout.splitlines()
+        for line in bootstrap_dry_run(**overrides).splitlines()
         if line.startswith("+ ")
     ]
 
@@ -446,3 +455,105 @@ def test_bootstrap_dry_run_runs_nothing_and_every_create_is_described_first(tmp_
         [str(BOOTSTRAP), "--dry-run"], env={"PATH": str(bin_dir)}, capture_output=True, text=True
     )
     assert missing.returncode == 2 and "set PROJECT_ID" in missing.stderr
+
+
+def test_branch_jobs_use_the_unrestricted_preview_context():
+    """CircleCI fails a job whose context's restrictions it does not meet (Unauthorized; see
+    support.circleci.com "Troubleshooting Builds Unauthorized due to contexts"), so a branch job
+    must not use the master-only context. The contexts gcp-bootstrap.sh prints: gcp-deploy is
+    restricted and holds the deployer; gcp-preview is not and holds the previewer. The CircleCI
+    config gives each job the matching one."""
+    out = bootstrap_dry_run()
+    contexts: dict[str, dict] = {}
+    for line in out.split("CircleCI contexts")[1].splitlines():
+        if line.startswith("  gcp-"):
+            name = line.split()[0]
+            contexts[name] = {"restricted": "restrict to" in line}
+        elif "=" in line and contexts:
+            key, _, value = line.strip().partition("=")
+            contexts[name][key] = value
+    assert contexts["gcp-deploy"]["restricted"]
+    assert contexts["gcp-deploy"]["GCP_DEPLOYER_SA"].startswith("hello-deployer@")
+    assert not contexts["gcp-preview"]["restricted"]
+    assert contexts["gcp-preview"]["GCP_DEPLOYER_SA"].startswith("hello-previewer@")
+
+    config = yaml.safe_load((REPO / ".circleci" / "config.yml").read_text())
+    (workflow,) = config["workflows"].values()
+    jobs = {
+        name: settings
+        for entry in workflow["jobs"]
+        if isinstance(entry, dict)
+        for name, settings in entry.items()
+    }
+    assert jobs["preview"]["context"] == "gcp-preview"
+    assert jobs["preview"]["filters"]["branches"] == {"ignore": "master"}
+    assert jobs["deploy"]["context"] == "gcp-deploy"
+
+
+def post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_emulator_refuses_what_google_documents_as_invalid(federation):
+    """Request shapes gcloud never sends but Google refuses, straight over HTTP: an
+    Authorization header on the token exchange, an unknown provider, no scope; a project id in
+    place of the `-` wildcard, a lifetime over an hour, no bearer token. And provider settings the
+    IAM API refuses: a mapping without google.subject, a key outside [a-z0-9_], invalid CEL.
+
+    Real: nothing but HTTP. Emulated: STS and IAM Credentials.
+    """
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "subject_token": federation.circleci.token(2),
+        "audience": f"//iam.googleapis.com/{federation.provider}",
+        "scope": "https://www.googleapis.com/auth/cloud-platform",
+    }
+    url_form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def exchange(headers=url_form, **changes) -> tuple[int, dict]:
+        body = urllib.parse.urlencode({k: v for k, v in (form | changes).items() if v}).encode()
+        return post(f"{federation.sts_url}/v1/token", body, headers)
+
+    status, ok = exchange()
+    assert status == 200 and ok["token_type"] == "Bearer"
+    assert exchange(url_form | {"Authorization": "Bearer x"})[0] == 400
+    assert (
+        exchange(
+            audience="//iam.googleapis.com/projects/1/locations/global/"
+            "workloadIdentityPools/none/providers/none"
+        )[1]["error"]
+        == "invalid_target"
+    )
+    assert exchange(scope="")[0] == 400
+
+    def generate(name: str, body: dict, token: str | None) -> int:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        url = f"{federation.sts_url}/v1/{name}:generateAccessToken"
+        return post(url, json.dumps(body).encode(), headers)[0]
+
+    scope = {"scope": ["https://www.googleapis.com/auth/cloud-platform"]}
+    sa = f"projects/-/serviceAccounts/{federation.deployer}"
+    assert generate(sa, scope, ok["access_token"]) == 200
+    assert generate(sa.replace("/-/", f"/{PROJECT_ID}/"), scope, ok["access_token"]) == 400
+    assert generate(sa, scope | {"lifetime": "7200s"}, ok["access_token"]) == 400
+    assert generate(sa, {}, ok["access_token"]) == 400
+    assert generate(sa, scope, None) == 401
+
+    issuer = f"{CIRCLECI_OIDC_ORIGIN}/org/{ORG_ID}"
+    name = federation.provider.replace("/providers/circleci", "/providers/circleci-bad")
+    for mapping in (
+        {"attribute.project_id": "assertion.sub"},
+        {"google.subject": "assertion.sub", "attribute.Vcs-Ref": "assertion.sub"},
+        {"google.subject": "assertion["},
+    ):
+        with pytest.raises(ValueError):
+            federation.sts.add_provider(name, issuer, mapping)
