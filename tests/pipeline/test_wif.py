@@ -44,6 +44,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -557,3 +558,42 @@ def test_the_emulator_refuses_what_google_documents_as_invalid(federation):
     ):
         with pytest.raises(ValueError):
             federation.sts.add_provider(name, issuer, mapping)
+
+
+def test_the_private_dir_with_the_login_is_gone_after_a_cancelled_run(federation, tmp_path):
+    """CircleCI cancelling a job, or Ctrl-C, signals the whole process group mid-deploy: the
+    private dir holding the OIDC token, the credential config and gcloud's own config (with the
+    deployer's login) is removed all the same."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = federation.pipeline.env(
+        "proj-cancelled",
+        config_dir=federation.caller_config,
+        TMPDIR=str(tmpdir),
+        GCP_WIF_PROVIDER=federation.provider,
+        GCP_DEPLOYER_SA=federation.deployer,
+        CIRCLE_OIDC_TOKEN_V2=federation.circleci.token(2),
+        WIF_STS_ENDPOINT=federation.sts_url,
+        WIF_IAMCREDENTIALS_ENDPOINT=federation.sts_url,
+    )
+    process = subprocess.Popen(
+        [str(DEPLOY)],
+        cwd=federation.pipeline.stack,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmpdir.glob("tmp.*/gcloud/credentials.db")):
+            assert process.poll() is None, "deploy.sh ended before it logged in"
+            assert time.monotonic() < deadline, "deploy.sh never logged in"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) != 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    time.sleep(1)  # anything still running of the group would have written by now
+    assert not list(tmpdir.iterdir()), "deploy.sh left its private dir behind"
