@@ -24,8 +24,14 @@
 #      access-token property), for a person running it by hand; unless
 #      SKIP_WITHOUT_CREDENTIALS=true (CI's preview job on branches), which makes "no credentials
 #      configured" a clear message and exit 0 instead.
-# Nothing secret is printed: keys and tokens go to 0600 files in a private temp dir that is
-# removed on exit, and this script never runs with `set -x`.
+# With 1, 2 or a token file, gcloud runs on a config of its own (CLOUDSDK_CONFIG) inside a
+# private temp dir, so the login never touches the caller's gcloud config or active account;
+# the project must then come from GCP_PROJECT or CLOUDSDK_CORE_PROJECT. Nothing secret is
+# printed: keys, tokens and that config are 0600 files in the private temp dir, which is removed
+# when the script exits (also on SIGINT/SIGTERM; not on SIGKILL); it never runs with `set -x`.
+# WIF_STS_ENDPOINT and WIF_IAMCREDENTIALS_ENDPOINT (unset in CI) point the credential config's
+# token exchange and impersonation URLs at local emulators: gcloud's create-cred-config always
+# writes Google's, and gcloud has no endpoint property for STS.
 #
 # Delete policy: updates run with --delete-policy=DELETE. deployment.yaml is the truth, so a
 # resource removed from it (say a firewall rule) is removed from the project; ABANDON would leave
@@ -125,10 +131,34 @@ last_failure() {
   fi
 }
 
+# Gives gcloud a config of its own in the private temp dir: what the script logs in with stays
+# there and goes with it, and the caller's config (credentials, active account) is not written.
+use_private_gcloud_config() {
+  [[ -n ${CLOUDSDK_CORE_PROJECT:-} ]] ||
+    die "$EXIT_USAGE" "set GCP_PROJECT (the project to deploy to)"
+  export CLOUDSDK_CONFIG=$private/gcloud
+  (umask 077 && mkdir "$CLOUDSDK_CONFIG")
+}
+
+# Points the URLs in a credential config at WIF_STS_ENDPOINT / WIF_IAMCREDENTIALS_ENDPOINT.
+override_wif_endpoints() {
+  local file=$1 content old new
+  content=$(<"$file")
+  for pair in "https://sts.googleapis.com=${WIF_STS_ENDPOINT:-}" \
+    "https://iamcredentials.googleapis.com=${WIF_IAMCREDENTIALS_ENDPOINT:-}"; do
+    old="\"${pair%%=*}/" new="\"${pair#*=}/"
+    [[ $new != '"/' ]] || continue
+    [[ $content == *"$old"* ]] || die "$EXIT_AUTH" "no ${old#\"} URL in $file to override"
+    content=${content//"$old"/"$new"}
+  done
+  (umask 077 && printf '%s\n' "$content" >"$file")
+}
+
 authenticate() {
   local oidc_file=${OIDC_TOKEN_FILE:-}
   if [[ -n ${GCP_WIF_PROVIDER:-} ]]; then
     [[ -n ${GCP_DEPLOYER_SA:-} ]] || die "$EXIT_AUTH" "GCP_WIF_PROVIDER is set but GCP_DEPLOYER_SA is not"
+    use_private_gcloud_config
     if [[ -z $oidc_file ]]; then
       local token=${CIRCLE_OIDC_TOKEN_V2:-${CIRCLE_OIDC_TOKEN:-}}
       [[ -n $token ]] || die "$EXIT_AUTH" "no OIDC token: CIRCLE_OIDC_TOKEN_V2 is empty (is this a CircleCI job with OIDC?)"
@@ -141,9 +171,15 @@ authenticate() {
       --credential-source-file="$oidc_file" \
       --output-file="$private/wif-credentials.json" ||
       die "$EXIT_AUTH" "could not write the WIF credential config (check GCP_WIF_PROVIDER)"
+    override_wif_endpoints "$private/wif-credentials.json"
     gcloud_run auth login --cred-file="$private/wif-credentials.json" --quiet ||
       die "$EXIT_AUTH" "gcloud auth login --cred-file failed"
+    # The login is offline; the token exchange and impersonation happen on first use. Do that
+    # now, so a refusal is an authentication failure here, not an API error mid-deploy.
+    gcloud_run auth print-access-token --quiet >/dev/null ||
+      die "$EXIT_AUTH" "Google refused the OIDC token or the impersonation of $GCP_DEPLOYER_SA (message above): check the provider's attribute condition and the service account's roles/iam.workloadIdentityUser binding for this project and branch"
   elif [[ -n ${GCP_SA_KEY_B64:-} ]]; then
+    use_private_gcloud_config
     local key=$private/sa-key.json
     (umask 077 && printf '%s' "$GCP_SA_KEY_B64" | base64 -d >"$key" 2>/dev/null) ||
       die "$EXIT_AUTH" "GCP_SA_KEY_B64 is not valid base64"
@@ -157,6 +193,7 @@ authenticate() {
     fi
     if [[ -n ${CLOUDSDK_AUTH_ACCESS_TOKEN_FILE:-} ]]; then
       # gcloud's auth/access_token_file property: a bare token, e.g. for a local emulator.
+      use_private_gcloud_config
       log "using the access token in CLOUDSDK_AUTH_ACCESS_TOKEN_FILE"
       return 0
     fi

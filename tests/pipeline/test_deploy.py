@@ -451,43 +451,6 @@ def test_preview_shows_the_change_and_leaves_the_deployment_as_it_was(pipeline, 
     assert pipeline.dm.cloud_resources("proj-preview-new") == {}
 
 
-def test_workload_identity_login_from_a_circleci_oidc_token(pipeline, tmp_path):
-    """The preferred auth path: deploy.sh turns CircleCI's OIDC token into a WIF credential
-    config (gcloud iam workload-identity-pools create-cred-config) and logs gcloud in with it
-    (--auth-only stops before any API call, since STS is Google's and not emulated here). The
-    token is never printed and its file is gone afterwards.
-
-    Real: gcloud (create-cred-config, auth login --cred-file, both offline), deploy.sh.
-    Emulated: nothing (no server is contacted).
-    """
-    fresh = tmp_path / "gcloud"
-    fresh.mkdir()
-    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvcmcvby9wcm9qZWN0L3AifQ.c2lnbmF0dXJl"
-    provider = (
-        "projects/123456789012/locations/global/workloadIdentityPools/circleci/providers/circleci"
-    )
-    result = pipeline.deploy(
-        "proj-wif",
-        "--auth-only",
-        CLOUDSDK_CONFIG=str(fresh),
-        GCP_WIF_PROVIDER=provider,
-        GCP_DEPLOYER_SA=DEPLOYER,
-        CIRCLE_OIDC_TOKEN_V2=token,
-        TMPDIR=str(tmp_path),
-    )
-    assert result.returncode == 0, result.stderr
-    assert token not in result.stdout + result.stderr
-    accounts = subprocess.run(
-        [GCLOUD, "auth", "list", "--format=json", "--filter=status:ACTIVE"],
-        env=pipeline.env("proj-wif", config_dir=fresh),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert [a["account"] for a in json.loads(accounts.stdout)] == [DEPLOYER]
-    assert not list(tmp_path.glob("tmp.*")), "deploy.sh left its private temp dir behind"
-
-
 def test_create_cred_config_writes_a_valid_external_account_file(tmp_path):
     """The OIDC cred-config gcloud writes is a valid external_account credential: the fields
     Google's STS exchange needs, and google-auth (the library gcloud itself uses) loads it as an
