@@ -1,4 +1,4 @@
-"""Command line: `dmlocal {preview,reach,diagram,terraform} ...`.
+"""Command line: `dmlocal {preview,reach,diagram,terraform,changes} ...`.
 
 Exit codes: 0 the config expands cleanly, 1 the config is invalid (the message names the file,
 the field and the fix), 2 the command line itself is wrong.
@@ -10,7 +10,7 @@ import argparse
 
 import yaml
 
-from dmlocal import diagram, terraform, validate
+from dmlocal import diagram, replacement, terraform, validate
 from dmlocal.expand import Expansion
 
 
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     terraform.add_command(commands)
     validate.add_commands(commands)
     diagram.add_command(commands)
+    replacement.add_command(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
