@@ -4,7 +4,8 @@
 # only for its purpose, so `make check` does not pull in qemu and a browser for a VM it never
 # boots.
 #
-#   scripts/install-system-deps.sh PURPOSE...   PURPOSE: lint | diagram | vm | bench | all
+#   scripts/install-system-deps.sh PURPOSE...          PURPOSE: lint | diagram | vm | bench | all
+#   scripts/install-system-deps.sh --list PURPOSE...   print the packages, install nothing
 #
 # Needs root, or a user with passwordless sudo (as in CI), only when something is missing.
 set -euo pipefail
@@ -28,6 +29,11 @@ packages_for() {
   esac
 }
 
+list_only=false
+if [[ ${1:-} == --list ]]; then
+  list_only=true
+  shift
+fi
 (($# > 0)) || set -- all
 packages=()
 for purpose in "$@"; do
@@ -35,6 +41,11 @@ for purpose in "$@"; do
   read -r -d '' -a words <<<"$list" || true # -d '': every line; status 1 at the end is expected
   packages+=("${words[@]}")
 done
+
+if "$list_only"; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do

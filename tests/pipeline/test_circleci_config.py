@@ -213,3 +213,33 @@ def test_install_gcloud_checks_the_archive_and_links_gcloud(tmp_path, bare_path)
     assert right.returncode == 0, right.stderr
     linked = subprocess.run([str(tmp_path / "bin" / "gcloud")], capture_output=True, text=True)
     assert linked.stdout.strip() == f"Google Cloud SDK {version}"
+
+
+def packages_installed_by(target: str) -> set[str]:
+    """The Debian packages `make TARGET` asks for, from make's own dry run (-B: as if nothing
+    were built yet, so the venv's recipe is included)."""
+    dry_run = subprocess.run(
+        ["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    purposes = []
+    for line in dry_run.stdout.splitlines():
+        words = shlex.split(line)
+        if words[:2] == ["bash", "scripts/install-system-deps.sh"]:
+            purposes += words[2:]
+    listed = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install-system-deps.sh"), "--list", *purposes],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(listed.stdout.split())
+
+
+def test_make_check_installs_no_vm_packages_and_make_e2e_does():
+    """CI's test job runs `make check`, which boots no VM: it must not spend minutes installing
+    qemu, a browser and debootstrap. `make e2e` needs them."""
+    vm = {"qemu-system-x86", "qemu-utils", "chromium", "debootstrap"}
+    check = packages_installed_by("check")
+    assert {"shellcheck", "python3-venv", "graphviz"} <= check
+    assert not check & vm, check & vm
+    assert vm <= packages_installed_by("e2e")
