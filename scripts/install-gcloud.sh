@@ -33,7 +33,16 @@ if [[ ${1:-} == --version ]]; then
   exit 0
 fi
 
-installed=$(gcloud version 2>/dev/null | head -n 1) || installed=""
+# The SDK's VERSION file answers in milliseconds; `gcloud version` takes seconds.
+installed=""
+if gcloud_bin=$(command -v gcloud); then
+  sdk_root=$(dirname "$(dirname "$(readlink -f "$gcloud_bin")")")
+  if [[ -r $sdk_root/VERSION ]]; then
+    installed="Google Cloud SDK $(<"$sdk_root/VERSION")"
+  else
+    installed=$(gcloud version 2>/dev/null | head -n 1) || installed="an unknown gcloud"
+  fi
+fi
 if [[ $installed == "Google Cloud SDK $GCLOUD_VERSION" ]]; then
   exit 0
 fi
