@@ -116,7 +116,7 @@ stderr_file=$private/gcloud.stderr
 gcloud_run() {
   local rc=0
   if [[ ${hide_not_found:-} == true ]]; then
-    gcloud "$@" 2> >(tee "$stderr_file" | grep --line-buffered -v 'code=404' >&2) || rc=$?
+    gcloud "$@" 2> >(tee "$stderr_file" | grep --line-buffered -v 'code=404\|NOT_FOUND:' >&2) || rc=$?
   else
     gcloud "$@" 2> >(tee "$stderr_file" >&2) || rc=$?
   fi
@@ -137,7 +137,7 @@ last_failure() {
     fi
   elif grep -q 'code=409\|code=412' "$stderr_file"; then
     echo busy
-  elif grep -q 'code=404' "$stderr_file"; then
+  elif grep -q 'code=404\|NOT_FOUND:' "$stderr_file"; then
     echo missing
   else
     echo api
@@ -238,13 +238,22 @@ preview_deployment_name() {
 
 # One attempt at DM's server-side preview on the branch's deployment: expands and checks the
 # config on DM itself and lists the resources (all new there, so the INTENT is CREATE_OR_ACQUIRE;
-# show_changes compares with the live deployment).
+# show_changes compares with the live deployment). A deployment of that name left by a killed
+# run (or the branch's other preview) is removed first.
 create_preview() {
   log "server-side preview of $config on $deployment (production $production is not touched)"
-  if gcloud_run deployment-manager deployments create "$deployment" --config="$config" \
-    --preview | tee "$private/result"; then
-    return 0
-  fi
+  local try
+  for try in first second; do
+    if gcloud_run deployment-manager deployments create "$deployment" --config="$config" \
+      --preview | tee "$private/result"; then
+      return 0
+    fi
+    if [[ $try == second ]] || ! grep -q 'already exists' "$stderr_file"; then
+      break
+    fi
+    log "$deployment is left from an earlier preview; removing it"
+    remove_preview_deployment || break
+  done
   fail_operation "preview"
 }
 
@@ -340,7 +349,6 @@ if "$preview"; then
   trap 'remove_preview_deployment || true; rm -rf "$private"' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
-  remove_preview_deployment || die "$EXIT_API" "a previous preview deployment $deployment is in the way"
   with_retries create_preview
   changes=0
   show_changes || changes=$?

@@ -425,12 +425,12 @@ def test_two_deploys_at_once_are_serialized(pipeline, tmp_path):
 
 
 def test_preview_shows_the_change_and_leaves_the_deployment_as_it_was(pipeline, tmp_path):
-    """`deploy.sh --preview`: DM's server-side preview of the update (resources listed with their
-    intents), then cancel-preview: the live manifest is the same one, with no pending update.
-    On a project with no deployment, the preview leaves no deployment behind.
+    """`deploy.sh --preview`: DM's server-side preview on the branch's own deployment (resources
+    listed with their intents), which is then deleted: the live manifest is the same one, with
+    no pending update. On a project with no deployment, the preview leaves no deployment behind.
 
-    Real: gcloud (update --preview, create --preview, cancel-preview, delete), deploy.sh,
-    templates, engine. Emulated: DM's server.
+    Real: gcloud (create --preview, manifests describe, delete), deploy.sh, templates, engine.
+    Emulated: DM's server.
     """
     project = "proj-preview"
     before = pipeline.ensure_deployed(project)
@@ -447,7 +447,7 @@ def test_preview_shows_the_change_and_leaves_the_deployment_as_it_was(pipeline, 
     fresh = pipeline.deploy("proj-preview-new", "--preview")
     assert fresh.returncode == 0, fresh.stderr
     assert "CREATE_OR_ACQUIRE" in fresh.stdout
-    assert pipeline.dm.deployment("proj-preview-new", NAME) is None
+    assert not [n for (p, n) in pipeline.dm.state.records if p == "proj-preview-new"]
     assert pipeline.dm.cloud_resources("proj-preview-new") == {}
 
 
