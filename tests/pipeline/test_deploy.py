@@ -283,13 +283,16 @@ def test_the_incident_deleted_deployment_comes_back_on_rerun(pipeline):
     """THE INCIDENT: the deployment is deleted; re-running the pipeline brings the stack back.
 
     First, a plain `gcloud deployment-manager deployments delete` (delete policy DELETE) is
-    refused because the instance has deletion protection, and the stack stays. Then the
-    deployment is deleted with ABANDON (DM forgets it; the resources stay). Re-running deploy.sh
-    creates the deployment again, acquires the resources, and the public IP is unchanged.
+    refused because the instance has deletion protection: the VM, its IP, subnet and network
+    stay, but the firewall rules, which do not depend on the VM, are deleted (DM's documentation
+    does not say a failed delete spares independent resources; the emulator takes that stricter
+    reading), so re-running the pipeline at once recreates them. Then the deployment is deleted
+    with ABANDON (DM forgets it; the resources stay). Re-running deploy.sh creates the
+    deployment again, acquires the resources, and the public IP is unchanged.
 
-    Real: gcloud (delete, describe, create), deploy.sh, templates (deletionProtection on by
-    default), engine. Emulated: DM's server and the cloud behind it, including Compute Engine's
-    refusal to delete a protected instance.
+    Real: gcloud (delete, describe, update, create), deploy.sh, templates (deletionProtection on
+    by default), engine. Emulated: DM's server and the cloud behind it, including Compute
+    Engine's refusal to delete a protected instance.
     """
     project = "proj-incident"
     pipeline.ensure_deployed(project)
@@ -299,6 +302,13 @@ def test_the_incident_deleted_deployment_comes_back_on_rerun(pipeline):
     assert refused.returncode != 0
     assert "protected against deletion" in refused.stderr
     assert pipeline.dm.live_manifest(project, NAME) is not None
+    left = pipeline.dm.cloud_resources(project)
+    assert set(left["compute.v1.instance"]) == {"hello-vm"}
+    assert set(left["compute.v1.address"]) == {"hello-vm-ip"}
+    assert not left.get("compute.v1.firewall")
+    rerun = pipeline.deploy(project)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(pipeline.dm.cloud_resources(project)["compute.v1.firewall"]) == 6
 
     gone = pipeline.gcloud(
         project, "deployment-manager", "deployments", "delete", NAME, "--delete-policy=ABANDON"

@@ -10,8 +10,9 @@ What it does, as DM documents it (the v2 discovery document's field descriptions
     DM's back stays deleted (the emulated cloud is not consulted for it); a changed one is
     updated in place, a new one created or acquired (createPolicy), a dropped one deleted or
     abandoned (deletePolicy). Deletions go first, newest first, then the rest in dependency order;
-  * DM does not roll back: resources are applied one by one and the first resource error stops
-    the update. What was applied before it stays applied, the failing resource records the error
+  * DM does not roll back: resources are applied one by one, dependencies first (DM's
+    "Creating explicit dependencies" page), and the first resource error stops the update.
+    What was applied before it stays applied, the failing resource records the error
     (`update.state: FAILED`), and the deployment's `manifest` stays the last successful one;
   * an invalid config fails the operation before any resource is touched
     (MANIFEST_EXPANSION_USER_ERROR);
@@ -27,7 +28,10 @@ Google):
     deploys overlap;
   * an insert whose config is invalid leaves the deployment behind with no manifest (as DM
     does), so the next deploy is an update;
-  * in a preview, a resource whose properties are unchanged carries no `update` (no intent).
+  * in a preview, a resource whose properties are unchanged carries no `update` (no intent);
+  * deleting a deployment deletes in dependency waves and attempts every resource of a wave, so
+    a refused delete (the protected VM) still removes its independent neighbours (the firewall
+    rules): DM's documentation does not say it spares them, so the stricter reading.
 """
 
 from __future__ import annotations
@@ -172,13 +176,37 @@ class Deployments:
         self._check_idle(record)
 
         def work():
-            for resource_name in reversed(list(record["resources"])):
-                held = record["resources"][resource_name]
-                self.cloud.delete(project, held["type"], resource_name, delete_policy)
-                del record["resources"][resource_name]
+            self._delete_all(record, delete_policy)
             del self.records[(project, name)]
 
         return self._run(record, "delete", principal, work)
+
+    def _delete_all(self, record: dict, delete_policy: str) -> None:
+        """Deletes in waves, dependents before what they depend on. Within a wave the order is
+        not documented (DM works on independent resources in parallel), so the emulator takes
+        the stricter reading: every resource of the wave is attempted, and one that fails keeps
+        only what it depends on; its independent neighbours are gone."""
+        held = record["resources"]
+        first_failure: OperationFailed | None = None
+        failed: set[str] = set()
+        while True:
+            needed = {d for n in held for d in held[n]["dependsOn"] if d in held}
+            wave = [n for n in reversed(list(held)) if n not in needed and n not in failed]
+            if not wave:
+                break
+            for resource_name in wave:
+                try:
+                    self.cloud.delete(
+                        record["project"], held[resource_name]["type"], resource_name, delete_policy
+                    )
+                except OperationFailed as failure:
+                    failure.resource = resource_name
+                    first_failure = first_failure or failure
+                    failed.add(resource_name)
+                    continue
+                del held[resource_name]
+        if first_failure:
+            raise first_failure
 
     def cancel_preview(self, project, name, body, principal):
         record = self.get(project, name)
@@ -316,6 +344,7 @@ class Deployments:
             "expandedConfig": dump({"resources": expansion.resources}),
             "_resources": expansion.resources,
             "_order": expansion.creation_order or [r["name"] for r in expansion.resources],
+            "_dependencies": expansion.dependencies,
             "_layout": expansion.layout,
             "_outputs": expansion.outputs,
             "layout": dump(expansion.layout),
@@ -374,6 +403,7 @@ class Deployments:
                 "applied": properties,
                 "actual": actual,
                 "manifest": manifest["name"],
+                "dependsOn": manifest["_dependencies"].get(name, []),
                 "insertTime": current["insertTime"] if same_type else now(),
                 "updateTime": now(),
             }
