@@ -3,7 +3,7 @@
 Real in every test here: the `gcloud` 528 binary (its deployment-manager and auth commands, its
 request building, operation waiting and error handling), scripts/deploy.sh, deployment.yaml and
 the templates, and the dmlocal expansion engine (the emulator expands what gcloud uploads with
-it). Emulated: Google's servers only. Deployment Manager's v2 API is emulators/deploymentmanager.py
+it). Emulated: Google's servers only. Deployment Manager's v2 API is emulators/deploymentmanager/
 (on loopback, following the v2 discovery document, with a fake "cloud" behind it that holds the
 resources and allocates the static IP from TEST-NET-3), and Google's OAuth 2.0 token endpoint is
 emulators/oauth2.py, which verifies the RS256 assertion signed with a throwaway key made here.
