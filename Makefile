@@ -12,20 +12,25 @@ CONFIG ?= deployment.yaml
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
-	lint pytest image image-key bench bench-preview bench-boot system-deps clean
+	lint pytest image image-key bench bench-preview bench-boot system-deps gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: tools/requirements.txt app/requirements.txt pyproject.toml | system-deps
+$(VENV)/.installed: tools/requirements.txt app/requirements.txt pyproject.toml
+	@bash scripts/install-system-deps.sh lint
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt -e .
 	touch $@
 
-system-deps: ## install the Debian packages the tooling needs (root)
-	@bash scripts/install-system-deps.sh
+system-deps: ## install the Debian packages every target needs (root); targets install their own
+	@bash scripts/install-system-deps.sh all
 
-up: $(VENV)/.installed ## the stack on a local VM: deploy with the real gcloud, boot, print the URL
+gcloud: ## install the gcloud the tests ran (scripts/install-gcloud.sh), unless it is on PATH
+	@bash scripts/install-gcloud.sh
+
+up: $(VENV)/.installed gcloud ## the stack on a local VM: deploy with the real gcloud, boot, print the URL
+	@bash scripts/install-system-deps.sh vm
 	@$(BIN)/localvm up $(CONFIG)
 
 down: $(VENV)/.installed ## stop what `make up` started
@@ -33,10 +38,12 @@ down: $(VENV)/.installed ## stop what `make up` started
 
 test: lint pytest ## lint and every test (what CI runs)
 
-check: lint ## lint and every test but the VM boot
+check: lint gcloud ## lint and every test but the VM boot
+	@bash scripts/install-system-deps.sh diagram
 	$(VPY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-e2e: $(VENV)/.installed ## boot the VM under qemu and test it end to end
+e2e: $(VENV)/.installed gcloud ## boot the VM under qemu and test it end to end
+	@bash scripts/install-system-deps.sh vm
 	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
 
 preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager would and check it
@@ -46,14 +53,15 @@ terraform: $(VENV)/.installed ## CONFIG as Terraform JSON in build/terraform (PR
 	$(BIN)/dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
 
 docs: $(VENV)/.installed ## regenerate the diagram (docs/architecture.*) and README's inputs table
+	@bash scripts/install-system-deps.sh diagram
 	$(BIN)/dmlocal diagram $(CONFIG) --out docs
 	$(VPY) -m dmlocal.inputs $(CONFIG) --readme README.md
 
-deploy: ## create or update the deployment with gcloud (GCP_PROJECT=...)
+deploy: gcloud ## create or update the deployment with gcloud (GCP_PROJECT=...)
 	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh
 
-deploy-preview: ## server-side preview of CONFIG, then cancel it
-	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh --preview
+deploy-preview: $(VENV)/.installed gcloud ## preview CONFIG on a branch deployment; compare with live
+	@DM_CONFIG=$(CONFIG) DMLOCAL=$(BIN)/dmlocal bash scripts/deploy.sh --preview
 
 smoke: ## GET the deployed IP (or IP=...) until it greets
 	@bash scripts/smoke.sh $(IP)
@@ -64,10 +72,12 @@ lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
 	shellcheck $(SHELL_SCRIPTS)
 	$(BIN)/yamllint --strict .
 
-pytest: $(VENV)/.installed
+pytest: $(VENV)/.installed gcloud
+	@bash scripts/install-system-deps.sh diagram vm
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 image: $(VENV)/.installed ## build the VM image, or reuse the cached one
+	@bash scripts/install-system-deps.sh vm
 	$(BIN)/localvm image
 
 image-key: $(VENV)/.installed ## the VM image's cache key (a hash of its recipe), for CI caches
@@ -75,12 +85,14 @@ image-key: $(VENV)/.installed ## the VM image's cache key (a hash of its recipe)
 		| tee build/image-key
 
 bench: $(VENV)/.installed ## the app under load: gunicorn against Flask's dev server
+	@bash scripts/install-system-deps.sh bench
 	$(BIN)/bench-app
 
 bench-preview: $(VENV)/.installed ## how long `make preview` takes
 	$(BIN)/bench-preview --config $(CONFIG)
 
 bench-boot: $(VENV)/.installed ## how long the VM takes to boot and recover
+	@bash scripts/install-system-deps.sh vm
 	$(BIN)/bench-boot
 
 clean: ## remove the venv and everything generated

@@ -3,8 +3,10 @@
 #
 #   scripts/deploy.sh            update the deployment, or create it when it does not exist;
 #                                wait; print the resources and the public IP
-#   scripts/deploy.sh --preview  DM's server-side preview of the same create/update: show what
-#                                would change, then cancel the preview (nothing is touched)
+#   scripts/deploy.sh --preview  DM's server-side preview of the config on a deployment of the
+#                                branch's own (DEPLOYMENT_NAME-preview-BRANCH), removed afterwards,
+#                                plus what changes against the live deployment's manifest: in
+#                                place, or needing a new resource (production is only read)
 #   scripts/deploy.sh --auth-only  authenticate as below, then stop (checks credentials)
 #
 # Settings (environment):
@@ -15,6 +17,9 @@
 #   DEPLOY_OUT_DIR         where public-ip is written for the smoke test; default: build/deploy
 #   DEPLOY_RETRIES         retries while another deploy holds the deployment; default: 10
 #   DEPLOY_RETRY_SECONDS   first backoff, doubled each retry (capped at 60 s); default: 5
+#   CIRCLE_BRANCH          the branch a preview is named after (default: git's current branch)
+#   DMLOCAL                the dry-run tool that compares with the live manifest; default:
+#                          dmlocal on PATH (without it, the preview says it skipped the comparison)
 # Authentication, first that applies:
 #   1. Workload Identity Federation (no long-lived key): GCP_WIF_PROVIDER (full provider resource
 #      name), GCP_DEPLOYER_SA (service account email) and an OIDC token in CIRCLE_OIDC_TOKEN_V2
@@ -35,9 +40,14 @@
 #
 # Delete policy: updates run with --delete-policy=DELETE. deployment.yaml is the truth, so a
 # resource removed from it (say a firewall rule) is removed from the project; ABANDON would leave
-# it live and unmanaged, which for an "allow" rule is an open door nobody sees in code. Apart from
-# the empty shell a preview of a new deployment leaves behind, nothing here deletes a deployment;
-# the instance carries deletion protection against that.
+# it live and unmanaged, which for an "allow" rule is an open door nobody sees in code. Nothing
+# here deletes the live deployment; the instance carries deletion protection against that.
+#
+# Previews never touch the live deployment: DM keeps one preview per deployment, so previews on
+# its name would cancel each other, and a preview job killed mid-run would leave branch config
+# pending there. Each branch previews on its own deployment, which only ever holds preview
+# shells; it is deleted with --delete-policy=ABANDON on exit (and, after a SIGKILL, at the start
+# of the branch's next preview), so even a mistake there cannot delete a real resource.
 #
 # Serialized deploys: DM allows one operation per deployment and checks the fingerprint read
 # before an update. A deploy that finds another one running (HTTP 409, or 412 for a stale
@@ -46,14 +56,18 @@
 # (serial-group), so in CI this is the second line of defence.
 #
 # Exit codes:
-#   0 deployed (or previewed)        4 DM rejected the config or a resource (operation error);
-#   2 usage or missing file            the live manifest is unchanged
+#   0 deployed (or previewed)        4 DM rejected the config before applying any resource
+#   2 usage or missing file            (operation error, no resource error): nothing changed
 #   3 authentication failed          5 another deploy kept the deployment busy; retries used up
 #   6 other gcloud / API failure     7 deployed, but no public IP could be read
+#   8 DM stopped at a resource error mid-update: DM applies resources one by one in dependency
+#     order and does not roll back, so the resources before the failing one ARE changed and the
+#     live deployment is a mix of old and new; with --preview: a change DM cannot apply in place
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 
 readonly EXIT_USAGE=2 EXIT_AUTH=3 EXIT_REJECTED=4 EXIT_BUSY=5 EXIT_API=6 EXIT_NO_IP=7
+readonly EXIT_PARTIAL=8
 
 preview=false
 auth_only=false
@@ -108,7 +122,7 @@ stderr_file=$private/gcloud.stderr
 gcloud_run() {
   local rc=0
   if [[ ${hide_not_found:-} == true ]]; then
-    gcloud "$@" 2> >(tee "$stderr_file" | grep --line-buffered -v 'code=404' >&2) || rc=$?
+    gcloud "$@" 2> >(tee "$stderr_file" | grep --line-buffered -v 'code=404\|NOT_FOUND:' >&2) || rc=$?
   else
     gcloud "$@" 2> >(tee "$stderr_file" >&2) || rc=$?
   fi
@@ -116,15 +130,20 @@ gcloud_run() {
   return "$rc"
 }
 
-# Classifies the last failure: rejected (the operation finished with errors; checked first, as
-# its text may quote anything), busy (HTTP 409/412: someone else is deploying), missing (404),
-# or api (anything else).
+# Classifies the last failure: partial (the operation stopped at a resource: DM reports
+# RESOURCE_ERROR located at /deployments/NAME/resources/NAME) or rejected (any other operation
+# error: the config failed before a resource was touched), checked first as their text may
+# quote anything; busy (HTTP 409/412: someone else is deploying), missing (404), or api.
 last_failure() {
   if grep -q 'Error in Operation' "$stderr_file"; then
-    echo rejected
+    if grep -Eq 'code: RESOURCE_ERROR|location: /deployments/[^/ ]+/resources/' "$stderr_file"; then
+      echo partial
+    else
+      echo rejected
+    fi
   elif grep -q 'code=409\|code=412' "$stderr_file"; then
     echo busy
-  elif grep -q 'code=404' "$stderr_file"; then
+  elif grep -q 'code=404\|NOT_FOUND:' "$stderr_file"; then
     echo missing
   else
     echo api
@@ -209,34 +228,112 @@ authenticate() {
 # says 404 the deployment does not exist and is created instead. That is describe -> update or
 # create at the API level, in one gcloud process fewer than a separate describe.
 create_or_update() {
-  local -a mode_flags=()
-  local note=""
-  if "$preview"; then
-    mode_flags=(--preview)
-    note=" (preview)"
-  fi
   local verb=update
-  log "create-or-update of $deployment from $config$note"
+  log "create-or-update of $deployment from $config"
   if hide_not_found=true gcloud_run deployment-manager deployments update "$deployment" \
-    --config="$config" --delete-policy=DELETE --create-policy=CREATE_OR_ACQUIRE \
-    "${mode_flags[@]}" | tee "$private/result"; then
-    log "deployment $deployment existed: updated in place$note"
+    --config="$config" --delete-policy=DELETE --create-policy=CREATE_OR_ACQUIRE |
+    tee "$private/result"; then
+    log "deployment $deployment existed: updated in place"
     return 0
   fi
   if [[ $(last_failure) == missing ]]; then
     verb=create
-    log "deployment $deployment does not exist: creating it$note"
-    created_for_preview=$preview
-    if gcloud_run deployment-manager deployments create "$deployment" --config="$config" \
-      "${mode_flags[@]}" | tee "$private/result"; then
-      log "deployment $deployment created$note"
+    log "deployment $deployment does not exist: creating it"
+    if gcloud_run deployment-manager deployments create "$deployment" --config="$config" |
+      tee "$private/result"; then
+      log "deployment $deployment created"
       return 0
     fi
   fi
+  fail_operation "$verb"
+}
+
+# Dies with the exit code and message that match what the failed operation left behind.
+fail_operation() {
+  local verb=$1
   case $(last_failure) in
     busy) return 75 ;;
-    rejected) die "$EXIT_REJECTED" "Deployment Manager rejected the $verb of $deployment (errors above); the live deployment is unchanged" ;;
+    rejected) die "$EXIT_REJECTED" "Deployment Manager rejected the $verb of $deployment before applying any resource (errors above); the live deployment is unchanged" ;;
+    partial) die "$EXIT_PARTIAL" "the $verb of $deployment stopped at a resource error (above). Deployment Manager applies resources in order and does not roll back: the resources before it are already changed. Fix the config and deploy again; see the state with: gcloud deployment-manager deployments describe $deployment" ;;
     *) die "$EXIT_API" "$verb of $deployment failed (see gcloud's message above)" ;;
+  esac
+}
+
+# The branch's own preview deployment: DEPLOYMENT_NAME-preview-<branch slug>-<hash>, within DM's
+# name rule [a-z]([-a-z0-9]{0,61}[a-z0-9])?; the hash keeps branches that slug alike apart.
+preview_deployment_name() {
+  local branch=${CIRCLE_BRANCH:-}
+  [[ -n $branch ]] || branch=$(git rev-parse --abbrev-ref HEAD 2>/dev/null) || branch=local
+  local prefix=$deployment-preview- slug hash
+  hash=$(printf '%s' "$branch" | sha256sum | cut -c1-6)
+  slug=$(printf '%s' "$branch" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9' '-' | tr -s '-')
+  slug=${slug#-}
+  slug=${slug:0:$((63 - ${#prefix} - ${#hash} - 1))}
+  slug=${slug%-}
+  echo "$prefix${slug:+$slug-}$hash"
+}
+
+# One attempt at DM's server-side preview on the branch's deployment: expands and checks the
+# config on DM itself and lists the resources (all new there, so the INTENT is CREATE_OR_ACQUIRE;
+# show_changes compares with the live deployment). A deployment of that name left by a killed
+# run (or the branch's other preview) is removed first.
+create_preview() {
+  log "server-side preview of $config on $deployment (production $production is not touched)"
+  local try
+  for try in first second; do
+    if gcloud_run deployment-manager deployments create "$deployment" --config="$config" \
+      --preview | tee "$private/result"; then
+      return 0
+    fi
+    if [[ $try == second ]] || ! grep -q 'already exists' "$stderr_file"; then
+      break
+    fi
+    log "$deployment is left from an earlier preview; removing it"
+    remove_preview_deployment || break
+  done
+  fail_operation "preview"
+}
+
+# Deletes the branch's preview deployment, if any. It only ever holds preview shells, and ABANDON
+# means that even so, nothing real can be deleted through it.
+remove_preview_deployment() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    if hide_not_found=true gcloud_run deployment-manager deployments delete "$deployment" \
+      --delete-policy=ABANDON --quiet --format=none 2>/dev/null; then
+      log "removed preview deployment $deployment"
+      return 0
+    fi
+    [[ $(last_failure) == missing ]] && return 0
+    sleep "$attempt"
+  done
+  log "warning: could not remove preview deployment $deployment; remove it with: gcloud deployment-manager deployments delete $deployment --delete-policy=ABANDON"
+  return 1
+}
+
+# What the config changes against the live deployment's last manifest (read only), and whether
+# DM can apply each change in place. Returns 3 when a change needs a new resource.
+show_changes() {
+  local live=$private/live-manifest.yaml tool=${DMLOCAL:-dmlocal}
+  if ! hide_not_found=true gcloud_run deployment-manager manifests describe \
+    --deployment="$production" --format=yaml >"$live"; then
+    if [[ $(last_failure) == missing ]]; then
+      log "$production has no deployed manifest yet: every resource above would be created"
+    else
+      log "warning: could not read the live manifest of $production; no comparison"
+    fi
+    return 0
+  fi
+  if ! command -v "$tool" >/dev/null; then
+    log "warning: $tool not found (make installs it into .venv/bin); skipped the comparison with $production"
+    return 0
+  fi
+  local rc=0
+  "$tool" changes "$config" --against "$live" || rc=$?
+  case $rc in
+    0) return 0 ;;
+    3) return 3 ;;
+    *) die "$EXIT_API" "$tool changes failed (exit $rc)" ;;
   esac
 }
 
@@ -254,12 +351,6 @@ with_retries() {
     sleep "$delay"
     delay=$((delay * 2 > 60 ? 60 : delay * 2))
   done
-}
-
-cancel_preview() {
-  gcloud_run deployment-manager deployments cancel-preview "$deployment" --format=none && return 0
-  [[ $(last_failure) == busy ]] && return 75
-  die "$EXIT_API" "cancel-preview of $deployment failed; cancel it by hand: gcloud deployment-manager deployments cancel-preview $deployment"
 }
 
 public_ip() {
@@ -282,7 +373,6 @@ public_ip() {
   [[ $ip =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] && echo "$ip"
 }
 
-created_for_preview=false
 authenticate
 if "$auth_only"; then
   log "authenticated; --auth-only: stopping here"
@@ -290,16 +380,19 @@ if "$auth_only"; then
 fi
 
 if "$preview"; then
-  with_retries create_or_update
-  log "preview above (INTENT column); cancelling it, nothing was changed"
-  with_retries cancel_preview
-  if "$created_for_preview"; then
-    # The preview created an empty shell deployment; remove it so the next real deploy is a
-    # plain create. ABANDON: it holds no resources, and nothing real can be deleted by a preview.
-    gcloud_run deployment-manager deployments delete "$deployment" --delete-policy=ABANDON \
-      --quiet --format=none || log "warning: could not remove the empty preview deployment"
+  production=$deployment
+  deployment=$(preview_deployment_name)
+  # Removed on every exit; INT/TERM (a cancelled CI job) become exits so the trap runs.
+  trap 'remove_preview_deployment || true; rm -rf "$private"' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  with_retries create_preview
+  changes=0
+  show_changes || changes=$?
+  if ((changes == 3)); then
+    die "$EXIT_PARTIAL" "a change above cannot be applied in place: deployed as is, the update would stop at that resource after changing the ones before it"
   fi
-  log "preview of $deployment done"
+  log "preview of $production done (on $deployment, now removed)"
   exit 0
 fi
 

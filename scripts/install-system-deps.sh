@@ -1,23 +1,51 @@
 #!/usr/bin/env bash
-# Installs the Debian packages `make test` and `make up` need, and nothing when they are already
-# there: a fresh machine (or CI) gets them from the project's own files, never by hand.
+# Installs the Debian packages a make target needs, and nothing when they are already there: a
+# fresh machine (or CI) gets them from the project's own files, never by hand. Each target asks
+# only for its purpose, so `make check` does not pull in qemu and a browser for a VM it never
+# boots.
+#
+#   scripts/install-system-deps.sh PURPOSE...          PURPOSE: lint | diagram | vm | bench | all
+#   scripts/install-system-deps.sh --list PURPOSE...   print the packages, install nothing
+#
+# Needs root, or a user with passwordless sudo (as in CI), only when something is missing.
 set -euo pipefail
 
-packages=(
-  python3-venv
-  shellcheck
-  wrk
-  # make diagram / tests/test_validate_diagram.py: DOT -> docs/architecture.svg.
-  graphviz
-  # localvm (make up, tests/e2e, bench-boot): image build, TCG VM, metadata proxy,
-  # browser screenshot.
-  chromium
-  debootstrap
-  e2fsprogs
-  qemu-system-x86
-  qemu-utils
-  socat
-)
+packages_for() {
+  case $1 in
+    # The venv, shellcheck (make lint; tests/stack/test_units.py).
+    lint) echo python3-venv shellcheck ;;
+    # make diagram, tests/tooling/test_validate_diagram.py: DOT -> docs/architecture.svg.
+    diagram) echo graphviz ;;
+    # localvm (make up, make image, make e2e, bench-boot): image build, TCG VM, metadata proxy,
+    # browser screenshot.
+    vm) echo chromium debootstrap e2fsprogs qemu-system-x86 qemu-utils socat ;;
+    # make bench: the HTTP load generator.
+    bench) echo wrk ;;
+    all) for purpose in lint diagram vm bench; do packages_for "$purpose"; done ;;
+    *)
+      echo "install-system-deps: unknown purpose '$1' (lint, diagram, vm, bench or all)" >&2
+      return 1
+      ;;
+  esac
+}
+
+list_only=false
+if [[ ${1:-} == --list ]]; then
+  list_only=true
+  shift
+fi
+(($# > 0)) || set -- all
+packages=()
+for purpose in "$@"; do
+  list=$(packages_for "$purpose")
+  read -r -d '' -a words <<<"$list" || true # -d '': every line; status 1 at the end is expected
+  packages+=("${words[@]}")
+done
+
+if "$list_only"; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -31,9 +59,14 @@ if ((${#missing[@]} == 0)); then
 fi
 
 echo "install-system-deps: installing ${missing[*]}" >&2
+as_root=()
 if [[ $(id -u) -ne 0 ]]; then
-  echo "install-system-deps: need root to apt-get install ${missing[*]}; run: sudo $0" >&2
-  exit 1
+  if ! sudo -n true 2>/dev/null; then
+    echo "install-system-deps: need root to apt-get install ${missing[*]}; run: sudo $0 $*" >&2
+    exit 1
+  fi
+  as_root=(sudo)
 fi
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"

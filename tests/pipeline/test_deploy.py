@@ -3,7 +3,7 @@
 Real in every test here: the `gcloud` 528 binary (its deployment-manager and auth commands, its
 request building, operation waiting and error handling), scripts/deploy.sh, deployment.yaml and
 the templates, and the dmlocal expansion engine (the emulator expands what gcloud uploads with
-it). Emulated: Google's servers only. Deployment Manager's v2 API is emulators/deploymentmanager.py
+it). Emulated: Google's servers only. Deployment Manager's v2 API is emulators/deploymentmanager/
 (on loopback, following the v2 discovery document, with a fake "cloud" behind it that holds the
 resources and allocates the static IP from TEST-NET-3), and Google's OAuth 2.0 token endpoint is
 emulators/oauth2.py, which verifies the RS256 assertion signed with a throwaway key made here.
@@ -283,13 +283,16 @@ def test_the_incident_deleted_deployment_comes_back_on_rerun(pipeline):
     """THE INCIDENT: the deployment is deleted; re-running the pipeline brings the stack back.
 
     First, a plain `gcloud deployment-manager deployments delete` (delete policy DELETE) is
-    refused because the instance has deletion protection, and the stack stays. Then the
-    deployment is deleted with ABANDON (DM forgets it; the resources stay). Re-running deploy.sh
-    creates the deployment again, acquires the resources, and the public IP is unchanged.
+    refused because the instance has deletion protection: the VM, its IP, subnet and network
+    stay, but the firewall rules, which do not depend on the VM, are deleted (DM's documentation
+    does not say a failed delete spares independent resources; the emulator takes that stricter
+    reading), so re-running the pipeline at once recreates them. Then the deployment is deleted
+    with ABANDON (DM forgets it; the resources stay). Re-running deploy.sh creates the
+    deployment again, acquires the resources, and the public IP is unchanged.
 
-    Real: gcloud (delete, describe, create), deploy.sh, templates (deletionProtection on by
-    default), engine. Emulated: DM's server and the cloud behind it, including Compute Engine's
-    refusal to delete a protected instance.
+    Real: gcloud (delete, describe, update, create), deploy.sh, templates (deletionProtection on
+    by default), engine. Emulated: DM's server and the cloud behind it, including Compute
+    Engine's refusal to delete a protected instance.
     """
     project = "proj-incident"
     pipeline.ensure_deployed(project)
@@ -299,6 +302,13 @@ def test_the_incident_deleted_deployment_comes_back_on_rerun(pipeline):
     assert refused.returncode != 0
     assert "protected against deletion" in refused.stderr
     assert pipeline.dm.live_manifest(project, NAME) is not None
+    left = pipeline.dm.cloud_resources(project)
+    assert set(left["compute.v1.instance"]) == {"hello-vm"}
+    assert set(left["compute.v1.address"]) == {"hello-vm-ip"}
+    assert not left.get("compute.v1.firewall")
+    rerun = pipeline.deploy(project)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(pipeline.dm.cloud_resources(project)["compute.v1.firewall"]) == 6
 
     gone = pipeline.gcloud(
         project, "deployment-manager", "deployments", "delete", NAME, "--delete-policy=ABANDON"
@@ -425,12 +435,12 @@ def test_two_deploys_at_once_are_serialized(pipeline, tmp_path):
 
 
 def test_preview_shows_the_change_and_leaves_the_deployment_as_it_was(pipeline, tmp_path):
-    """`deploy.sh --preview`: DM's server-side preview of the update (resources listed with their
-    intents), then cancel-preview: the live manifest is the same one, with no pending update.
-    On a project with no deployment, the preview leaves no deployment behind.
+    """`deploy.sh --preview`: DM's server-side preview on the branch's own deployment (resources
+    listed with their intents), which is then deleted: the live manifest is the same one, with
+    no pending update. On a project with no deployment, the preview leaves no deployment behind.
 
-    Real: gcloud (update --preview, create --preview, cancel-preview, delete), deploy.sh,
-    templates, engine. Emulated: DM's server.
+    Real: gcloud (create --preview, manifests describe, delete), deploy.sh, templates, engine.
+    Emulated: DM's server.
     """
     project = "proj-preview"
     before = pipeline.ensure_deployed(project)
@@ -447,7 +457,7 @@ def test_preview_shows_the_change_and_leaves_the_deployment_as_it_was(pipeline, 
     fresh = pipeline.deploy("proj-preview-new", "--preview")
     assert fresh.returncode == 0, fresh.stderr
     assert "CREATE_OR_ACQUIRE" in fresh.stdout
-    assert pipeline.dm.deployment("proj-preview-new", NAME) is None
+    assert not [n for (p, n) in pipeline.dm.state.records if p == "proj-preview-new"]
     assert pipeline.dm.cloud_resources("proj-preview-new") == {}
 
 

@@ -201,3 +201,57 @@ def test_dm_final_properties_resolve_references_and_the_address_is_injectable():
         assert {o["name"]: o["finalValue"] for o in outputs}["publicIp"] == "192.0.2.77"
     finally:
         dm.shutdown()
+
+
+def test_dm_updates_only_what_changed_and_stops_at_the_first_resource_error():
+    """An update touches only resources whose properties (references filled in) changed: a
+    no-op update leaves a resource deleted behind DM's back deleted and every other resource as
+    it was; an update whose VM change Compute Engine cannot make (another zone) applies the
+    firewall change before it, fails at the VM with RESOURCE_ERROR, records the failure on that
+    resource, and keeps the last successful manifest. Sources: the v2 discovery document
+    (Deployment.manifest, Resource.manifest, ResourceUpdate.state) and the compute.v1 insert
+    path of instances (the zone is in the URL)."""
+    dm = DeploymentManagerEmulator()
+    dm.serve()
+    deployment = f"{dm.url}{BASE}/deployments/d"
+
+    def update(change=lambda text: text):
+        _, current = call(deployment, "GET")
+        body = target()
+        body["config"]["content"] = change(body["config"]["content"])
+        status, op = call(
+            deployment, "PUT", {"target": body, "fingerprint": current["fingerprint"]}
+        )
+        assert status == 200
+        return op
+
+    try:
+        call(f"{dm.url}{BASE}/deployments", "POST", {"name": "d", "target": target()})
+        before = dm.cloud_resources("p")
+        dm.delete_behind_dms_back("p", "compute.v1.firewall", "hello-firewall-allow-web")
+        assert "error" not in update()
+        after = dm.cloud_resources("p")
+        assert "hello-firewall-allow-web" not in after["compute.v1.firewall"]
+        del before["compute.v1.firewall"]["hello-firewall-allow-web"]
+        assert after == before
+
+        _, live = call(deployment, "GET")
+        op = update(
+            lambda text: text.replace("- 104.154.0.0/15", "- 104.154.0.0/16").replace(
+                "zone: us-central1-a", "zone: us-central1-b"
+            )
+        )
+        (error,) = op["error"]["errors"]
+        assert error["code"] == "RESOURCE_ERROR"
+        assert error["location"] == "/deployments/d/resources/hello-vm"
+        cloud = dm.cloud_resources("p")
+        assert cloud["compute.v1.firewall"]["hello-firewall-allow-ssh"]["sourceRanges"] == [
+            "104.154.0.0/16"
+        ]
+        assert cloud["compute.v1.instance"]["hello-vm"]["zone"] == "us-central1-a"
+        _, now = call(deployment, "GET")
+        assert now["manifest"] == live["manifest"]
+        _, vm = call(f"{deployment}/resources/hello-vm", "GET")
+        assert vm["update"]["state"] == "FAILED" and vm["update"]["intent"] == "UPDATE"
+    finally:
+        dm.shutdown()

@@ -85,6 +85,38 @@ def test_bad_values_are_rejected_with_field_and_fix(template, change, field, say
     assert says in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("cidr", "private"),
+    [
+        ("10.0.0.0/8", True),
+        ("10.10.0.0/24", True),
+        ("172.16.0.0/12", True),
+        ("172.31.255.0/24", True),
+        ("192.168.0.0/16", True),
+        ("192.168.10.0/29", True),
+        # Google's own public range, not RFC 1918 although it starts with 172.
+        ("172.217.0.0/24", False),
+        ("172.15.0.0/24", False),
+        ("172.32.0.0/24", False),
+        ("172.16.0.0/11", False),
+        ("192.169.0.0/24", False),
+        ("192.168.0.0/15", False),
+        ("11.0.0.0/24", False),
+        ("100.64.0.0/24", False),
+    ],
+)
+def test_subnet_cidr_is_an_rfc_1918_block_as_its_description_says(cidr, private):
+    """RFC 1918 section 3: 10/8, 172.16/12 and 192.168/16 are the private blocks."""
+    properties = {**deployment_properties("hello-vpc"), "subnetCidr": cidr}
+    if private:
+        check("network.py", properties)
+        return
+    with pytest.raises(ConfigError) as raised:
+        check("network.py", properties)
+    assert raised.value.field.endswith(".properties.subnetCidr")
+    assert "RFC 1918" in str(raised.value)
+
+
 @pytest.mark.parametrize(("template", "required"), [("vm.py", "zone"), ("network.py", "region")])
 def test_missing_required_property_is_named(template, required):
     properties = dict(deployment_properties(TEMPLATES[template]))

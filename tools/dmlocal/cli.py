@@ -1,4 +1,4 @@
-"""Command line: `dmlocal {preview,reach,diagram,terraform} ...`.
+"""Command line: `dmlocal {preview,reach,diagram,terraform,changes} ...`.
 
 Exit codes: 0 the config expands cleanly, 1 the config is invalid (the message names the file,
 the field and the fix), 2 the command line itself is wrong.
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from dmlocal import diagram, preview, reachability, terraform
+from dmlocal import diagram, preview, reachability, replacement, terraform
 from dmlocal.errors import ConfigError, Finding
 from dmlocal.expand import Expansion, default_env, expand_path
 from dmlocal.validate import validate
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     terraform.add_command(commands)
     _add_reach(commands)
     diagram.add_command(commands)
+    replacement.add_command(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -3,7 +3,7 @@
 Real: the `gcloud` binary (auth activate-service-account, deployment-manager describe/create),
 scripts/deploy.sh (the same script CircleCI runs), deployment.yaml and its templates, and the
 dmlocal engine the DM emulator expands them with. Emulated: Google's servers only, namely the
-Deployment Manager v2 API (emulators/deploymentmanager.py) and the OAuth 2.0 token endpoint
+Deployment Manager v2 API (emulators/deploymentmanager/) and the OAuth 2.0 token endpoint
 (emulators/oauth2.py), with a throwaway service-account key made here and never stored.
 
 The result is the compute.v1.instance as the emulated cloud holds it after the deployment
