@@ -7,9 +7,10 @@
 # Integrity: apt checks the repository's InRelease signature against Google's key (the keyring
 # named by signed-by, nothing else), and each .deb's SHA-256 against that signed index, so the
 # package is verified without a hand-recorded checksum. Google's image registry is not used (it
-# deletes numbered tags after 365 days); the apt repository keeps every released version.
+# deletes numbered tags after 365 days); the apt repository's index keeps past versions.
 # Steps as Google documents them (cloud.google.com/sdk/docs/install, Debian/Ubuntu), with the
-# version pinned and only google-cloud-cli installed (no recommended components).
+# version pinned as its docs show (google-cloud-cli=VERSION-0) and only google-cloud-cli
+# installed (no recommended components).
 #
 #   scripts/install-gcloud.sh            (root, or a user with passwordless sudo, as in CI)
 #   scripts/install-gcloud.sh --dry-run  print the commands, change nothing
@@ -22,7 +23,7 @@ set -euo pipefail
 
 readonly GCLOUD_VERSION=528.0.0
 readonly PACKAGE=google-cloud-cli
-readonly PACKAGE_VERSION=$GCLOUD_VERSION-0 # Google's Debian revision is always -0
+readonly PACKAGE_VERSION=$GCLOUD_VERSION-0 # Google's packages carry Debian revision 0
 
 repo=${GCLOUD_APT_REPO:-https://packages.cloud.google.com/apt}
 key_url=${GCLOUD_APT_KEY:-https://packages.cloud.google.com/apt/doc/apt-key.gpg}
