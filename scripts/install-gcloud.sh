@@ -127,5 +127,7 @@ if ! "$dry_run"; then
     exit 1
   fi
 fi
-run "${apt_get[@]}" install -y -qq --no-install-recommends "$PACKAGE=$PACKAGE_VERSION"
+# A newer google-cloud-cli already installed from apt (CI only) is replaced by the tested one.
+run "${apt_get[@]}" install -y -qq --no-install-recommends --allow-downgrades \
+  "$PACKAGE=$PACKAGE_VERSION"
 "$dry_run" || log "installed: gcloud $GCLOUD_VERSION"

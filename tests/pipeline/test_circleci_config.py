@@ -290,23 +290,36 @@ def test_install_gcloud_installs_the_pinned_version_from_a_signed_repository(
 ):
     """apt verifies the repository's signature with the downloaded key, installs exactly
     google-cloud-cli=VERSION-0 (the repository also offers a newer one), and the installed gcloud
-    reports the pinned version. The host's package database and apt sources are unchanged."""
+    reports the pinned version. Where apt later upgraded it, a second run (CI) puts the pinned
+    version back. The host's package database and apt sources are unchanged."""
     needs_root_for_apt()
     version = pinned_gcloud()
     newer = f"{int(version.split('.')[0]) + 1}.0.0"
     repo = local_apt_repo(tmp_path / "repo", signing_keys["repository"], version, newer)
+    apt_root = tmp_path / "apt"
+    gcloud = apt_root / "usr" / "bin" / "gcloud"
+    status = apt_root / "var" / "lib" / "dpkg" / "status"
     before = host_apt_state()
 
-    result = install_from(repo, signing_keys["repository"], tmp_path / "apt", path_without_gcloud)
+    def installed() -> tuple[str, str]:
+        package = re.search(r"^Package: google-cloud-cli\n(?:\S.*\n)*?Version: (.*)$",
+                            status.read_text(), re.MULTILINE)  # fmt: skip
+        reported = subprocess.run([gcloud], capture_output=True, text=True).stdout
+        return (package.group(1) if package else "", reported)
 
-    assert result.returncode == 0, result.stdout + result.stderr
-    gcloud = tmp_path / "apt" / "usr" / "bin" / "gcloud"
-    assert subprocess.run([gcloud], capture_output=True, text=True).stdout == (
-        f"Google Cloud SDK {version}\n"
-    )
-    status = (tmp_path / "apt" / "var" / "lib" / "dpkg" / "status").read_text()
-    assert "Package: google-cloud-cli\nStatus: install ok installed" in status
-    assert f"Version: {version}-0\n" in status
+    first = install_from(repo, signing_keys["repository"], apt_root, path_without_gcloud)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert installed() == (f"{version}-0", f"Google Cloud SDK {version}\n")
+    assert "Status: install ok installed" in status.read_text()
+
+    as_root = [] if os.getuid() == 0 else ["sudo"]
+    subprocess.run([*as_root, "env", f"APT_CONFIG={apt_root}/etc/apt/apt.conf", "apt-get",
+                    "install", "-y", "-qq", "google-cloud-cli"], capture_output=True,
+                   check=True)  # fmt: skip
+    assert installed() == (f"{newer}-0", f"Google Cloud SDK {newer}\n")
+    again = install_from(repo, signing_keys["repository"], apt_root, path_without_gcloud)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert installed() == (f"{version}-0", f"Google Cloud SDK {version}\n")
     assert host_apt_state() == before
 
 
@@ -389,7 +402,8 @@ def test_install_gcloud_dry_run_shows_google_repository_pinned_version_and_key(
     assert any(c[-4:-2] == ["--dearmor", "-o"] and c[-2] == keyring for c in commands), commands
     install = [c for c in commands if "install" in c and "apt-get" in c]
     assert len(install) == 1
-    assert install[0][-3:] == ["-qq", "--no-install-recommends", f"google-cloud-cli={version}-0"]
+    assert install[0][-2:] == ["--allow-downgrades", f"google-cloud-cli={version}-0"]
+    assert "--no-install-recommends" in install[0]
 
     private = dry_run_commands(path_without_gcloud, APT_ROOT=str(tmp_path / "apt"))
     private_install = [c for c in private if "install" in c and "apt-get" in c]
