@@ -247,11 +247,10 @@ def local_apt_repo(root: Path, gnupghome: Path, *versions: str) -> Path:
     return root
 
 
-@pytest.fixture
-def path_without_gcloud(tmp_path) -> str:
+@pytest.fixture(scope="module")
+def path_without_gcloud(tmp_path_factory) -> str:
     """This machine's PATH with every command but gcloud: the installer sees no gcloud."""
-    bin_dir = tmp_path / "path-without-gcloud"
-    bin_dir.mkdir()
+    bin_dir = tmp_path_factory.mktemp("path-without-gcloud")
     for directory in os.environ["PATH"].split(os.pathsep):
         for command in Path(directory).glob("*") if Path(directory).is_dir() else ():
             link = bin_dir / command.name
