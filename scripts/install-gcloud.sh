@@ -1,37 +1,51 @@
 #!/usr/bin/env bash
-# Installs the gcloud CLI this repo is tested with, from Google's versioned archive, and nothing
-# when that version is already on PATH. This file is the one place the gcloud version is stated:
-# CI installs it here, and tests/pipeline/test_circleci_config.py checks it is the gcloud the
-# offline tests ran.
+# Installs the gcloud CLI this repo is tested with, from Google's signed apt repository, and
+# nothing when that version is already on PATH. This file is the one place the gcloud version is
+# stated: CI installs it here, and tests/pipeline/test_circleci_config.py checks it is the gcloud
+# the offline tests ran.
 #
-# Why an archive and not Google's gcloud container image: that registry deletes numbered tags
-# after 365 days (cloud-sdk-docker's retention policy), so a pinned image stops existing; the
-# versioned archives at dl.google.com stay. The archive's SHA-256 is checked before unpacking.
+# Integrity: apt checks the repository's InRelease signature against Google's key (the keyring
+# named by signed-by, nothing else), and each .deb's SHA-256 against that signed index, so the
+# package is verified without a hand-recorded checksum. Google's image registry is not used (it
+# deletes numbered tags after 365 days); the apt repository's index keeps past versions.
+# Steps as Google documents them (cloud.google.com/sdk/docs/install, Debian/Ubuntu), with the
+# version pinned as its docs show (google-cloud-cli=VERSION-0) and only google-cloud-cli
+# installed (no recommended components).
 #
-#   scripts/install-gcloud.sh     (root, or a user with passwordless sudo, as in CI)
+#   scripts/install-gcloud.sh            (root, or a user with passwordless sudo, as in CI)
+#   scripts/install-gcloud.sh --dry-run  print the commands, change nothing
+#   scripts/install-gcloud.sh --version  print the pinned version
 #
-# Settings (environment): GCLOUD_PREFIX (default /opt) gets google-cloud-sdk/; GCLOUD_BIN_DIR
-# (default /usr/local/bin) gets the gcloud link; GCLOUD_ARCHIVE_URL overrides the download.
+# Settings (environment), for testing against a local repository: GCLOUD_APT_REPO (repository
+# URL), GCLOUD_APT_KEY (its key's URL), APT_ROOT (a directory apt and dpkg use instead of the
+# system's: sources, keyring, lists, cache and package database all live under it).
 set -euo pipefail
 
 readonly GCLOUD_VERSION=528.0.0
-# sha256sum of google-cloud-cli-528.0.0-linux-x86_64.tar.gz. Google publishes no checksum for the
-# Linux archives and none was found in a public source, so it must be recorded once from a
-# trusted download (`curl -fsSLO URL && sha256sum FILE`). Until then this script refuses to
-# install: an unchecked download is not an option.
-readonly GCLOUD_SHA256=${GCLOUD_SHA256:-}
+readonly PACKAGE=google-cloud-cli
+readonly PACKAGE_VERSION=$GCLOUD_VERSION-0 # Google's packages carry Debian revision 0
 
-archive=google-cloud-cli-$GCLOUD_VERSION-linux-x86_64.tar.gz
-url=${GCLOUD_ARCHIVE_URL:-https://dl.google.com/dl/cloudsdk/channels/rapid/downloads/$archive}
-prefix=${GCLOUD_PREFIX:-/opt}
-bin_dir=${GCLOUD_BIN_DIR:-/usr/local/bin}
+repo=${GCLOUD_APT_REPO:-https://packages.cloud.google.com/apt}
+key_url=${GCLOUD_APT_KEY:-https://packages.cloud.google.com/apt/doc/apt-key.gpg}
+apt_root=${APT_ROOT:-}
+keyring=$apt_root/usr/share/keyrings/cloud.google.gpg
+sources=$apt_root/etc/apt/sources.list.d/google-cloud-sdk.list
 
 log() { printf 'install-gcloud: %s\n' "$*" >&2; }
 
-if [[ ${1:-} == --version ]]; then
-  echo "$GCLOUD_VERSION"
-  exit 0
-fi
+dry_run=false
+case ${1:-} in
+  --version)
+    echo "$GCLOUD_VERSION"
+    exit 0
+    ;;
+  --dry-run) dry_run=true ;;
+  "") ;;
+  *)
+    log "unknown argument '$1' (--dry-run or --version)"
+    exit 2
+    ;;
+esac
 
 # The SDK's VERSION file answers in milliseconds; `gcloud version` takes seconds.
 installed=""
@@ -52,32 +66,68 @@ if [[ -n $installed && ${CI:-} != true ]]; then
   exit 0
 fi
 
-if [[ ! $GCLOUD_SHA256 =~ ^[0-9a-f]{64}$ ]]; then
-  log "no SHA-256 recorded for $archive; refusing to install an unchecked download."
-  log "record it in GCLOUD_SHA256 in $0: curl -fsSLO $url && sha256sum $archive"
-  exit 1
-fi
+# Prints a command, then runs it unless this is a dry run.
+run() {
+  printf '+'
+  printf ' %q' "$@"
+  printf '\n'
+  "$dry_run" || "$@"
+}
 
-# Writes under the prefix need root; CI's user has passwordless sudo.
+# apt and dpkg write system state; CI's user has passwordless sudo.
 as_root=()
 if [[ $(id -u) -ne 0 ]]; then
-  sudo -n true 2>/dev/null || {
-    log "need root (or passwordless sudo) to install into $prefix and $bin_dir"
+  if ! "$dry_run" && ! sudo -n true 2>/dev/null; then
+    log "need root (or passwordless sudo) to run apt-get; run: sudo $0"
     exit 1
-  }
+  fi
   as_root=(sudo)
 fi
+apt_env=(DEBIAN_FRONTEND=noninteractive)
+if [[ -n $apt_root ]]; then
+  # apt reads the host's apt.conf.d before any -o option (apt.conf(5), "the following order"),
+  # so only a file named by APT_CONFIG keeps the host's settings and state out entirely.
+  apt_env+=(APT_CONFIG="$apt_root/etc/apt/apt.conf")
+  run mkdir -p "$apt_root"/etc/apt/{apt.conf.d,preferences.d,sources.list.d,trusted.gpg.d} \
+    "$apt_root"/var/lib/apt/lists/partial "$apt_root"/var/cache/apt/archives/partial \
+    "$apt_root"/var/lib/dpkg/{info,updates} "$apt_root"/var/log/apt
+  run touch "$apt_root/var/lib/dpkg/status"
+  "$dry_run" || cat >"$apt_root/etc/apt/apt.conf" <<EOF
+Dir::Etc "$apt_root/etc/apt";
+Dir::State "$apt_root/var/lib/apt";
+Dir::State::status "$apt_root/var/lib/dpkg/status";
+Dir::Cache "$apt_root/var/cache/apt";
+Dir::Log "$apt_root/var/log/apt";
+DPkg::Options:: "--root=$apt_root";
+EOF
+fi
+apt_get=("${as_root[@]}" env "${apt_env[@]}" apt-get)
+# Only this repository's index is fetched: the image's other sources are not needed.
+this_source_only=(-o "Dir::Etc::sourcelist=$sources" -o Dir::Etc::sourceparts=-
+  -o APT::Get::List-Cleanup=0)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-log "downloading gcloud $GCLOUD_VERSION from $url"
-curl -fsSL --retry 3 -o "$work/$archive" "$url"
-if ! printf '%s  %s\n' "$GCLOUD_SHA256" "$work/$archive" | sha256sum --check --status; then
-  log "checksum mismatch for $archive: expected $GCLOUD_SHA256, got $(sha256sum "$work/$archive" | cut -d' ' -f1)"
-  exit 1
+log "installing $PACKAGE=$PACKAGE_VERSION from $repo"
+# Google's key file has been published both armored and binary; gpg --dearmor turns the first
+# into a keyring and passes the second through unchanged.
+run curl -fsSL --retry 3 -o "$work/apt-key.gpg" "$key_url"
+run "${as_root[@]}" mkdir -p "$(dirname "$keyring")" "$(dirname "$sources")"
+run "${as_root[@]}" gpg --batch --yes --dearmor -o "$keyring" "$work/apt-key.gpg"
+echo "deb [signed-by=$keyring] $repo cloud-sdk main" >"$work/google-cloud-sdk.list"
+echo "# google-cloud-sdk.list: $(<"$work/google-cloud-sdk.list")"
+run "${as_root[@]}" install -m 0644 "$work/google-cloud-sdk.list" "$sources"
+run "${apt_get[@]}" update -qq "${this_source_only[@]}"
+if ! "$dry_run"; then
+  offered=$("${as_root[@]}" env "${apt_env[@]}" apt-cache madison "$PACKAGE" | awk '{ print $3 }')
+  if ! grep -qxF "$PACKAGE_VERSION" <<<"$offered"; then
+    log "$PACKAGE $PACKAGE_VERSION (gcloud $GCLOUD_VERSION) is not in $repo" \
+      "(it offers: $(paste -sd ' ' <<<"${offered:-nothing}"))."
+    log "to move to one it offers: change GCLOUD_VERSION in $0, run make test with that gcloud."
+    exit 1
+  fi
 fi
-"${as_root[@]}" mkdir -p "$prefix" "$bin_dir"
-"${as_root[@]}" rm -rf "$prefix/google-cloud-sdk"
-"${as_root[@]}" tar -xzf "$work/$archive" -C "$prefix"
-"${as_root[@]}" ln -sfn "$prefix/google-cloud-sdk/bin/gcloud" "$bin_dir/gcloud"
-log "installed: $("$bin_dir/gcloud" version 2>/dev/null | head -n 1)"
+# A newer google-cloud-cli already installed from apt (CI only) is replaced by the tested one.
+run "${apt_get[@]}" install -y -qq --no-install-recommends --allow-downgrades \
+  "$PACKAGE=$PACKAGE_VERSION"
+"$dry_run" || log "installed: gcloud $GCLOUD_VERSION"

@@ -12,8 +12,9 @@ set -euo pipefail
 
 packages_for() {
   case $1 in
-    # The venv, shellcheck (make lint; tests/stack/test_units.py).
-    lint) echo python3-venv shellcheck ;;
+    # The venv, shellcheck (make lint; tests/stack/test_units.py); apt-ftparchive for the local
+    # apt repository scripts/install-gcloud.sh is tested against (tests/pipeline).
+    lint) echo apt-utils python3-venv shellcheck ;;
     # make diagram, tests/tooling/test_validate_diagram.py: DOT -> docs/architecture.svg.
     diagram) echo graphviz ;;
     # localvm (make up, make image, make e2e, bench-boot): image build, TCG VM, metadata proxy,

@@ -1,18 +1,19 @@
 """.circleci/config.yml: valid for CircleCI, and it runs what the README tells people to run.
 
 Real: check-jsonschema with the CircleCI schema it ships (vendor.circle-ci), the Makefile, the
-README, and the local gcloud. Emulated: nothing. (CircleCI itself is not run here.)
+README, the local gcloud, and apt, dpkg and gpg running scripts/install-gcloud.sh. Emulated:
+Google's apt repository, as a signed local one (below). CircleCI itself is not run here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -155,64 +156,298 @@ def test_executor_images_are_pinned_and_not_under_a_deleting_retention_policy():
         assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"{image}: pin an exact version"
 
 
-@pytest.fixture
-def bare_path(tmp_path) -> Path:
-    """A PATH holding only the tools the installer uses: no gcloud on it."""
-    bin_dir = tmp_path / "tools-bin"
-    bin_dir.mkdir()
-    for tool in ("bash", "curl", "sha256sum", "tar", "gzip", "mkdir", "rm", "ln", "mktemp",
-                 "head", "cut", "id", "sudo", "printf", "env"):  # fmt: skip
-        found = shutil.which(tool)
-        if found:
-            (bin_dir / tool).symlink_to(found)
-    return bin_dir
+# --- scripts/install-gcloud.sh against a local apt repository ---------------------------------
+# Real: apt-get, apt-cache and dpkg (installing into a private root: APT_ROOT), gpg (a throwaway
+# key signs the repository's InRelease), apt-ftparchive (Packages, Release), dpkg-deb, curl.
+# Emulated: Google's repository, as a local directory laid out as Debian's repository format
+# specifies (wiki.debian.org/DebianRepository/Format: dists/SUITE/InRelease, COMPONENT/binary-
+# ARCH/Packages, pool/); its google-cloud-cli is a stand-in whose gcloud prints the pinned
+# version. The host's apt configuration, package database and gcloud are never touched.
+
+APT_REPO_TOOLS = ("apt-get", "apt-ftparchive", "dpkg-deb", "gpg", "curl")
 
 
-def run_installer(path: Path, **env: str) -> subprocess.CompletedProcess:
+def needs_root_for_apt():
+    if not all(shutil.which(tool) for tool in APT_REPO_TOOLS):
+        pytest.skip(f"needs {', '.join(APT_REPO_TOOLS)} (apt-ftparchive: apt-utils)")
+    if os.getuid() != 0 and subprocess.run(["sudo", "-n", "true"]).returncode != 0:
+        pytest.skip("dpkg installs (even into a private root) only as root or with sudo")
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """Two throwaway signing keys: the repository's, and a stranger's. Returns each one's
+    GNUPGHOME (for signing) and armored public key (what the installer downloads)."""
+    keys = {}
+    for name in ("repository", "stranger"):
+        home = tmp_path_factory.mktemp(f"gpg-{name}")
+        home.chmod(0o700)
+        env = {**os.environ, "GNUPGHOME": str(home)}
+        gpg = ["gpg", "--batch", "--quiet", "--passphrase", ""]
+        subprocess.run([*gpg, "--quick-gen-key", f"{name} <{name}@example.invalid>", "ed25519",
+                        "sign", "never"], env=env, check=True)  # fmt: skip
+        public = home / "public.asc"
+        public.write_bytes(subprocess.run([*gpg, "--armor", "--export"], env=env,
+                                          capture_output=True, check=True).stdout)  # fmt: skip
+        keys[name] = home
+    yield keys
+    for home in keys.values():
+        subprocess.run(
+            ["gpgconf", "--kill", "gpg-agent"], env={**os.environ, "GNUPGHOME": str(home)}
+        )
+
+
+def stand_in_deb(pool: Path, version: str) -> Path:
+    """google-cloud-cli_VERSION-0_all.deb laid out as Google's: /usr/lib/google-cloud-sdk with a
+    VERSION file, /usr/bin/gcloud linking to it."""
+    tree = pool.parent / f"tree-{version}"
+    sdk = tree / "usr" / "lib" / "google-cloud-sdk"
+    (sdk / "bin").mkdir(parents=True)
+    (tree / "DEBIAN").mkdir()
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: google-cloud-cli\nVersion: {version}-0\nArchitecture: all\n"
+        "Maintainer: Test <test@example.invalid>\nDescription: stand-in for Google's package\n"
+    )
+    (sdk / "VERSION").write_text(f"{version}\n")
+    (sdk / "bin" / "gcloud").write_text(f"#!/bin/sh\necho 'Google Cloud SDK {version}'\n")
+    (sdk / "bin" / "gcloud").chmod(0o755)
+    (tree / "usr" / "bin").mkdir()
+    (tree / "usr" / "bin" / "gcloud").symlink_to("../lib/google-cloud-sdk/bin/gcloud")
+    deb = pool / f"google-cloud-cli_{version}-0_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(deb)],
+                   capture_output=True, check=True)  # fmt: skip
+    shutil.rmtree(tree)
+    return deb
+
+
+def local_apt_repo(root: Path, gnupghome: Path, *versions: str) -> Path:
+    """A signed apt repository with suite cloud-sdk, component main, holding google-cloud-cli at
+    each version; returns its directory."""
+    pool = root / "pool"
+    pool.mkdir(parents=True)
+    for version in versions:
+        stand_in_deb(pool, version)
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    dist = root / "dists" / "cloud-sdk"
+    binary = dist / "main" / f"binary-{arch}"
+    binary.mkdir(parents=True)
+    ftparchive = ["apt-ftparchive", "-o", "APT::FTPArchive::Release::Suite=cloud-sdk",
+                  "-o", "APT::FTPArchive::Release::Components=main",
+                  "-o", f"APT::FTPArchive::Release::Architectures={arch}"]  # fmt: skip
+    packages = subprocess.run([*ftparchive, "packages", "pool"], cwd=root, capture_output=True,
+                              check=True).stdout  # fmt: skip
+    (binary / "Packages").write_bytes(packages)
+    release = subprocess.run([*ftparchive, "release", "."], cwd=dist, capture_output=True,
+                             check=True).stdout  # fmt: skip
+    (dist / "Release").write_bytes(release)
+    subprocess.run(["gpg", "--batch", "--yes", "--clearsign", "-o", str(dist / "InRelease"),
+                    str(dist / "Release")], env={**os.environ, "GNUPGHOME": str(gnupghome)},
+                   check=True)  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def path_without_gcloud(tmp_path_factory) -> str:
+    """This machine's PATH with every command but gcloud: the installer sees no gcloud."""
+    bin_dir = tmp_path_factory.mktemp("path-without-gcloud")
+    for directory in os.environ["PATH"].split(os.pathsep):
+        for command in Path(directory).glob("*") if Path(directory).is_dir() else ():
+            link = bin_dir / command.name
+            if command.name != "gcloud" and not link.exists() and not link.is_symlink():
+                link.symlink_to(command)
+    return str(bin_dir)
+
+
+def run_installer(path: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(INSTALL_GCLOUD)],
-        env={"PATH": str(path), "CI": "true", **env},
+        ["bash", str(INSTALL_GCLOUD), *args],
+        env={"PATH": path, "CI": "true", "HOME": os.environ.get("HOME", "/"), **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
 
 
-def test_install_gcloud_fails_closed_without_a_recorded_checksum(tmp_path, bare_path):
-    """With no gcloud on PATH and no SHA-256 recorded, the installer refuses before downloading
-    anything (the file:// URL here does not exist, so a download would fail differently)."""
-    result = run_installer(bare_path, GCLOUD_ARCHIVE_URL=f"file://{tmp_path}/missing.tar.gz")
-    assert result.returncode == 1, result.stderr
-    assert "refusing to install an unchecked download" in result.stderr
+def install_from(repo: Path, key_home: Path, apt_root: Path, path: str):
+    return run_installer(
+        path,
+        GCLOUD_APT_REPO=f"file://{repo}",
+        GCLOUD_APT_KEY=f"file://{key_home / 'public.asc'}",
+        APT_ROOT=str(apt_root),
+    )
 
 
-def test_install_gcloud_checks_the_archive_and_links_gcloud(tmp_path, bare_path):
-    """The checksum really gates the install: a wrong SHA-256 leaves nothing installed, the
-    right one unpacks google-cloud-sdk/ and links bin/gcloud. Real: curl (file://), sha256sum,
-    tar. The archive is a stand-in whose gcloud prints the pinned version."""
-    if os.getuid() != 0 and subprocess.run(["sudo", "-n", "true"]).returncode != 0:
-        pytest.skip("the installer needs root or passwordless sudo")
+def host_apt_state() -> dict[str, bytes]:
+    files = ["/var/lib/dpkg/status", "/etc/apt/sources.list.d/google-cloud-sdk.list",
+             "/usr/share/keyrings/cloud.google.gpg"]  # fmt: skip
+    return {f: Path(f).read_bytes() if Path(f).exists() else b"" for f in files}
+
+
+def test_install_gcloud_installs_the_pinned_version_from_a_signed_repository(
+    tmp_path, signing_keys, path_without_gcloud
+):
+    """apt verifies the repository's signature with the downloaded key, installs exactly
+    google-cloud-cli=VERSION-0 (the repository also offers a newer one), and the installed gcloud
+    reports the pinned version. Where apt later upgraded it, a second run (CI) puts the pinned
+    version back. The host's package database and apt sources are unchanged."""
+    needs_root_for_apt()
     version = pinned_gcloud()
-    sdk = tmp_path / "src" / "google-cloud-sdk" / "bin"
-    sdk.mkdir(parents=True)
-    (sdk / "gcloud").write_text(f"#!/bin/sh\necho 'Google Cloud SDK {version}'\n")
-    (sdk / "gcloud").chmod(0o755)
-    archive = tmp_path / "gcloud.tar.gz"
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(tmp_path / "src"), "."], check=True)
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    settings = {
-        "GCLOUD_ARCHIVE_URL": f"file://{archive}",
-        "GCLOUD_PREFIX": str(tmp_path / "opt"),
-        "GCLOUD_BIN_DIR": str(tmp_path / "bin"),
-    }
+    newer = f"{int(version.split('.')[0]) + 1}.0.0"
+    repo = local_apt_repo(tmp_path / "repo", signing_keys["repository"], version, newer)
+    apt_root = tmp_path / "apt"
+    gcloud = apt_root / "usr" / "bin" / "gcloud"
+    status = apt_root / "var" / "lib" / "dpkg" / "status"
+    before = host_apt_state()
 
-    wrong = run_installer(bare_path, GCLOUD_SHA256="0" * 64, **settings)
-    assert wrong.returncode == 1 and "checksum mismatch" in wrong.stderr, wrong.stderr
-    assert not (tmp_path / "bin" / "gcloud").exists()
-    right = run_installer(bare_path, GCLOUD_SHA256=digest, **settings)
-    assert right.returncode == 0, right.stderr
-    linked = subprocess.run([str(tmp_path / "bin" / "gcloud")], capture_output=True, text=True)
-    assert linked.stdout.strip() == f"Google Cloud SDK {version}"
+    def installed() -> tuple[str, str]:
+        package = re.search(r"^Package: google-cloud-cli\n(?:\S.*\n)*?Version: (.*)$",
+                            status.read_text(), re.MULTILINE)  # fmt: skip
+        reported = subprocess.run([gcloud], capture_output=True, text=True).stdout
+        return (package.group(1) if package else "", reported)
+
+    first = install_from(repo, signing_keys["repository"], apt_root, path_without_gcloud)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert installed() == (f"{version}-0", f"Google Cloud SDK {version}\n")
+    assert "Status: install ok installed" in status.read_text()
+
+    as_root = [] if os.getuid() == 0 else ["sudo"]
+    subprocess.run([*as_root, "env", f"APT_CONFIG={apt_root}/etc/apt/apt.conf", "apt-get",
+                    "install", "-y", "-qq", "google-cloud-cli"], capture_output=True,
+                   check=True)  # fmt: skip
+    assert installed() == (f"{newer}-0", f"Google Cloud SDK {newer}\n")
+    again = install_from(repo, signing_keys["repository"], apt_root, path_without_gcloud)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert installed() == (f"{version}-0", f"Google Cloud SDK {version}\n")
+    assert host_apt_state() == before
+
+
+def test_install_gcloud_refuses_a_repository_signed_by_another_key(
+    tmp_path, signing_keys, path_without_gcloud
+):
+    needs_root_for_apt()
+    repo = local_apt_repo(tmp_path / "repo", signing_keys["stranger"], pinned_gcloud())
+
+    result = install_from(repo, signing_keys["repository"], tmp_path / "apt", path_without_gcloud)
+
+    assert result.returncode != 0
+    assert "is not signed" in result.stderr and "NO_PUBKEY" in result.stderr, result.stderr
+    assert not (tmp_path / "apt" / "usr" / "bin" / "gcloud").exists()
+
+
+def test_install_gcloud_refuses_a_package_changed_after_the_index_was_signed(
+    tmp_path, signing_keys, path_without_gcloud
+):
+    """Same size, one byte different: only the SHA-256 in the signed index can catch it."""
+    needs_root_for_apt()
+    version = pinned_gcloud()
+    repo = local_apt_repo(tmp_path / "repo", signing_keys["repository"], version)
+    deb = repo / "pool" / f"google-cloud-cli_{version}-0_all.deb"
+    data = bytearray(deb.read_bytes())
+    data[-10] ^= 0xFF
+    deb.write_bytes(bytes(data))
+
+    result = install_from(repo, signing_keys["repository"], tmp_path / "apt", path_without_gcloud)
+
+    assert result.returncode != 0
+    assert "Hash Sum mismatch" in result.stderr, result.stderr
+    assert not (tmp_path / "apt" / "usr" / "bin" / "gcloud").exists()
+
+
+def test_install_gcloud_names_the_version_a_repository_lacks(
+    tmp_path, signing_keys, path_without_gcloud
+):
+    needs_root_for_apt()
+    version = pinned_gcloud()
+    older = f"{int(version.split('.')[0]) - 1}.0.0"
+    repo = local_apt_repo(tmp_path / "repo", signing_keys["repository"], older)
+
+    result = install_from(repo, signing_keys["repository"], tmp_path / "apt", path_without_gcloud)
+
+    assert result.returncode == 1
+    assert f"google-cloud-cli {version}-0 (gcloud {version}) is not in file://{repo}" in (
+        result.stderr
+    )
+    assert f"it offers: {older}-0" in result.stderr
+    assert not (tmp_path / "apt" / "usr" / "bin" / "gcloud").exists()
+
+
+def dry_run_commands(path: str, **env: str) -> list[list[str]]:
+    result = run_installer(path, "--dry-run", **env)
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_install_gcloud_dry_run_shows_google_repository_pinned_version_and_key(
+    tmp_path, path_without_gcloud
+):
+    """The real path (no overrides) is what Google documents for Debian/Ubuntu
+    (cloud.google.com/sdk/docs/install#deb): the key from apt-key.gpg dearmored into
+    /usr/share/keyrings/cloud.google.gpg, the cloud-sdk suite signed by it, then
+    `apt-get install google-cloud-cli=VERSION-0`, without recommended components. The tested
+    private-root run differs only in where apt keeps its files (APT_CONFIG)."""
+    version = pinned_gcloud()
+    before = host_apt_state()
+    result = run_installer(path_without_gcloud, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert host_apt_state() == before
+    keyring = "/usr/share/keyrings/cloud.google.gpg"
+    assert (
+        f"deb [signed-by={keyring}] https://packages.cloud.google.com/apt cloud-sdk main\n"
+        in result.stdout
+    )
+    commands = dry_run_commands(path_without_gcloud)
+    assert commands[0][-1] == "https://packages.cloud.google.com/apt/doc/apt-key.gpg"
+    assert any(c[-4:-2] == ["--dearmor", "-o"] and c[-2] == keyring for c in commands), commands
+    install = [c for c in commands if "install" in c and "apt-get" in c]
+    assert len(install) == 1
+    assert install[0][-2:] == ["--allow-downgrades", f"google-cloud-cli={version}-0"]
+    assert "--no-install-recommends" in install[0]
+
+    private = dry_run_commands(path_without_gcloud, APT_ROOT=str(tmp_path / "apt"))
+    private_install = [c for c in private if "install" in c and "apt-get" in c]
+    assert [w for w in private_install[0] if not w.startswith("APT_CONFIG=")] == install[0]
+
+
+def test_install_gcloud_leaves_a_matching_or_personal_gcloud_alone(tmp_path, path_without_gcloud):
+    """Pinned version on PATH: nothing to do, even in CI. Another version: a person's gcloud is
+    kept with a warning; CI replaces it. The other-version SDK here is a directory with a
+    VERSION file, which is all the installer reads."""
+    version = pinned_gcloud()
+    other = tmp_path / "sdk" / "google-cloud-sdk"
+    (other / "bin").mkdir(parents=True)
+    (other / "VERSION").write_text("1.0.0\n")
+    (other / "bin" / "gcloud").write_text("#!/bin/sh\nexit 1\n")
+    (other / "bin" / "gcloud").chmod(0o755)
+    path = f"{other / 'bin'}:{path_without_gcloud}"
+
+    person = run_installer(path, CI="false")
+    assert person.returncode == 0 and person.stdout == ""
+    assert f"using Google Cloud SDK 1.0.0 from PATH; this repo is tested with {version}" in (
+        person.stderr
+    )
+    ci = run_installer(path, "--dry-run")
+    assert ci.returncode == 0 and f"google-cloud-cli={version}-0" in ci.stdout
+
+    (other / "VERSION").write_text(f"{version}\n")
+    pinned = run_installer(path, "--dry-run")
+    assert pinned.returncode == 0 and pinned.stdout == "", pinned.stdout
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs gcloud")
+def test_make_gcloud_does_nothing_where_the_tested_gcloud_is_installed():
+    """`make check`, `make e2e` and `make pytest` run `make gcloud` first; on a machine with the
+    pinned gcloud it must neither print nor change anything."""
+    local = subprocess.run(["gcloud", "version"], capture_output=True, text=True, check=True)
+    if f"Google Cloud SDK {pinned_gcloud()}\n" not in local.stdout:
+        pytest.skip("the gcloud on PATH is not the pinned version")
+    for target in ("check", "e2e", "pytest"):
+        assert "gcloud" in make_prerequisites(target)
+    before = host_apt_state()
+    result = subprocess.run(["make", "-s", "gcloud"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "CI": "true"})  # fmt: skip
+    assert result.returncode == 0 and result.stdout == result.stderr == "", result
+    assert host_apt_state() == before
 
 
 def packages_installed_by(target: str) -> set[str]:
@@ -240,6 +475,6 @@ def test_make_check_installs_no_vm_packages_and_make_e2e_does():
     qemu, a browser and debootstrap. `make e2e` needs them."""
     vm = {"qemu-system-x86", "qemu-utils", "chromium", "debootstrap"}
     check = packages_installed_by("check")
-    assert {"shellcheck", "python3-venv", "graphviz"} <= check
+    assert {"shellcheck", "python3-venv", "graphviz", "apt-utils"} <= check
     assert not check & vm, check & vm
     assert vm <= packages_installed_by("e2e")
