@@ -60,7 +60,9 @@ def _add_reach(commands) -> None:
         description=REACH_HELP,
     )
     reach.add_argument("src", help="peer IP address (the source; the destination with --egress)")
-    reach.add_argument("probe", help="PROTO/PORT or PROTO, e.g. tcp/22, udp/53, icmp")
+    reach.add_argument(
+        "probe", help="PROTO/PORT or a protocol name, e.g. tcp/22, udp/53, icmp (not a bare port)"
+    )
     reach.add_argument("--config", default="deployment.yaml")
     reach.add_argument("--vm", help="instance name (default: every instance)")
     reach.add_argument("--egress", action="store_true", help="ask about traffic from the VM")
@@ -120,7 +122,17 @@ def run_preview(args) -> int:
 
 
 def parse_probe(text: str) -> tuple[str, int | None]:
-    """'tcp/22' -> ('tcp', 22); 'icmp' -> ('icmp', None). Raises ReachabilityError."""
+    """'tcp/22' -> ('tcp', 22); 'icmp' -> ('icmp', None). Raises ReachabilityError.
+
+    A bare number is refused: GCP would read `22` as IP protocol 22, while the person typing it
+    almost always means port 22, and a silent "deny" for the wrong question reads as a lock-out.
+    """
+    if text.strip().isdigit():
+        raise reachability.ReachabilityError(
+            f"'{text}' is ambiguous: to ask about port {text.strip()} write tcp/{text.strip()} "
+            f"(or udp/{text.strip()}); a probe is PROTO/PORT or a protocol name, e.g. tcp/22, "
+            "udp/53, icmp"
+        )
     proto, _, port = text.partition("/")
     name = reachability.normalize_protocol(proto)
     if not port:
