@@ -24,16 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmlocal.expand import default_env, expand_path
-from dmlocal.reachability import GOOGLE_SSH_RANGE, ReachabilityError, firewall_rules, resolver_for
+from dmlocal.reachability import KNOWN_RANGES, ReachabilityError, firewall_rules, resolver_for
 from dmlocal.references import REFERENCE, follow, last_segment, template_outputs
 
-KNOWN_RANGES = {
-    "0.0.0.0/0": "Internet",
-    GOOGLE_SSH_RANGE: "Google SSH range",
-    "35.235.240.0/20": "IAP TCP forwarding",
-    "35.191.0.0/16": "Google health checks",
-    "130.211.0.0/22": "Google health checks",
-}
 HASH_MARK = "dot-sha256:"
 
 
