@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import copy_stack, run_dmlocal
+import pytest
+import yaml
+
+from dmlocal.schema import PATTERN_MESSAGE
+from tests.conftest import REPO, copy_stack, run_dmlocal
 
 
 def test_reach_refuses_a_bare_port_and_shows_the_protocol_form():
@@ -61,3 +65,84 @@ def test_firewall_table_shows_every_ingress_source_range(tmp_path):
     ]  # fmt: skip
     assert rows["from Google SSH range 104.154.0.0/15"][0] == "allow"
     assert rows["from the internet"][0] == "deny"
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_every_schema_problem_in_one_run_each_with_its_line_and_in_words(tmp_path):
+    stack = copy_stack(tmp_path)
+    config = stack / "deployment.yaml"
+    edit(config, "subnetCidr: 10.10.0.0/24", "subnetCidr: 10.10.0.0/33")
+    edit(config, "        - 104.154.0.0/15\n", '        - "104.154.0.0/15 "\n')
+    edit(config, "deletionProtection: true", 'deletionProtection: "yes"')
+
+    result = run_dmlocal("preview", "deployment.yaml", cwd=stack)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: deployment.yaml: resources[hello-vpc].properties.subnetCidr: '10.10.0.0/33' is not "
+        "valid here: the prefix length /33 is out of range for IPv4 (/0 to /32); subnetCidr must "
+        "be a private IPv4 block (inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16) written "
+        "ADDRESS/PREFIX, with a prefix length from /8 to /29, e.g. 10.10.0.0/24 "
+        f"[set at deployment.yaml:{line_of(config, 'subnetCidr:')}]",
+        "error: deployment.yaml: resources[hello-firewall].properties.sshSourceRanges[0]: "
+        "'104.154.0.0/15 ' has a trailing space: write '104.154.0.0/15' "
+        f"[set at deployment.yaml:{line_of(config, '104.154.0.0/15 ')}]",
+        "error: deployment.yaml: resources[hello-vm].properties.deletionProtection: 'yes' is "
+        "text, not a boolean: write true or false, without quotes "
+        f"[set at deployment.yaml:{line_of(config, 'deletionProtection:')}]",
+    ]
+
+
+def test_a_config_error_outside_the_schemas_names_its_line_too(tmp_path):
+    stack = copy_stack(tmp_path)
+    config = stack / "deployment.yaml"
+    edit(config, "    type: vm.py\n", "    type: vm.py\n    propertes: {}\n")
+    result = run_dmlocal("preview", "deployment.yaml", cwd=stack)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: deployment.yaml: resources[hello-vm].propertes: unknown resource key 'propertes': "
+        "did you mean 'properties'? valid: name, type, properties, metadata, accessControl "
+        f"[set at deployment.yaml:{line_of(config, 'propertes:')}]"
+    ]
+
+
+def pattern_nodes(node, path=()):
+    """(path, subschema) for every subschema of a schema that carries a `pattern`."""
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str):
+            yield path, node
+        for key, value in node.items():
+            yield from pattern_nodes(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from pattern_nodes(value, (*path, index))
+
+
+@pytest.mark.parametrize("schema_file", ["network.py.schema", "firewall.py.schema", "vm.py.schema"])
+def test_every_pattern_carries_the_sentence_a_person_needs(schema_file):
+    schema = yaml.safe_load((REPO / schema_file).read_text())
+    found = list(pattern_nodes(schema))
+    assert found, f"{schema_file} has no patterns: the test would prove nothing"
+    for path, node in found:
+        assert str(node.get(PATTERN_MESSAGE, "")).strip(), f"{schema_file}: {path} has no message"
+
+
+def test_the_message_annotations_change_nothing_that_renders(tmp_path):
+    # JSON Schema ignores keywords it does not define: the same config renders the same bytes
+    # with the annotations stripped out of every schema.
+    stack = copy_stack(tmp_path)
+    with_messages = run_dmlocal("preview", "deployment.yaml", cwd=stack)
+    for schema_file in ("network.py.schema", "firewall.py.schema", "vm.py.schema"):
+        path = stack / schema_file
+        schema = yaml.safe_load(path.read_text())
+        for _, node in pattern_nodes(schema):
+            node.pop(PATTERN_MESSAGE)
+        path.write_text(yaml.safe_dump(schema, sort_keys=False))
+    assert PATTERN_MESSAGE not in (stack / "vm.py.schema").read_text()
+    without = run_dmlocal("preview", "deployment.yaml", cwd=stack)
+    assert with_messages.returncode == without.returncode == 0, without.stderr
+    assert with_messages.stdout == without.stdout

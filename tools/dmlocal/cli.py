@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from dmlocal import diagram, preview, reachability, terraform
-from dmlocal.errors import ConfigError, Finding
-from dmlocal.expand import Expansion, default_env, expand_path
-from dmlocal.validate import validate
+from dmlocal.errors import ConfigError, ConfigErrors, Finding
+from dmlocal.expand import Expansion, default_env, expand_files, read_files
+from dmlocal.tracer import with_line
+from dmlocal.validate import schema_errors, validate
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 REACH_HELP = (
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        for each in error.all:
+            print(f"error: {with_line(each)}", file=sys.stderr)
         return EXIT_INVALID
 
 
@@ -75,20 +77,30 @@ def _add_reach(commands) -> None:
 def _load(args) -> Expansion | None:
     """The expanded config, or None (after saying why) when the file is missing.
 
-    A ConfigError propagates to `main`, which reports it; `--format json` callers get the same
-    error as a JSON document on stdout first, so a script parsing stdout always gets JSON.
+    Every template resource is checked against its schema first, so all those problems come out
+    in one run (as ConfigErrors); a ConfigError propagates to `main`, which reports each with
+    its line. `--format json` callers get the same errors as a JSON document on stdout first, so
+    a script parsing stdout always gets JSON.
     """
     if not Path(args.config).is_file():
         print(f"error: {args.config}: no such config file", file=sys.stderr)
         return None
     try:
-        return expand_path(args.config, default_env(args.deployment, args.project))
+        files = read_files(args.config)
+        errors = schema_errors(files, args.config)
+        if errors:
+            raise ConfigErrors(errors)
+        return expand_files(files, args.config, default_env(args.deployment, args.project))
     except ConfigError as error:
         if args.format == "json":
+            located = [with_line(each) for each in error.all]
             doc = {
                 "config": args.config,
                 "valid": False,
-                "errors": [{"file": error.file, "field": error.field, "message": error.message}],
+                "errors": [
+                    {"file": e.file, "field": e.field, "message": e.message, "source": e.source}
+                    for e in located
+                ],
             }
             print(json.dumps(doc, indent=2))
         raise
