@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian packages `make test` and `make up` need, and nothing when they are already
 # there: a fresh machine (or CI) gets them from the project's own files, never by hand.
+#
+#   scripts/install-system-deps.sh    (as root; `make system-deps` runs it)
+# Exit codes: 0 installed or already there; 1 packages are missing and this is not root; 2 usage.
 set -euo pipefail
+
+case ${1:-} in
+  '') ;;
+  -h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
+  *)
+    echo "install-system-deps: unknown argument: $1 (it takes none; --help)" >&2
+    exit 2
+    ;;
+esac
 
 packages=(
   python3-venv

@@ -7,6 +7,9 @@ message fails. Everything here is real: no Google server is involved in these co
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,42 @@ def test_the_message_annotations_change_nothing_that_renders(tmp_path):
     without = run_dmlocal("preview", "deployment.yaml", cwd=stack)
     assert with_messages.returncode == without.returncode == 0, without.stderr
     assert with_messages.stdout == without.stdout
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
+    )
+
+
+def test_exit_codes_direct_and_through_make(tmp_path):
+    # dmlocal's own codes tell a wrong config (1) from a wrong command line (2); make turns
+    # every failure into 2 and names dmlocal's code on its last line, as the docs say.
+    stack = copy_stack(tmp_path)
+    edit(stack / "deployment.yaml", "zone: us-central1-a", "zone: us-east1-b")
+    bad_config, missing = str(stack / "deployment.yaml"), str(tmp_path / "nope.yaml")
+
+    assert run_dmlocal("preview", bad_config).returncode == 1
+    assert run_dmlocal("preview", missing).returncode == 2
+
+    invalid = make("preview", f"CONFIG={bad_config}")
+    assert invalid.returncode == 2
+    assert re.fullmatch(
+        r"make: \*\*\* \[Makefile:\d+: preview\] Error 1", invalid.stderr.splitlines()[-1]
+    )
+    assert "INVALID: 1 error(s), 0 warning(s)" in invalid.stderr
+
+    usage = make("preview", f"CONFIG={missing}")
+    assert usage.returncode == 2
+    assert usage.stderr.splitlines() == [
+        f"error: {missing}: no such config file",
+        usage.stderr.splitlines()[-1],
+    ]
+    assert re.fullmatch(
+        r"make: \*\*\* \[Makefile:\d+: preview\] Error 2", usage.stderr.splitlines()[-1]
+    )
