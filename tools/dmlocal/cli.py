@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from dmlocal import diagram, preview, reachability, terraform
+from dmlocal import diagram, freshness, preview, reachability, terraform
 from dmlocal.errors import ConfigError, ConfigErrors, Finding
 from dmlocal.expand import Expansion, default_env, expand_files, read_files
 from dmlocal.tracer import with_line
@@ -130,6 +130,13 @@ def run_preview(args) -> int:
     else:
         sys.stdout.write(preview.render_yaml(expansion))
     sys.stderr.write(preview.summary(expansion, findings, tables))
+    docs_env = default_env()  # what `make docs` draws with; under another env all would differ
+    if not errors and (args.deployment, args.project) == (
+        docs_env["deployment"],
+        docs_env["project"],
+    ):
+        for line in freshness.reminders(args.config, expansion):
+            print(line, file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
 
 

@@ -79,6 +79,11 @@ def tables(config_path: Path) -> str:
     return "\n".join(lines).rstrip("\n")
 
 
+def generated_block(readme_text: str) -> str:
+    """The README's generated block as it stands (between the markers)."""
+    return readme_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
 def refresh(readme: Path, config_path: Path) -> bool:
     """Rewrites the generated block in README; True when it changed."""
     text = readme.read_text()

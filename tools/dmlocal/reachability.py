@@ -240,17 +240,17 @@ def _applies_to_vm(rule: Mapping, tags: set[str], service_account: str | None) -
 def ingress_source_ranges(
     rules: Iterable[Mapping],
     *,
-    tags: Iterable[str] = (),
+    tags: Iterable[str] | None = (),
     service_account: str | None = None,
     resolve: Resolver | None = None,
 ) -> list[str]:
-    """Each distinct source range of the INGRESS rules that apply to a VM, in rule order."""
-    tag_set = set(tags)
+    """Each distinct source range of the INGRESS rules that apply to a VM (with `tags=None`, of
+    every ingress rule), in rule order."""
     found: list[str] = []
     for rule in rules:
         if (rule.get("direction") or "INGRESS") != "INGRESS":
             continue
-        if not _applies_to_vm(rule, tag_set, service_account):
+        if tags is not None and not _applies_to_vm(rule, set(tags), service_account):
             continue
         for cidr in _resolve_ranges(rule.get("sourceRanges"), resolve):
             if cidr not in found:
