@@ -6,7 +6,9 @@ before validating and before the template runs, so templates can index propertie
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -34,13 +36,19 @@ def _with_defaults(validator_class):
 
 
 def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value))
+    return copy.deepcopy(value)
 
 
 _DefaultingDraft4 = _with_defaults(jsonschema.Draft4Validator)
 
 
 def load_schema(text: str, filename: str) -> dict:
+    return copy.deepcopy(_parsed_schema(text, filename))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_schema(text: str, filename: str) -> dict:
+    # Cached: the dry run checks every schema before expanding, and the expansion loads it again.
     try:
         schema = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
