@@ -10,7 +10,7 @@
 #   scripts/deploy.sh --auth-only  authenticate as below, then stop (checks credentials)
 #
 # Settings (environment):
-#   GCP_PROJECT            project id (or CLOUDSDK_CORE_PROJECT / gcloud's configured project)
+#   GCP_PROJECT            project id, required (gcloud's own CLOUDSDK_CORE_PROJECT also works)
 #   DEPLOYMENT_NAME        default: hello
 #   DM_CONFIG              default: deployment.yaml
 #   PUBLIC_IP_OUTPUT       the deployment output holding the IP; default: publicIp
@@ -105,6 +105,14 @@ command -v gcloud >/dev/null || die "$EXIT_USAGE" "gcloud is not on PATH"
 [[ -f $config ]] || die "$EXIT_USAGE" "config not found: $config"
 [[ $retries =~ ^[0-9]+$ && $backoff =~ ^[0-9]+$ ]] ||
   die "$EXIT_USAGE" "DEPLOY_RETRIES and DEPLOY_RETRY_SECONDS must be whole numbers"
+
+# The project is checked here, before anything talks to Google: without it gcloud would fail
+# later with "property [project] is not currently set", which names neither the variable nor
+# the fix. A credential-less skip (below) needs no project.
+if [[ -z ${GCP_PROJECT:-${CLOUDSDK_CORE_PROJECT:-}} ]] && ! "$auth_only" &&
+  ! [[ ${SKIP_WITHOUT_CREDENTIALS:-} == true && -z ${GCP_WIF_PROVIDER:-}${GCP_SA_KEY_B64:-} ]]; then
+  die "$EXIT_USAGE" "GCP_PROJECT is not set: export GCP_PROJECT=<your project id> and run it again"
+fi
 
 export CLOUDSDK_CORE_DISABLE_PROMPTS=1
 if [[ -n ${GCP_PROJECT:-} ]]; then

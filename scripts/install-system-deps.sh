@@ -24,13 +24,17 @@ packages_for() {
     bench) echo wrk ;;
     all) for purpose in lint diagram vm bench; do packages_for "$purpose"; done ;;
     *)
-      echo "install-system-deps: unknown purpose '$1' (lint, diagram, vm, bench or all)" >&2
-      return 1
+      echo "install-system-deps: unknown purpose '$1' (lint, diagram, vm, bench or all; --help)" >&2
+      exit 2
       ;;
   esac
 }
 
 list_only=false
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 if [[ ${1:-} == --list ]]; then
   list_only=true
   shift

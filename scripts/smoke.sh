@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Smoke-tests the deployed app: GET http://TARGET/ until the body is exactly
+# Smoke-tests the deployed app: GET http://ADDRESS/ until the body is exactly
 # "Hello World from BenchSci!", with retries and exponential backoff (a fresh VM needs a minute
 # or two to boot and install the app).
 #
-#   scripts/smoke.sh [TARGET]     TARGET is an IP or host[:port]; default: the IP in
-#                                 build/deploy/public-ip, written by scripts/deploy.sh
+#   scripts/smoke.sh [ADDRESS]    ADDRESS is an IP or host[:port]; default: the IP in
+#   make smoke [IP=ADDRESS]       build/deploy/public-ip, written by `make deploy`
 # Settings (environment):
 #   SMOKE_ATTEMPTS  default 30; SMOKE_FIRST_WAIT seconds, doubled per try up to SMOKE_MAX_WAIT
 #   (defaults 2 and 20: about 8 minutes in all); SMOKE_PATH default /.
@@ -13,13 +13,30 @@ set -euo pipefail
 
 readonly EXPECTED='Hello World from BenchSci!'
 
-target=${1:-}
+usage_error() {
+  echo "smoke: $*" >&2
+  echo "usage: make smoke [IP=ADDRESS], or scripts/smoke.sh [ADDRESS] (--help for more)" >&2
+  exit 2
+}
+
+target=
+for arg in "$@"; do
+  case $arg in
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      exit 0
+      ;;
+    -*) usage_error "unknown option: $arg" ;;
+    *)
+      [[ -z $target ]] || usage_error "one address only, got '$target' and '$arg'"
+      target=$arg
+      ;;
+  esac
+done
 if [[ -z $target ]]; then
   ip_file=${DEPLOY_OUT_DIR:-build/deploy}/public-ip
-  [[ -f $ip_file ]] || {
-    echo "smoke: no TARGET given and $ip_file does not exist (run scripts/deploy.sh first)" >&2
-    exit 2
-  }
+  [[ -f $ip_file ]] ||
+    usage_error "no address given, and $ip_file (written by \`make deploy\`) does not exist: deploy first, or give the address"
   target=$(<"$ip_file")
 fi
 attempts=${SMOKE_ATTEMPTS:-30}

@@ -52,13 +52,13 @@ def test_defaults_are_filled_in():
     ("template", "change", "field", "says"),
     [
         ("vm.py", {"zonee": "us-central1-a"}, ".properties", "did you mean 'zone'"),
-        ("vm.py", {"zone": "us-central1"}, ".properties.zone", "must match"),
+        ("vm.py", {"zone": "us-central1"}, ".properties.zone", " must be "),
         ("vm.py", {"deletionProtection": "yes"}, ".properties.deletionProtection", "boolean"),
         ("vm.py", {"bootDiskSizeGb": 5}, ".properties.bootDiskSizeGb", "minimum"),
-        ("vm.py", {"labels": {"Team": "Dev Ops"}}, ".properties.labels.Team", "must match"),
-        ("network.py", {"subnetCidr": "10.10.0.0/33"}, ".properties.subnetCidr", "must match"),
-        ("network.py", {"subnetCidr": "10.10.0.0"}, ".properties.subnetCidr", "must match"),
-        ("network.py", {"region": "us-central1-a"}, ".properties.region", "must match"),
+        ("vm.py", {"labels": {"Team": "Dev Ops"}}, ".properties.labels.Team", " must be "),
+        ("network.py", {"subnetCidr": "10.10.0.0/33"}, ".properties.subnetCidr", " must be "),
+        ("network.py", {"subnetCidr": "10.10.0.0"}, ".properties.subnetCidr", " must be "),
+        ("network.py", {"region": "us-central1-a"}, ".properties.region", " must be "),
         (
             "firewall.py",
             {"sshSourceRanges": "104.154.0.0/15"},
@@ -70,9 +70,9 @@ def test_defaults_are_filled_in():
             "firewall.py",
             {"vpcSourceRanges": ["10.10.0.0/24 "]},
             ".vpcSourceRanges[0]",
-            "must match",
+            "has a trailing space: write '10.10.0.0/24'",
         ),
-        ("firewall.py", {"targetTag": "Hello_Web"}, ".properties.targetTag", "must match"),
+        ("firewall.py", {"targetTag": "Hello_Web"}, ".properties.targetTag", " must be "),
     ],
 )
 def test_bad_values_are_rejected_with_field_and_fix(template, change, field, says):

@@ -122,7 +122,10 @@ def test_cidr_typo_rejected_by_schema_pattern(stack):
         f"error: {stack.config}: resources[hello-vpc].properties.subnetCidr: '10.10.0/24' is not "
         "valid here"
     ) in result.stderr
-    assert "RFC 1918 block such as 10.10.0.0/24" in result.stderr
+    assert (
+        "10.10.0 is not an IPv4 address (four numbers 0-255 separated by dots); subnetCidr "
+        "must be a private IPv4 block"
+    ) in result.stderr
 
 
 def test_reference_to_a_resource_that_does_not_exist(stack):
@@ -141,8 +144,8 @@ def test_boolean_written_as_a_word(stack):
     result = stack.preview()
     assert result.returncode == 1
     assert (
-        f"error: {stack.config}: resources[hello-vm].properties.deletionProtection: 'no' is not "
-        "of type boolean"
+        f"error: {stack.config}: resources[hello-vm].properties.deletionProtection: 'no' is text, "
+        "not a boolean: write true or false, without quotes"
     ) in result.stderr
 
 

@@ -11,10 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from dmlocal import diagram, preview, reachability, replacement, terraform
-from dmlocal.errors import ConfigError, Finding
-from dmlocal.expand import Expansion, default_env, expand_path
-from dmlocal.validate import validate
+from dmlocal import diagram, freshness, preview, reachability, replacement, terraform
+from dmlocal.errors import ConfigError, ConfigErrors, Finding
+from dmlocal.expand import Expansion, default_env, expand_files, read_files
+from dmlocal.tracer import with_line
+from dmlocal.validate import schema_errors, validate
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 REACH_HELP = (
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        for each in error.all:
+            print(f"error: {with_line(each)}", file=sys.stderr)
         return EXIT_INVALID
 
 
@@ -61,7 +63,9 @@ def _add_reach(commands) -> None:
         description=REACH_HELP,
     )
     reach.add_argument("src", help="peer IP address (the source; the destination with --egress)")
-    reach.add_argument("probe", help="PROTO/PORT or PROTO, e.g. tcp/22, udp/53, icmp")
+    reach.add_argument(
+        "probe", help="PROTO/PORT or a protocol name, e.g. tcp/22, udp/53, icmp (not a bare port)"
+    )
     reach.add_argument("--config", default="deployment.yaml")
     reach.add_argument("--vm", help="instance name (default: every instance)")
     reach.add_argument("--egress", action="store_true", help="ask about traffic from the VM")
@@ -74,20 +78,30 @@ def _add_reach(commands) -> None:
 def _load(args) -> Expansion | None:
     """The expanded config, or None (after saying why) when the file is missing.
 
-    A ConfigError propagates to `main`, which reports it; `--format json` callers get the same
-    error as a JSON document on stdout first, so a script parsing stdout always gets JSON.
+    Every template resource is checked against its schema first, so all those problems come out
+    in one run (as ConfigErrors); a ConfigError propagates to `main`, which reports each with
+    its line. `--format json` callers get the same errors as a JSON document on stdout first, so
+    a script parsing stdout always gets JSON.
     """
     if not Path(args.config).is_file():
         print(f"error: {args.config}: no such config file", file=sys.stderr)
         return None
     try:
-        return expand_path(args.config, default_env(args.deployment, args.project))
+        files = read_files(args.config)
+        errors = schema_errors(files, args.config)
+        if errors:
+            raise ConfigErrors(errors)
+        return expand_files(files, args.config, default_env(args.deployment, args.project))
     except ConfigError as error:
         if args.format == "json":
+            located = [with_line(each) for each in error.all]
             doc = {
                 "config": args.config,
                 "valid": False,
-                "errors": [{"file": error.file, "field": error.field, "message": error.message}],
+                "errors": [
+                    {"file": e.file, "field": e.field, "message": e.message, "source": e.source}
+                    for e in located
+                ],
             }
             print(json.dumps(doc, indent=2))
         raise
@@ -117,11 +131,28 @@ def run_preview(args) -> int:
     else:
         sys.stdout.write(preview.render_yaml(expansion))
     sys.stderr.write(preview.summary(expansion, findings, tables))
+    docs_env = default_env()  # what `make docs` draws with; under another env all would differ
+    if not errors and (args.deployment, args.project) == (
+        docs_env["deployment"],
+        docs_env["project"],
+    ):
+        for line in freshness.reminders(args.config, expansion):
+            print(line, file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
 
 
 def parse_probe(text: str) -> tuple[str, int | None]:
-    """'tcp/22' -> ('tcp', 22); 'icmp' -> ('icmp', None). Raises ReachabilityError."""
+    """'tcp/22' -> ('tcp', 22); 'icmp' -> ('icmp', None). Raises ReachabilityError.
+
+    A bare number is refused: GCP would read `22` as IP protocol 22, while the person typing it
+    almost always means port 22, and a silent "deny" for the wrong question reads as a lock-out.
+    """
+    if text.strip().isdigit():
+        raise reachability.ReachabilityError(
+            f"'{text}' is ambiguous: to ask about port {text.strip()} write tcp/{text.strip()} "
+            f"(or udp/{text.strip()}); a probe is PROTO/PORT or a protocol name, e.g. tcp/22, "
+            "udp/53, icmp"
+        )
     proto, _, port = text.partition("/")
     name = reachability.normalize_protocol(proto)
     if not port:

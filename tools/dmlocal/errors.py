@@ -12,11 +12,33 @@ from dataclasses import dataclass
 class ConfigError(Exception):
     """A mistake in a deployment config, template or schema that an operator can fix."""
 
-    def __init__(self, file: str, field: str, message: str):
-        super().__init__(f"{file}: {field}: {message}")
+    def __init__(self, file: str, field: str, message: str, source: str = ""):
+        where = f" [set at {source}]" if source else ""
+        super().__init__(f"{file}: {field}: {message}{where}")
         self.file = file
         self.field = field
         self.message = message
+        self.source = source  # "deployment.yaml:23": the line to edit, when known
+
+    @property
+    def all(self) -> list[ConfigError]:
+        return [self]
+
+
+class ConfigErrors(ConfigError):
+    """Several ConfigErrors found in one pass, reported together (the first is the headline)."""
+
+    def __init__(self, errors: list[ConfigError]):
+        first = errors[0]
+        super().__init__(first.file, first.field, first.message, first.source)
+        self.errors = errors
+
+    @property
+    def all(self) -> list[ConfigError]:
+        return list(self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
 
 
 @dataclass(frozen=True)

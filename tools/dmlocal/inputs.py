@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from dmlocal.schema import load_schema
+
 BEGIN = "<!-- BEGIN GENERATED INPUTS: make docs -->"
 END = "<!-- END GENERATED INPUTS -->"
 
@@ -50,10 +52,14 @@ def _templates(config: dict) -> list[tuple[str, str]]:
 
 def tables(config_path: Path) -> str:
     """Markdown for every template the config uses: its inputs, then its outputs if any."""
-    config = yaml.safe_load(config_path.read_text())
+    config = yaml.load(
+        config_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    )
     lines: list[str] = []
     for name, template in _templates(config):
-        schema = yaml.safe_load((config_path.parent / f"{template}.schema").read_text())
+        schema_file = f"{template}.schema"
+        # load_schema: parsed once per process, shared with the expansion `make preview` ran.
+        schema = load_schema((config_path.parent / schema_file).read_text(), schema_file)
         properties = schema.get("properties", {})
         required = set(schema.get("required", []))
         set_here = next(r for r in config["resources"] if r["name"] == name).get("properties", {})
@@ -77,6 +83,11 @@ def tables(config_path: Path) -> str:
                 lines.append(f"| `{output}` | {spec.get('type', '')} | {description} |")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
+
+
+def generated_block(readme_text: str) -> str:
+    """The README's generated block as it stands (between the markers)."""
+    return readme_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
 
 
 def refresh(readme: Path, config_path: Path) -> bool:

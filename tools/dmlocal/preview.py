@@ -3,8 +3,9 @@
 stdout carries the expanded config unchanged (YAML, for diffs and the pipeline) or, with
 `--format json`, one document with the resources, findings and firewall answers. stderr carries
 the human summary: findings (file, resource, field, what is valid), creation order, and for each
-VM a table of what the firewall allows from the internet, from Google's SSH range, from inside
-the VPC and as egress, so a reviewer sees a lock-out before merging.
+VM a table of what the firewall allows from the internet, from Google's SSH range and every
+other source range an ingress rule names, from inside the VPC and as egress, so a reviewer sees
+a lock-out (or a new opening) before merging.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import yaml
 from dmlocal.expand import Expansion
 from dmlocal.reachability import (
     GOOGLE_SSH_RANGE,
+    KNOWN_RANGES,
     Decision,
     evaluate,
     firewall_rules,
+    ingress_source_ranges,
     resolver_for,
 )
 
@@ -53,24 +56,44 @@ def _inside_probe(cidr: str | None) -> str | None:
     return str(net.network_address + min(10, net.num_addresses - 1))
 
 
+def _source_peers(
+    rules: list[dict], instance: Mapping, resolve, inside: list[str]
+) -> list[tuple[str, str, str]]:
+    """One peer per distinct source range of the ingress rules: the table shows every range a
+    rule names, so adding one (a second SSH range, say) shows up in the review."""
+    ranges = [GOOGLE_SSH_RANGE]
+    ranges += ingress_source_ranges(
+        rules,
+        tags=instance.get("tags") or (),
+        service_account=instance.get("service_account"),
+        resolve=resolve,
+    )
+    peers = []
+    for cidr in dict.fromkeys(ranges):
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue  # the findings name the bad range
+        if net.prefixlen == 0 or cidr in inside:
+            continue  # "from the internet" and "from inside the VPC" rows ask about these
+        name = KNOWN_RANGES.get(str(net))
+        label = f"from {name} {cidr}" if name else f"from {cidr}"
+        peers.append((label, str(net.network_address + min(1, net.num_addresses - 1)), "INGRESS"))
+    return peers
+
+
 def firewall_table(
     resources: list[Mapping], instance: Mapping, layout: Mapping | None = None
 ) -> list[Row]:
     """What the rules allow to/from `instance` (an item of `instance_targets`), per peer kind."""
     rules = firewall_rules(resources)
     resolve = resolver_for(resources, layout)
-    ssh_net = ipaddress.ip_network(GOOGLE_SSH_RANGE)
-    peers = [
-        ("from the internet", INTERNET_PROBE, "INGRESS"),
-        (
-            f"from Google's SSH range {GOOGLE_SSH_RANGE}",
-            str(ssh_net.network_address + 1),
-            "INGRESS",
-        ),
-    ]
-    inside = _inside_probe(instance.get("subnet_range"))
+    subnet = instance.get("subnet_range")
+    inside = _inside_probe(subnet)
+    peers = [("from the internet", INTERNET_PROBE, "INGRESS")]
+    peers += _source_peers(rules, instance, resolve, [subnet] if inside else [])
     if inside:
-        peers.append((f"from inside the VPC ({instance['subnet_range']})", inside, "INGRESS"))
+        peers.append((f"from inside the VPC ({subnet})", inside, "INGRESS"))
     peers.append(("egress to the internet", INTERNET_PROBE, "EGRESS"))
     rows = []
     for label, peer, direction in peers:

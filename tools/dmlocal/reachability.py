@@ -40,6 +40,14 @@ DEFAULT_PRIORITY = 1000
 # Where the stack admits SSH from (deployment.yaml's sshSourceRanges): the preview asks about
 # it by name and the diagram labels it, so a change that locks the team out shows in both.
 GOOGLE_SSH_RANGE = "104.154.0.0/15"
+# Well-known source ranges, named where the preview and the diagram show them.
+KNOWN_RANGES = {
+    "0.0.0.0/0": "Internet",
+    GOOGLE_SSH_RANGE: "Google SSH range",
+    "35.235.240.0/20": "IAP TCP forwarding",
+    "35.191.0.0/16": "Google health checks",
+    "130.211.0.0/22": "Google health checks",
+}
 
 # Protocols GCP accepts by name in `IPProtocol`, with their IANA numbers (a rule may use either).
 PROTOCOL_NUMBERS = {
@@ -227,6 +235,27 @@ def _applies_to_vm(rule: Mapping, tags: set[str], service_account: str | None) -
         return False
     target_sas = rule.get("targetServiceAccounts") or []
     return not (target_sas and service_account not in target_sas)
+
+
+def ingress_source_ranges(
+    rules: Iterable[Mapping],
+    *,
+    tags: Iterable[str] | None = (),
+    service_account: str | None = None,
+    resolve: Resolver | None = None,
+) -> list[str]:
+    """Each distinct source range of the INGRESS rules that apply to a VM (with `tags=None`, of
+    every ingress rule), in rule order."""
+    found: list[str] = []
+    for rule in rules:
+        if (rule.get("direction") or "INGRESS") != "INGRESS":
+            continue
+        if tags is not None and not _applies_to_vm(rule, set(tags), service_account):
+            continue
+        for cidr in _resolve_ranges(rule.get("sourceRanges"), resolve):
+            if cidr not in found:
+                found.append(cidr)
+    return found
 
 
 def _remote_matches(

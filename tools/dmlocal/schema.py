@@ -6,13 +6,19 @@ before validating and before the template runs, so templates can index propertie
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
+import ipaddress
+import re
 from typing import Any
 
 import jsonschema
 import yaml
 
 from dmlocal.errors import ConfigError
+
+PATTERN_MESSAGE = "x-pattern-message"
 
 
 def _with_defaults(validator_class):
@@ -30,13 +36,19 @@ def _with_defaults(validator_class):
 
 
 def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value))
+    return copy.deepcopy(value)
 
 
 _DefaultingDraft4 = _with_defaults(jsonschema.Draft4Validator)
 
 
 def load_schema(text: str, filename: str) -> dict:
+    return copy.deepcopy(_parsed_schema(text, filename))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_schema(text: str, filename: str) -> dict:
+    # Cached: the dry run checks every schema before expanding, and the expansion loads it again.
     try:
         schema = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
@@ -60,46 +72,118 @@ def apply_schema(
 ) -> dict:
     """Returns the properties with defaults filled in, or raises the first problem found.
 
-    Errors name the config file, the resource and the property, and say what would be valid,
-    quoting the schema's description so the fix is on the screen.
+    Errors name the config file, the resource and the property, and say what would be valid
+    (`schema_problems` words them).
+    """
+    filled, problems = schema_problems(schema, properties, schema_file=schema_file)
+    if problems:
+        path, _, message = problems[0]
+        raise ConfigError(
+            config_file, f"resources[{resource}].properties{field_suffix(path)}", message
+        )
+    return filled
+
+
+def schema_problems(
+    schema: dict, properties: dict, *, schema_file: str
+) -> tuple[dict, list[tuple[list, list, str]]]:
+    """(properties with defaults, every problem), each problem as (path, where, message).
+
+    `path` is the property path the message is about; `where` is the path of the value to edit
+    (for an unknown property, the property itself), so a caller can point at its line.
     """
     filled = _copy(properties) or {}
     validator = _DefaultingDraft4(_validation_part(schema))
     errors = sorted(validator.iter_errors(filled), key=lambda e: (list(e.absolute_path), e.message))
-    if errors:
-        first = errors[0]
-        path = list(first.absolute_path)
-        if first.validator == "required" and isinstance(first.instance, dict):
-            missing = [n for n in first.validator_value if n not in first.instance]
-            path.append(missing[0])
-        raise ConfigError(
-            config_file,
-            f"resources[{resource}].properties{_suffix(path)}",
-            _explain(first, schema, schema_file, path),
-        )
-    return filled
+    problems = []
+    for error in errors:
+        path = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            for name in error.validator_value:
+                if name not in error.instance:
+                    missing = [*path, name]
+                    problems.append((missing, path, _explain(error, schema, schema_file, missing)))
+        elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = sorted((error.schema.get("properties") or {}).keys())
+            for name in sorted(set(error.instance) - set(allowed)):
+                close = difflib.get_close_matches(name, allowed, n=1)
+                suggestion = f"did you mean '{close[0]}'? " if close else ""
+                message = (
+                    f"unknown property '{name}': {suggestion}valid properties: {', '.join(allowed)}"
+                )
+                problems.append((path, [*path, name], message))
+        else:
+            problems.append((path, path, _explain(error, schema, schema_file, path)))
+    return filled, problems
 
 
 def _explain(error: jsonschema.ValidationError, schema: dict, schema_file: str, path: list) -> str:
     described = _description(schema, path)
     hint = f" ({schema_file}: {described})" if described else f" (see {schema_file})"
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted((error.schema.get("properties") or {}).keys())
-        unknown = sorted(set(error.instance) - set(allowed))
-        name = unknown[0] if unknown else "?"
-        close = difflib.get_close_matches(name, allowed, n=1)
-        suggestion = f"did you mean '{close[0]}'? " if close else ""
-        return f"unknown property '{name}': {suggestion}valid properties: {', '.join(allowed)}"
     if error.validator == "required":
         return f"required property is missing{hint}"
     if error.validator == "pattern":
-        return f"{error.instance!r} is not valid here: must match {error.validator_value}{hint}"
+        return _explain_pattern(error, path, hint)
     if error.validator == "enum":
         options = ", ".join(repr(v) for v in error.validator_value)
         return f"{error.instance!r} is not one of {options}{hint}"
     if error.validator == "type":
-        return f"{error.instance!r} is not of type {error.validator_value}{hint}"
+        return _explain_type(error.instance, error.validator_value, hint)
     return f"{error.message}{hint}"
+
+
+def _explain_pattern(error: jsonschema.ValidationError, path: list, hint: str) -> str:
+    """What is wrong with a value that fails a `pattern`, in words.
+
+    The words a person needs sit next to each pattern in the schema, as `x-pattern-message` (a
+    noun phrase: "must be <message>"); JSON Schema ignores keywords it does not define, so the
+    annotation changes nothing about what validates. Common slips are named on top: stray
+    whitespace, an IPv4 address or prefix length out of range.
+    """
+    value = error.instance
+    wanted = " ".join(str(error.schema.get(PATTERN_MESSAGE) or "").split())
+    name = next((p for p in reversed(path) if isinstance(p, str)), "the value")
+    rule = f"{name} must be {wanted}" if wanted else f"must match {error.validator_value}{hint}"
+    if not isinstance(value, str):
+        return f"{value!r} is not valid here: {rule}"
+    stripped = value.strip()
+    if stripped != value:
+        where = "trailing" if value.startswith(stripped) else "leading"
+        if value.lstrip() != value and value.rstrip() != value:
+            where = "leading and trailing"
+        edge = value[len(value.rstrip()) :] or value[: len(value) - len(value.lstrip())]
+        kind = {" ": "space", "\t": "tab", "\n": "line break"}.get(edge[0], "whitespace")
+        if re.search(error.validator_value, stripped):
+            return f"{value!r} has a {where} {kind}: write '{stripped}'"
+        return f"{value!r} has a {where} {kind}, and without it: {_slip(stripped) or rule}"
+    slip = _slip(value)
+    return f"{value!r} is not valid here: {slip + '; ' if slip else ''}{rule}"
+
+
+def _slip(value: str) -> str:
+    """A specific reason an ADDRESS/PREFIX string is not an IPv4 range, or ''."""
+    address, slash, prefix = value.partition("/")
+    if not slash or not re.fullmatch(r"[0-9.]+", address):
+        return ""
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        return f"{address} is not an IPv4 address (four numbers 0-255 separated by dots)"
+    if not prefix.isdigit():
+        return f"the prefix length '{prefix}' is not a number"
+    if int(prefix) > 32:
+        return f"the prefix length /{prefix} is out of range for IPv4 (/0 to /32)"
+    return ""
+
+
+def _explain_type(value: Any, expected: str | list, hint: str) -> str:
+    if isinstance(value, str) and expected == "boolean":
+        if value.lower() in ("true", "false"):
+            return f"{value!r} is quoted text, not a boolean: write {value.lower()} without quotes"
+        return f"{value!r} is text, not a boolean: write true or false, without quotes"
+    if isinstance(value, str) and expected in ("integer", "number") and value.strip().isdigit():
+        return f"{value!r} is quoted text, not a number: write {value.strip()} without quotes"
+    return f"{value!r} is not of type {expected}{hint}"
 
 
 def _description(schema: dict, path: list) -> str:
@@ -114,7 +198,8 @@ def _description(schema: dict, path: list) -> str:
     return " ".join(str(node.get("description", "")).split()) if isinstance(node, dict) else ""
 
 
-def _suffix(path) -> str:
+def field_suffix(path) -> str:
+    """['labels', 'app'] -> '.labels.app'; list indices as [0]."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
@@ -122,4 +207,4 @@ def _suffix(path) -> str:
 
 
 def _path(path) -> str:
-    return _suffix(path).lstrip(".") or "(top level)"
+    return field_suffix(path).lstrip(".") or "(top level)"

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from dmlocal.errors import Finding
+from dmlocal.errors import ConfigError, Finding
 from dmlocal.expand import Expansion
 
 
@@ -33,12 +33,7 @@ class Tracer:
     @property
     def tree(self) -> yaml.Node | None:
         if self._tree is False:
-            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            try:
-                with open(self.config_file) as fh:
-                    self._tree = yaml.compose(fh, Loader=loader)
-            except (OSError, yaml.YAMLError):
-                self._tree = None
+            self._tree = _compose(self.config_file)
         return self._tree
 
     def annotate(self, finding: Finding) -> Finding:
@@ -75,22 +70,70 @@ class Tracer:
         )
 
     def _line(self, keys: list) -> int | None:
-        """1-based line of the node at `keys`; for a mapping entry, the line of its key."""
-        node, line = self.tree, None
-        for key in keys:
-            if isinstance(node, yaml.MappingNode):
-                pair = next(((k, v) for k, v in node.value if k.value == key), None)
-                if pair is None:
-                    return None
-                line, node = pair[0].start_mark.line + 1, pair[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                if key >= len(node.value):
-                    return None
-                node = node.value[key]
-                line = node.start_mark.line + 1
-            else:
+        return node_line(self.tree, keys)
+
+
+def _compose(config_file: str) -> yaml.Node | None:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        with open(config_file) as fh:
+            return yaml.compose(fh, Loader=loader)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def node_line(tree: yaml.Node | None, keys: list) -> int | None:
+    """1-based line of the node at `keys`; for a mapping entry, the line of its key.
+
+    A string key into a sequence picks the item whose `name` is that string, so
+    `["resources", "hello-vm", "properties", "zone"]` finds the zone of resource hello-vm.
+    """
+    node, line = tree, None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == key), None)
+            if pair is None:
                 return None
-        return line
+            line, node = pair[0].start_mark.line + 1, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                return None
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            node = next((item for item in node.value if _name_of(item) == key), None)
+            if node is None:
+                return None
+            line = node.start_mark.line + 1
+        else:
+            return None
+    return line
+
+
+def _name_of(node: yaml.Node) -> str | None:
+    if isinstance(node, yaml.MappingNode):
+        return next((v.value for k, v in node.value if k.value == "name"), None)
+    return None
+
+
+def line_of(config_file: str, field: str) -> int | None:
+    """The line of `field` in a config, written as messages write fields:
+    `resources[hello-vm].properties.zone`, `imports[2].path`, `outputs[publicIp]`."""
+    keys = [
+        int(index) if index.isdigit() else index or name
+        for name, index in re.findall(r"([^.\[\]]+)|\[([^\]]+)\]", field)
+    ]
+    return node_line(_compose(config_file), keys) if keys else None
+
+
+def with_line(error: ConfigError) -> ConfigError:
+    """`error` with the line of its field in the config it names, when that can be found."""
+    if error.source or not error.file.endswith((".yaml", ".yml")):
+        return error
+    line = line_of(error.file, error.field)
+    if not line:
+        return error
+    return ConfigError(error.file, error.field, error.message, f"{error.file}:{line}")
 
 
 _MISSING = object()

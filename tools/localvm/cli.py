@@ -103,6 +103,31 @@ def _follow_startup(vm: LocalVM, timeout: float) -> None:
         time.sleep(1)
 
 
+def deploy_steps(output: str) -> list[str]:
+    """deploy.sh's progress lines, in the order it wrote them, for `up` to echo.
+
+    Its closing "is up to date" only repeats the created/updated line before it, and the public
+    IP it prints is the emulated cloud's: `forwarding` says once where that address really is.
+    """
+    return [
+        line
+        for line in output.splitlines()
+        if line.startswith("deploy:") and not line.endswith(" is up to date")
+    ]
+
+
+def forwarding(instance: dict, url: str) -> str:
+    """The one line about the instance's public IP, which only exists in the emulated cloud."""
+    nics = instance.get("networkInterfaces") or [{}]
+    nat_ip = ((nics[0].get("accessConfigs") or [{}])[0]).get("natIP")
+    if not nat_ip or "$(" in str(nat_ip):
+        return f"the VM's port 80 is forwarded to {url}"
+    return (
+        f"public IP {nat_ip} is the emulated cloud's address for {instance['name']} (not reachable "
+        f"from here); its port 80 is forwarded to {url}"
+    )
+
+
 def up(config: str, project: str, from_preview: bool = False) -> int:
     if STATE_FILE.exists():
         state = json.loads(STATE_FILE.read_text())
@@ -124,9 +149,8 @@ def up(config: str, project: str, from_preview: bool = False) -> int:
             "Deployment Manager API (emulated, like Google's token endpoint)"
         )
         instance, network_name, output = deploy.deploy(config, project)
-        for line in output.splitlines():
-            if line.startswith(("deploy:", "Public IP")):
-                say(f"gcloud: {line}")
+        for line in deploy_steps(output):
+            say(f"gcloud: {line}")
         instance_path = STATE / "instance.json"
         instance_path.write_text(json.dumps(instance, indent=1) + "\n")
         source = ["--instance-json", str(instance_path), "--network-name", network_name]
@@ -160,6 +184,7 @@ def up(config: str, project: str, from_preview: bool = False) -> int:
     }
     STATE_FILE.write_text(json.dumps(state, indent=1) + "\n")
     say(f"booting {instance['name']} under qemu (TCG); serial log: {vm.serial_log}")
+    say(forwarding(instance, vm.url))
     try:
         _follow_startup(vm, BOOT_TIMEOUT)
     except BaseException:

@@ -76,18 +76,18 @@ def deploy(config: str, project: str, deployment: str = "hello") -> tuple[dict[s
                 "DEPLOY_OUT_DIR": str(Path(tmp) / "out"),
                 "GCP_SA_KEY_B64": base64.b64encode(json.dumps(key).encode()).decode(),
             }
+            # One stream, stderr into stdout, so the lines keep the order deploy.sh wrote them.
             result = subprocess.run(
                 ["bash", str(REPO / "scripts" / "deploy.sh")],
                 cwd=REPO,
                 env=env,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
                 timeout=600,
             )
             if result.returncode != 0:
-                raise DeployError(
-                    f"scripts/deploy.sh exited {result.returncode}\n{result.stdout}{result.stderr}"
-                )
+                raise DeployError(f"scripts/deploy.sh exited {result.returncode}\n{result.stdout}")
             cloud = dm.cloud_resources(project)
         finally:
             dm.shutdown()
@@ -101,4 +101,4 @@ def deploy(config: str, project: str, deployment: str = "hello") -> tuple[dict[s
     for subnet in cloud.get("compute.v1.subnetwork", {}).values():
         if subnet.get("selfLink") == subnet_link or subnet.get("name") == _short(subnet_link):
             network = _short(subnet.get("network", "")) or network
-    return instance, network, result.stdout + result.stderr
+    return instance, network, result.stdout

@@ -1,0 +1,158 @@
+"""The operator scripts as people type them: --help, a wrong flag, a missing setting.
+
+Real: bash, scripts/*.sh, `make`, and the real `gcloud` on PATH for the deploy cases. No Google
+server is emulated here: the deploy cases point gcloud's Deployment Manager endpoint and token
+host at a loopback listener that only records requests, to prove the script stops before any.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from emulators.oauth2 import new_service_account_key
+from tests.conftest import REPO
+
+SCRIPTS = sorted(
+    subprocess.run(
+        ["git", "ls-files", "scripts/*.sh"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+)
+
+
+def run(*command: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(command),
+        cwd=REPO,
+        env=env or {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_help(script):
+    result = run("bash", script, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Exit codes" in result.stdout, result.stdout
+    assert result.stdout.splitlines()[0][:1].isupper()  # prose, not a shell line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_rejects_an_unknown_flag_at_once(script):
+    # A timeout of seconds proves no retry loop ran (smoke.sh used to try `http://--bogus/`
+    # for about nine minutes).
+    result = run("bash", script, "--bogus", timeout=10)
+    assert result.returncode == 2, result.stderr
+    assert "--bogus" in result.stderr
+    assert "--help" in result.stderr
+
+
+def test_make_smoke_without_an_address_uses_the_names_the_user_typed(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DEPLOY_OUT_DIR": str(tmp_path)}
+    result = run("make", "--no-print-directory", "smoke", env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[:2] == [
+        f"smoke: no address given, and {tmp_path}/public-ip (written by `make deploy`) does not "
+        "exist: deploy first, or give the address",
+        "usage: make smoke [IP=ADDRESS], or scripts/smoke.sh [ADDRESS] (--help for more)",
+    ]
+    assert "TARGET" not in result.stderr
+    assert "scripts/deploy.sh" not in result.stderr
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every request with 500 and remembers it."""
+
+    seen: ClassVar[list[str]] = []
+
+    def _any(self) -> None:
+        self.seen.append(f"{self.command} {self.path}")
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+    def log_message(self, format, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def google(tmp_path):
+    """Where gcloud would send any request: a recording listener on loopback."""
+    Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield url, Recorder.seen
+    server.shutdown()
+    server.server_close()
+
+
+def deploy_env(tmp_path: Path, url: str, **extra: str) -> dict:
+    key, _ = new_service_account_key("deployer@p.iam.gserviceaccount.com", "p", url + "token")
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_DEPLOYMENTMANAGER": url,
+        "CLOUDSDK_AUTH_TOKEN_HOST": url + "token",
+        "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+        "GCP_SA_KEY_B64": base64.b64encode(json.dumps(key).encode()).decode(),
+        "DEPLOY_OUT_DIR": str(tmp_path / "out"),
+        **extra,
+    }
+
+
+NO_PROJECT = (
+    "deploy: error: GCP_PROJECT is not set: export GCP_PROJECT=<your project id> and run it again"
+)
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the real gcloud on PATH")
+def test_deploy_without_gcp_project_is_a_usage_error_before_any_call_to_google(tmp_path, google):
+    url, seen = google
+    env = deploy_env(tmp_path, url)
+
+    direct = run("scripts/deploy.sh", env=env, timeout=60)
+    assert direct.returncode == 2, direct.stderr
+    assert direct.stderr.splitlines() == [NO_PROJECT]
+
+    via_make = run("make", "--no-print-directory", "deploy", env=env, timeout=60)
+    assert via_make.returncode == 2
+    first, make_line = via_make.stderr.splitlines()
+    assert first == NO_PROJECT
+    assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: deploy\] Error 2", make_line)
+    assert seen == []
+
+    # The same setup with the project set does reach the (recording) server: the check above is
+    # what kept it away.
+    reached = run("scripts/deploy.sh", env={**env, "GCP_PROJECT": "p"}, timeout=120)
+    assert reached.returncode != 0
+    assert seen, reached.stderr
+
+
+def test_a_credential_less_preview_still_skips_without_a_project(tmp_path, google):
+    url, seen = google
+    env = deploy_env(tmp_path, url, SKIP_WITHOUT_CREDENTIALS="true")
+    del env["GCP_SA_KEY_B64"]
+    result = run("scripts/deploy.sh", "--preview", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "SKIPPED: no GCP credentials configured" in result.stderr
+    assert seen == []
