@@ -89,7 +89,7 @@ def test_env_keys_imports_and_schema_imports_reach_the_template(nested):
 def test_outputs_and_creation_order_follow_references(nested):
     assert nested.outputs == [
         {"name": "webIp", "value": "$(ref.lab.webIp)"},
-        {"name": "network", "value": "$(ref.lab-net.network)"},
+        {"name": "network", "value": "$(ref.lab.network)"},
         {"name": "auditIp", "value": "$(ref.lab-audit-ip.address)"},
     ]
     order = nested.creation_order
@@ -170,7 +170,7 @@ def test_schema_import_that_is_missing(nested_copy):
     with pytest.raises(ConfigError) as caught:
         expand_path(nested_copy / "config.yaml")
     assert caught.value.file.endswith("web.py.schema")
-    assert caught.value.field == "imports[0]"
+    assert caught.value.field == "imports[0].path"
     assert "file not found" in caught.value.message
 
 
