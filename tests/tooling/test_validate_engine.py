@@ -88,8 +88,8 @@ def test_env_keys_imports_and_schema_imports_reach_the_template(nested):
 
 def test_outputs_and_creation_order_follow_references(nested):
     assert nested.outputs == [
-        {"name": "webIp", "value": "$(ref.lab.webIp)"},
-        {"name": "network", "value": "$(ref.lab.network)"},
+        {"name": "webIp", "value": "$(ref.lab-web-ip.address)"},
+        {"name": "network", "value": "$(ref.lab-net-vpc.selfLink)"},
         {"name": "auditIp", "value": "$(ref.lab-audit-ip.address)"},
     ]
     order = nested.creation_order

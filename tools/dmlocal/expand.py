@@ -257,8 +257,12 @@ class _Expander:
         dependencies = self._dependencies()
         for output in outputs:
             where = f"outputs[{output['name']}]"
-            resolved = self._substitute(output["value"], [self.root], self.config_name, where)
-            for _, target, ref_field in _references(resolved, ""):
+            # DM shows a deployment output with template outputs substituted
+            # (expandybird/expansion/expansion.py, _ProcessTargetConfig and _ResolveOutputs).
+            output["value"] = self._substitute(
+                output["value"], [self.root], self.config_name, where
+            )
+            for _, target, ref_field in _references(output["value"], ""):
                 self._leaf(target, ref_field, self.config_name, where)
         order = _creation_order(
             [r["name"] for r in self.leaves], dependencies, self.origins, self.config_name
