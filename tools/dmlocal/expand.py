@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from dmlocal.errors import ConfigError
+from dmlocal.errors import ConfigError, yaml_error
 from dmlocal.references import REFERENCE, RESOURCE_NAME, is_compute
 from dmlocal.schema import apply_schema, load_schema
 
@@ -152,10 +152,7 @@ def _parse_config(text: str, config_name: str) -> dict:
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(config_name, where, f"is not valid YAML: {problem}") from None
+        raise yaml_error(config_name, error) from None
     if not isinstance(config, dict):
         raise ConfigError(config_name, "(top level)", "a config must be a YAML mapping")
     for key in config:

@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from dmlocal.errors import ConfigError
+from dmlocal.errors import ConfigError, yaml_error
 
 
 def _with_defaults(validator_class, root: dict):
@@ -65,13 +65,14 @@ def load_schema(text: str, filename: str) -> dict:
     try:
         schema = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(filename, "(yaml)", f"is not valid YAML: {error}") from None
+        raise yaml_error(filename, error) from None
     if not isinstance(schema, dict):
         raise ConfigError(filename, "(top level)", "a schema must be a YAML mapping")
     try:
         jsonschema.Draft4Validator.check_schema(_validation_part(schema))
     except jsonschema.SchemaError as error:
-        raise ConfigError(filename, _path(error.absolute_path), error.message) from None
+        problem = _branches(error) if error.validator in ("oneOf", "anyOf") else error.message
+        raise ConfigError(filename, _path(error.absolute_path), problem) from None
     return schema
 
 
