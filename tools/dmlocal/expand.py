@@ -254,6 +254,7 @@ class _Expander:
         dependencies = self._dependencies()
         for output in outputs:
             where = f"outputs[{output['name']}]"
+            _check_references_are_whole(output["value"], self.config_name, where)
             # DM shows a deployment output with template outputs substituted
             # (expandybird/expansion/expansion.py, _ProcessTargetConfig and _ResolveOutputs).
             output["value"] = self._substitute(
@@ -411,6 +412,8 @@ class _Expander:
         for index, output in enumerate(outputs):
             if not isinstance(output, dict) or "name" not in output or "value" not in output:
                 raise ConfigError(file, f"outputs[{index}]", "needs `name` and `value`")
+            if not isinstance(output["name"], str):
+                raise ConfigError(file, f"outputs[{index}].name", "must be a string")
             if output["name"] in seen:
                 raise ConfigError(file, f"outputs[{output['name']}]", "duplicate output name")
             seen.add(output["name"])
@@ -424,6 +427,9 @@ class _Expander:
             name, file = leaf["name"], self.origins[leaf["name"]]
             chain = self.scopes[name].chain()
             needs: list[str] = []
+            _check_references_are_whole(
+                leaf.get("properties"), file, f"resources[{name}].properties"
+            )
             for path, target, ref_field in _references(leaf.get("properties"), ".properties"):
                 where = f"resources[{name}]{path}"
                 ref = f"$(ref.{target}.{ref_field})"
@@ -499,12 +505,29 @@ class _Expander:
         )
 
     def _depends_on(self, target: Any, chain: list[_Template], file: str, where: str) -> list[str]:
+        if not isinstance(target, str):
+            raise ConfigError(file, where, f"{target!r} is not a resource name")
         if target in self.origins:
             return [target]
         for level in chain:
             if target in level.children:
                 return list(level.children[target].leaves)
         raise ConfigError(file, where, f"'{target}' is not a resource in this deployment")
+
+
+def _check_references_are_whole(value: Any, file: str, where: str) -> None:
+    """DM refuses a `$(ref.` that does not close into `$(ref.NAME.FIELD)` (references.py,
+    ReferenceMatcher: "Malformed reference")."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_references_are_whole(item, file, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_references_are_whole(item, file, f"{where}[{index}]")
+    elif isinstance(value, str) and value.count("$(ref.") > len(REFERENCE.findall(value)):
+        raise ConfigError(
+            file, where, f"{value!r} holds a malformed reference: write $(ref.NAME.FIELD)"
+        )
 
 
 def _as_text(value: Any) -> str:
@@ -667,7 +690,7 @@ def _run_template(type_: str, context: TemplateContext, name: str, imports: dict
             f"standard library, yaml or six, or ship the module with the deployment (`- path: "
             f"{module.replace('.', '/')}.py` under `imports:`)",
         ) from None
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise ConfigError(
             _raised_at(error, imports, type_),
             f"resources[{name}]",
