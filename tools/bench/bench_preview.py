@@ -27,6 +27,7 @@ import time
 
 from dmlocal import compute_api, preview, reachability
 from dmlocal.expand import default_env, expand_path
+from dmlocal.schema import load_schema
 from dmlocal.validate import validate
 from localvm.stack import REPO
 
@@ -57,6 +58,7 @@ def cli_once(config: str) -> tuple[float, float]:
 def in_process_once(config: str) -> dict[str, float]:
     compute_api.discovery.cache_clear()
     compute_api.method_for.cache_clear()
+    load_schema.cache_clear()
     marks = {}
     t0 = time.perf_counter()
     expansion = expand_path(config, default_env())

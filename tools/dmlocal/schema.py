@@ -7,6 +7,7 @@ before validating and before the template runs, so templates can index propertie
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any
 
 import jsonschema
@@ -61,7 +62,10 @@ def _copy(value: Any) -> Any:
     return yaml.safe_load(yaml.safe_dump(value))
 
 
+@functools.cache
 def load_schema(text: str, filename: str) -> dict:
+    """The schema in `text`, checked against draft-04. Cached: the import closure and every
+    instance of a template read the same schema; callers must not change the result."""
     try:
         schema = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
