@@ -50,17 +50,26 @@ def is_compute(type_: str) -> bool:
 
 
 def template_outputs(layout: Mapping | None) -> dict[str, dict[str, object]]:
-    """{template resource name: {output name: value}} from an Expansion's layout tree."""
+    """{template resource name: {output name: value}} from an Expansion's layout tree.
+
+    DM scopes outputs to the level that declares the template, so two templates in different
+    parents may share a name; which one a reference means depends on where it is written, which
+    the expander resolves. Such a name is left out here, so callers treat it as unknown rather
+    than follow the wrong template.
+    """
     found: dict[str, dict[str, object]] = {}
+    ambiguous: set[str] = set()
 
     def walk(nodes) -> None:
         for node in nodes or []:
             if "resources" in node:
-                found[node["name"]] = {o["name"]: o["value"] for o in node.get("outputs") or []}
+                outputs = {o["name"]: o["value"] for o in node.get("outputs") or []}
+                if found.setdefault(node["name"], outputs) != outputs:
+                    ambiguous.add(node["name"])
                 walk(node["resources"])
 
     walk((layout or {}).get("resources"))
-    return found
+    return {name: outputs for name, outputs in found.items() if name not in ambiguous}
 
 
 def follow(value: object, outputs: Mapping[str, Mapping[str, object]], limit: int = 20) -> object:
