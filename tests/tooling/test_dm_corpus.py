@@ -58,9 +58,9 @@ def lookup(document: dict, check: dict):
     return value
 
 
-def test_every_point_of_the_issue_has_a_case_and_a_mutation():
-    points = {int(case(name)["point"].split(".")[0]) for name in CASES}
-    assert points == set(range(1, 13))
+def test_every_behaviour_has_a_case_and_a_mutation():
+    numbers = {int(case(name)["behaviour"].split(".")[0]) for name in CASES}
+    assert numbers == set(range(1, 13))
     assert {name for name, _ in MUTATIONS} == set(CASES)
 
 
