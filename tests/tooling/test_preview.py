@@ -27,7 +27,8 @@ def test_prints_the_full_expanded_stack():
     }
     for resource in document["resources"]:
         assert set(resource) >= {"name", "type", "properties"}
-    assert document["outputs"] == [{"name": "publicIp", "value": "$(ref.hello-vm.publicIp)"}]
+    # deployment.yaml says $(ref.hello-vm.publicIp); DM shows vm.py's output substituted.
+    assert document["outputs"] == [{"name": "publicIp", "value": "$(ref.hello-vm-ip.address)"}]
 
 
 def test_renders_another_config(tmp_path):

@@ -253,7 +253,7 @@ def test_egress_rule_with_source_ranges_and_missing_action():
         ("tcp", None),
         ("6", None),
         ("all", None),
-        ("TCP", "must be lower case: did you mean 'tcp'?"),
+        ("TCP", "works (the API stores 'tcp')"),  # a warning: only the style differs
         (" udp", "has stray whitespace: did you mean 'udp'?"),
         ("tpc", "valid: icmp, igmp, ipip, tcp, udp, esp, ah, sctp, all"),
         ("300", "valid: icmp"),

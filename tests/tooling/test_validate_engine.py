@@ -21,6 +21,7 @@ import yaml
 from dmlocal.errors import ConfigError
 from dmlocal.expand import default_env, expand_path
 from dmlocal.reachability import evaluate, firewall_rules, resolver_for
+from dmlocal.references import follow, template_outputs
 from dmlocal.validate import validate
 from tests.conftest import REPO, run_dmlocal
 
@@ -88,8 +89,8 @@ def test_env_keys_imports_and_schema_imports_reach_the_template(nested):
 
 def test_outputs_and_creation_order_follow_references(nested):
     assert nested.outputs == [
-        {"name": "webIp", "value": "$(ref.lab.webIp)"},
-        {"name": "network", "value": "$(ref.lab-net.network)"},
+        {"name": "webIp", "value": "$(ref.lab-web-ip.address)"},
+        {"name": "network", "value": "$(ref.lab-net-vpc.selfLink)"},
         {"name": "auditIp", "value": "$(ref.lab-audit-ip.address)"},
     ]
     order = nested.creation_order
@@ -170,7 +171,7 @@ def test_schema_import_that_is_missing(nested_copy):
     with pytest.raises(ConfigError) as caught:
         expand_path(nested_copy / "config.yaml")
     assert caught.value.file.endswith("web.py.schema")
-    assert caught.value.field == "imports[0]"
+    assert caught.value.field == "imports[0].path"
     assert "file not found" in caught.value.message
 
 
@@ -235,3 +236,19 @@ def test_template_output_wins_over_a_same_named_resource_field(tmp_path):
     expansion = expand_path(tmp_path / "c.yaml")
     assert expansion.dependencies["user"] == ["t-ip"]
     assert expansion.dependencies["other"] == ["t"]
+
+
+def test_a_template_name_used_in_two_parents_is_not_followed_globally():
+    """Outputs are scoped per level (expandybird/expansion/expansion.py, _BuildOutputMap): the
+    checks that follow a reference through template outputs by name alone must not pick the
+    other parent's `net`."""
+    net = {"name": "net", "resources": []}
+    layout = {
+        "resources": [
+            {"name": "web", "resources": [{**net, "outputs": [{"name": "n", "value": "A"}]}]},
+            {"name": "api", "resources": [{**net, "outputs": [{"name": "n", "value": "B"}]}]},
+        ]
+    }
+    outputs = template_outputs(layout)
+    assert set(outputs) == {"web", "api"}
+    assert follow("$(ref.net.n)", outputs) == "$(ref.net.n)"

@@ -16,7 +16,14 @@ from typing import Any
 
 from dmlocal.errors import Finding
 from dmlocal.reachability import PORTED_PROTOCOLS, PROTOCOL_NUMBERS
-from dmlocal.references import REFERENCE, RESOURCE_NAME, follow, template_outputs
+from dmlocal.references import (
+    REFERENCE,
+    RESOURCE_NAME,
+    compute_v1_type,
+    follow,
+    is_compute,
+    template_outputs,
+)
 
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
@@ -52,8 +59,9 @@ def semantic_checks(
     findings: list[Finding] = []
     for res in resources:
         ctx = _Ctx(res, origins.get(res.get("name", ""), "?"), by_name, outputs)
-        kind = res.get("type", "")
-        findings += ctx.labels()
+        kind = compute_v1_type(res.get("type", ""))
+        if is_compute(kind):
+            findings += ctx.labels()  # GCE's label rules; other APIs' `labels` mean other things
         if kind == "compute.v1.firewall":
             findings += ctx.firewall()
         elif kind == "compute.v1.subnetwork":
@@ -161,6 +169,15 @@ class _Ctx:
             yield self.err(f"{where}.IPProtocol", f"is required: one of {VALID_PROTOCOLS}")
             return
         name = str(proto)
+        if name != name.lower() and name.lower() in (*PROTOCOL_NUMBERS, "all"):
+            # The API takes any case and stores lower case; only the style differs.
+            yield self.err(
+                f"{where}.IPProtocol",
+                f"'{name}' works (the API stores '{name.lower()}'); write '{name.lower()}' so the "
+                "config matches what GCP shows",
+                "warning",
+            )
+            name = name.lower()
         ok = name in PROTOCOL_NUMBERS or name == "all" or (name.isdigit() and int(name) <= 255)
         if not ok:
             clean = name.strip().lower()
@@ -365,7 +382,7 @@ class _Ctx:
             if am and region and am.group(1) in self.by_name:
                 address = self.by_name[am.group(1)]
                 a_region = (address.get("properties") or {}).get("region")
-                if address.get("type") == "compute.v1.globalAddress":
+                if compute_v1_type(address.get("type", "")) == "compute.v1.globalAddress":
                     yield self.err(
                         f"networkInterfaces[{i}].accessConfigs[{j}].natIP",
                         f"'{am.group(1)}' is a global address; a VM's NAT IP must be a regional "
@@ -391,7 +408,7 @@ def _overlapping_subnets(resources: list[dict], origins: dict[str, str]) -> list
     seen: list[tuple[str, str, str, ipaddress._BaseNetwork]] = []
     findings = []
     for res in resources:
-        if res.get("type") != "compute.v1.subnetwork":
+        if compute_v1_type(res.get("type", "")) != "compute.v1.subnetwork":
             continue
         p = res.get("properties") or {}
         network = str(p.get("network"))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlocal.errors import Finding
-from dmlocal.references import REFERENCE, template_outputs
+from dmlocal.references import REFERENCE, compute_v1_type, singular, template_outputs
 
 DM_TYPE = re.compile(r"^compute\.v1\.([a-zA-Z]+)$")
 DOCS_URL = "https://cloud.google.com/compute/docs/reference/rest/v1/{collection}/insert"
@@ -118,15 +118,6 @@ class Method:
         return f"{self.collection}.insert"
 
 
-def _singular(collection: str) -> str:
-    """English singular of an API collection name, the way DM names its types."""
-    if collection.endswith("ies"):
-        return collection[:-3] + "y"
-    if collection.endswith(("sses", "shes", "ches", "xes", "zes")):
-        return collection[:-2]
-    return collection[:-1] if collection.endswith("s") else collection
-
-
 @functools.cache
 def method_for(dm_type: str) -> Method | None:
     """Find the insert method DM calls for `dm_type` (compute.v1.instance -> instances.insert).
@@ -141,7 +132,7 @@ def method_for(dm_type: str) -> Method | None:
     kind = m.group(1)
     for collection, body in discovery()["resources"].items():
         insert = body.get("methods", {}).get("insert")
-        if insert is None or kind != _singular(collection):
+        if insert is None or kind != singular(collection):
             continue
         params = insert.get("parameters", {})
         path = tuple(p for p in insert.get("parameterOrder", []) if p != "project")
@@ -156,7 +147,7 @@ def method_for(dm_type: str) -> Method | None:
 def supported_types() -> list[str]:
     """Every compute.v1 DM type this module can check, for messages about unknown types."""
     return sorted(
-        f"compute.v1.{_singular(collection)}"
+        f"compute.v1.{singular(collection)}"
         for collection, body in discovery()["resources"].items()
         if "insert" in body.get("methods", {})
     )
@@ -276,7 +267,7 @@ class _Walker:
 
 def check_resource(resource: dict, file: str) -> list[Finding]:
     """Findings for one expanded leaf resource; [] for types this module does not cover."""
-    dm_type = resource.get("type", "")
+    dm_type = compute_v1_type(resource.get("type", ""))
     name = resource.get("name", "?")
     method = method_for(dm_type)
     if method is None:
@@ -398,7 +389,7 @@ def check_references(expansion) -> list[Finding]:
                 if target in outputs and head and head[0] in outputs[target]:
                     continue  # a template output; the engine checks those
                 leaf = leaves.get(target)
-                method = method_for(leaf["type"]) if leaf else None
+                method = method_for(compute_v1_type(leaf["type"])) if leaf else None
                 if method is None:
                     continue
                 bad = _walk_field(method.schema, _field_parts(ref_field))

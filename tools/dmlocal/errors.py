@@ -9,6 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def yaml_error(file: str, error: Exception) -> ConfigError:
+    """A YAML parse error as `FILE: line L, column C: is not valid YAML: problem`."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+    problem = getattr(error, "problem", None) or str(error)
+    return ConfigError(file, where, f"is not valid YAML: {problem}")
+
+
 class ConfigError(Exception):
     """A mistake in a deployment config, template or schema that an operator can fix."""
 

@@ -15,13 +15,15 @@ Jinja templates are refused with a clear message: this repo and its users write 
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import difflib
-import importlib.abc
-import importlib.util
+import os
 import re
 import sys
 import time
 import traceback
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,11 +31,14 @@ from typing import Any
 
 import yaml
 
-from dmlocal.errors import ConfigError
-from dmlocal.references import REFERENCE, RESOURCE_NAME
+from dmlocal.errors import ConfigError, yaml_error
+from dmlocal.references import REFERENCE, RESOURCE_NAME, is_compute
 from dmlocal.schema import apply_schema, load_schema
 
-BASE_TYPE = re.compile(r"^[a-z][a-z0-9]*\.(v[0-9]+[a-z0-9]*|alpha|beta)\.[a-zA-Z]+$")
+# api.version.kind, or api.version.parent.kind (bigtableadmin.v2.instance.table and the virtual
+# types deploymentmanager.v2.virtual.enableService / .projectBillingInfo), as DM's
+# supported-resource-types page lists them.
+BASE_TYPE = re.compile(r"^[a-z][a-z0-9]*\.(v[0-9]+[a-z0-9]*|alpha|beta)(\.[a-zA-Z]+){1,2}$")
 PROVIDER_TYPE = re.compile(r"^[^/\s]+/[^:\s]+:[^\s]+$")
 CONFIG_KEYS = ("imports", "resources", "outputs")
 RESOURCE_KEYS = ("name", "type", "properties", "metadata", "accessControl")
@@ -86,35 +91,52 @@ def expand_path(config_path: str | Path, env: dict | None = None) -> Expansion:
 def read_files(config_path: str | Path) -> dict[str, str]:
     """What gcloud uploads for a config: {its path: text, each import name: text}.
 
-    A template's schema travels with it as `<import name>.schema`, and the schema's own
-    `imports:` come along too.
+    As gcloud's importer (googlecloudsdk/command_lib/deployment_manager/importer.py,
+    CreateImports) builds it: the config's imports; for every template among them its schema
+    (`<import name>.schema`, found next to the template) and the schema's own `imports:`
+    (paths relative to the schema), transitively. One import name cannot stand for two files.
     """
     config_path = Path(config_path)
     config_name = str(config_path)
     text = _read(config_path, config_name, "(file)")
     config = _parse_config(text, config_name)
     files = {config_name: text}
-    for index, entry in enumerate(config.get("imports") or []):
-        import_path = config_path.parent / entry["path"]
-        name = entry.get("name") or entry["path"]
-        files[name] = _read(import_path, config_name, f"imports[{index}].path")
-        schema_path = import_path.with_name(import_path.name + ".schema")
-        if name.endswith((".py", ".jinja")) and schema_path.is_file():
-            schema_text = schema_path.read_text()
-            files[name + ".schema"] = schema_text
-            _add_schema_imports(files, schema_text, schema_path)
+    sources: dict[str, Path] = {}  # import name -> the file it was read from
+    pending = _imports_of(config, config_path, config_name)
+    while pending:
+        name, path, file, field_ = pending.pop(0)
+        if name in sources:
+            if sources[name] != path:
+                raise ConfigError(
+                    file,
+                    field_,
+                    f"'{name}' names both {sources[name]} and {path}: give one a `name:`",
+                )
+            continue
+        sources[name] = path
+        files[name] = _read(path, file, field_)
+        schema_path = path.with_name(path.name + ".schema")
+        if path.name.endswith((".py", ".jinja")) and schema_path.is_file():
+            schema_text = _read(schema_path, file, field_)
+            pending.append((name + ".schema", schema_path, file, field_))
+            schema = load_schema(schema_text, str(schema_path))
+            pending += _imports_of(schema, schema_path, str(schema_path))
     return files
 
 
-def _add_schema_imports(files: dict[str, str], schema_text: str, schema_path: Path) -> None:
-    schema = yaml.safe_load(schema_text) or {}
-    for index, entry in enumerate(schema.get("imports") or []):
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise ConfigError(str(schema_path), f"imports[{index}]", "needs a `path:`")
+def _imports_of(document: dict, path: Path, file: str) -> list[tuple[str, Path, str, str]]:
+    """(import name, file path, declaring file, field) for each entry of `imports:`."""
+    entries = document.get("imports") or []
+    if not isinstance(entries, list):
+        raise ConfigError(file, "imports", "must be a list of `- path: FILE` entries")
+    found = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ConfigError(file, f"imports[{index}]", "needs `path: FILE`")
         name = entry.get("name") or entry["path"]
-        files.setdefault(
-            name, _read(schema_path.parent / entry["path"], str(schema_path), f"imports[{index}]")
-        )
+        found.append((name, Path(os.path.normpath(path.parent / entry["path"])), file,
+                      f"imports[{index}].path"))  # fmt: skip
+    return found
 
 
 def _read(path: Path, file: str, field_: str) -> str:
@@ -130,10 +152,7 @@ def _parse_config(text: str, config_name: str) -> dict:
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(config_name, where, f"is not valid YAML: {problem}") from None
+        raise yaml_error(config_name, error) from None
     if not isinstance(config, dict):
         raise ConfigError(config_name, "(top level)", "a config must be a YAML mapping")
     for key in config:
@@ -196,12 +215,27 @@ def template_context(
 
 @dataclass
 class _Template:
-    """One template instantiation, for references to its outputs and for the layout."""
+    """One template instantiation (or the config itself, the root): where its outputs resolve.
+
+    DM resolves `$(ref.T.OUTPUT)` level by level (expandybird/expansion/expansion.py,
+    _ProcessTargetConfig): a level sees the outputs of its own child templates only, so outputs
+    belong to the instance that produced them, and a nested template may reuse a name.
+    """
 
     name: str
     file: str
-    outputs: dict[str, Any]
-    leaves: list[str]
+    parent: _Template | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    leaves: list[str] = field(default_factory=list)
+    children: dict[str, _Template] = field(default_factory=dict)
+
+    def chain(self) -> list[_Template]:
+        """This level and the levels around it, innermost first."""
+        levels, level = [], self
+        while level is not None:
+            levels.append(level)
+            level = level.parent
+        return levels
 
 
 class _Expander:
@@ -211,18 +245,23 @@ class _Expander:
         self.imports = {k: v for k, v in files.items() if k != config_name}
         self.leaves: list[dict] = []
         self.origins: dict[str, str] = {}  # leaf resource name -> file that declared it
-        self.template_origins: dict[str, str] = {}
-        self.templates: dict[str, _Template] = {}
+        self.scopes: dict[str, _Template] = {}  # leaf resource name -> the level declaring it
+        self.root = _Template(config_name, config_name)
 
     def run(self, config: dict) -> Expansion:
-        layout = {
-            "resources": [
-                self._expand(resource, self.config_name, f"resources[{index}]", depth=0)
-                for index, resource in enumerate(config["resources"])
-            ]
-        }
+        layout = {"resources": self._expand_all(config["resources"], self.root, depth=0)}
         outputs = self._outputs(config.get("outputs"), self.config_name)
-        dependencies = self._dependencies(outputs)
+        dependencies = self._dependencies()
+        for output in outputs:
+            where = f"outputs[{output['name']}]"
+            _check_references_are_whole(output["value"], self.config_name, where)
+            # DM shows a deployment output with template outputs substituted
+            # (expandybird/expansion/expansion.py, _ProcessTargetConfig and _ResolveOutputs).
+            output["value"] = self._substitute(
+                output["value"], [self.root], self.config_name, where
+            )
+            for _, target, ref_field in _references(output["value"], ""):
+                self._leaf(target, ref_field, self.config_name, where)
         order = _creation_order(
             [r["name"] for r in self.leaves], dependencies, self.origins, self.config_name
         )
@@ -236,11 +275,28 @@ class _Expander:
             origins=dict(self.origins),
         )
 
-    def _expand(self, resource: Any, file: str, where: str, depth: int) -> dict:
-        name = self._check_resource(resource, file, where)
-        type_ = resource["type"]
+    def _expand_all(self, resources: list, level: _Template, depth: int) -> list[dict]:
+        siblings: set[str] = set()
+        nodes = []
+        for index, resource in enumerate(resources):
+            name = self._check_resource(resource, level.file, f"resources[{index}]")
+            # DM wants names unique among the resources of one config or template
+            # (expansion.py, _ValidateUniqueNames), so a template may reuse its parent's name.
+            if name in siblings:
+                raise ConfigError(
+                    level.file,
+                    f"resources[{name}].name",
+                    f"'{name}' is already used by a resource of {level.file}; names must "
+                    "be unique among the resources a config or template declares",
+                )
+            siblings.add(name)
+            nodes.append(self._expand(resource, level, depth))
+        return nodes
+
+    def _expand(self, resource: dict, level: _Template, depth: int) -> dict:
+        name, type_, file = resource["name"], resource["type"], level.file
         if type_ in self.imports and type_.endswith(".py"):
-            return self._expand_template(resource, file, depth)
+            return self._expand_template(resource, level, depth)
         if type_.endswith(".jinja"):
             raise ConfigError(
                 file,
@@ -264,10 +320,20 @@ class _Expander:
                 f"'{type_}' is neither an imported template nor a DM type such as "
                 f"compute.v1.instance; imported templates: {', '.join(templates) or 'none'}",
             )
+        if name in self.origins:
+            # Every leaf becomes one resource of the deployment's manifest, keyed by name.
+            raise ConfigError(
+                file,
+                f"resources[{name}].name",
+                f"'{name}' is already used by a resource from {self.origins[name]}; resource "
+                "names must be unique in a deployment",
+            )
         leaf = {k: resource[k] for k in RESOURCE_KEYS if k in resource}
         leaf.setdefault("properties", {})
         self._check_gce_name(leaf, file)
         self.leaves.append(leaf)
+        self.origins[name] = file
+        self.scopes[name] = level
         return dict(leaf)
 
     def _check_resource(self, resource: Any, file: str, where: str) -> str:
@@ -285,22 +351,10 @@ class _Expander:
             raise ConfigError(file, f"resources[{name}].type", "every resource needs a `type`")
         if "properties" in resource and not isinstance(resource["properties"] or {}, dict):
             raise ConfigError(file, f"resources[{name}].properties", "must be a mapping")
-        # Leaves share one namespace and templates another: DM lets a template create a
-        # resource under its own name (the usual `context.env['name']` idiom).
-        is_template = resource["type"] in self.imports
-        taken = self.template_origins if is_template else self.origins
-        if name in taken:
-            raise ConfigError(
-                file,
-                f"resources[{name}].name",
-                f"'{name}' is already used by a resource from {taken[name]}; "
-                "resource names must be unique in a deployment",
-            )
-        taken[name] = file
         return name
 
     def _check_gce_name(self, leaf: dict, file: str) -> None:
-        if not leaf["type"].startswith(("compute.", "gcp-types/compute-")):
+        if not is_compute(leaf["type"]):
             return
         gce_name = leaf["properties"].get("name", leaf["name"])
         if isinstance(gce_name, str) and "$(" not in gce_name and not RESOURCE_NAME.match(gce_name):
@@ -311,8 +365,8 @@ class _Expander:
                 "letters, digits and hyphens, starting with a letter and not ending with a hyphen",
             )
 
-    def _expand_template(self, resource: dict, file: str, depth: int) -> dict:
-        name, type_ = resource["name"], resource["type"]
+    def _expand_template(self, resource: dict, level: _Template, depth: int) -> dict:
+        name, type_, file = resource["name"], resource["type"], level.file
         if depth >= MAX_DEPTH:
             raise ConfigError(
                 file, f"resources[{name}].type", f"templates nest deeper than {MAX_DEPTH} levels"
@@ -320,50 +374,18 @@ class _Expander:
         context = template_context(
             type_, name, resource.get("properties") or {}, self.env, self.imports, file
         )
-        result = self._run_template(type_, context, name)
+        result = _run_template(type_, context, name, self.imports)
         children, outputs = self._template_result(result, type_, name)
+        template = _Template(name, type_, parent=level)
+        level.children[name] = template
         first_leaf = len(self.leaves)
-        nested = [
-            self._expand(child, type_, f"resources[{index}]", depth + 1)
-            for index, child in enumerate(children)
-        ]
-        template_outputs = {o["name"]: o["value"] for o in self._outputs(outputs, type_)}
-        self.templates[name] = _Template(
-            name, type_, template_outputs, [leaf["name"] for leaf in self.leaves[first_leaf:]]
-        )
+        nested = self._expand_all(children, template, depth + 1)
+        template.outputs = {o["name"]: o["value"] for o in self._outputs(outputs, type_)}
+        template.leaves = [leaf["name"] for leaf in self.leaves[first_leaf:]]
         node = {"name": name, "type": type_, "properties": context.properties, "resources": nested}
-        if template_outputs:
-            node["outputs"] = [{"name": k, "value": v} for k, v in template_outputs.items()]
+        if template.outputs:
+            node["outputs"] = [{"name": k, "value": v} for k, v in template.outputs.items()]
         return node
-
-    def _run_template(self, type_: str, context: TemplateContext, name: str) -> Any:
-        finder = _ImportedModules(self.imports)
-        sys.meta_path.insert(0, finder)
-        try:
-            module = _load_module(type_, self.imports[type_])
-            generate = getattr(module, "generate_config", None) or getattr(
-                module, "GenerateConfig", None
-            )
-            if not callable(generate):
-                raise ConfigError(
-                    type_,
-                    "GenerateConfig",
-                    "a Python template must define generate_config(context) or "
-                    "GenerateConfig(context)",
-                )
-            return generate(context)
-        except ConfigError:
-            raise
-        except Exception as error:
-            line = _template_line(error, type_)
-            raise ConfigError(
-                f"{type_}{line}",
-                f"resources[{name}]",
-                f"the template failed: {type(error).__name__}: {error}",
-            ) from None
-        finally:
-            sys.meta_path.remove(finder)
-            finder.forget()
 
     def _template_result(self, result: Any, type_: str, name: str) -> tuple[list, Any]:
         if isinstance(result, str):
@@ -390,6 +412,8 @@ class _Expander:
         for index, output in enumerate(outputs):
             if not isinstance(output, dict) or "name" not in output or "value" not in output:
                 raise ConfigError(file, f"outputs[{index}]", "needs `name` and `value`")
+            if not isinstance(output["name"], str):
+                raise ConfigError(file, f"outputs[{index}].name", "must be a string")
             if output["name"] in seen:
                 raise ConfigError(file, f"outputs[{output['name']}]", "duplicate output name")
             seen.add(output["name"])
@@ -397,74 +421,120 @@ class _Expander:
 
     # -- references and ordering -------------------------------------------------------------
 
-    def _dependencies(self, outputs: list[dict]) -> dict[str, list[str]]:
+    def _dependencies(self) -> dict[str, list[str]]:
         dependencies: dict[str, list[str]] = {}
         for leaf in self.leaves:
             name, file = leaf["name"], self.origins[leaf["name"]]
+            chain = self.scopes[name].chain()
             needs: list[str] = []
+            _check_references_are_whole(
+                leaf.get("properties"), file, f"resources[{name}].properties"
+            )
             for path, target, ref_field in _references(leaf.get("properties"), ".properties"):
                 where = f"resources[{name}]{path}"
-                needs += self._resolve(target, ref_field, file, where, seen=())
+                ref = f"$(ref.{target}.{ref_field})"
+                for _, inner, inner_field in _references(
+                    self._substitute(ref, chain, file, where), ""
+                ):
+                    needs.append(self._leaf(inner, inner_field, file, where))
             depends_on = (leaf.get("metadata") or {}).get("dependsOn") or []
             if not isinstance(depends_on, list):
                 raise ConfigError(file, f"resources[{name}].metadata.dependsOn", "must be a list")
             for target in depends_on:
-                needs += self._depends_on(target, file, f"resources[{name}].metadata.dependsOn")
-            dependencies[name] = list(dict.fromkeys(n for n in needs))
-        for output in outputs:
-            for path, target, ref_field in _references(output["value"], ""):
-                self._resolve(
-                    target, ref_field, self.config_name, f"outputs[{output['name']}]{path}", ()
+                needs += self._depends_on(
+                    target, chain, file, f"resources[{name}].metadata.dependsOn"
                 )
+            dependencies[name] = list(dict.fromkeys(needs))
         return dependencies
 
-    def _resolve(
-        self, target: str, ref_field: str, file: str, where: str, seen: tuple
-    ) -> list[str]:
-        """The leaf resources a reference waits for (a template output may hold references).
+    def _substitute(self, value: Any, chain: list[_Template], file: str, where: str) -> Any:
+        """`value` with each template-output reference replaced by the output's value.
 
-        A template often names its main resource after itself (`hello-vm` the template creates
-        `hello-vm` the instance); then a field that is one of the template's outputs means the
-        output, and any other field means the resource's own.
+        As DM does (expandybird/expansion/references.py, PopulateReferences): a reference is
+        looked up level by level, innermost first, among each level's child templates; the
+        substituted value is not looked up again at that level, only above it. So a template
+        may output `$(ref.NAME.name)` for its own main resource NAME: the reference is
+        substituted once and then names the resource. A field the template does not output
+        names the same-named resource's own field, when there is one.
         """
-        template = self.templates.get(target)
-        is_output = template is not None and ref_field.split(".")[0] in template.outputs
-        if not is_output and any(leaf["name"] == target for leaf in self.leaves):
-            return [target]
-        if template is None:
-            known = list(
-                dict.fromkeys([leaf["name"] for leaf in self.leaves] + list(self.templates))
-            )
-            close = difflib.get_close_matches(target, known, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(
-                file,
-                where,
-                f"$(ref.{target}.{ref_field}) points to no resource in this deployment: {hint}"
-                f"resources are {', '.join(known)}",
-            )
-        output = ref_field.split(".")[0]
-        if output not in template.outputs:
-            valid = ", ".join(template.outputs) or "none"
-            raise ConfigError(
-                file,
-                where,
-                f"$(ref.{target}.{ref_field}): template resource '{target}' ({template.file}) has "
-                f"no output '{output}'; its outputs: {valid}",
-            )
-        if target in seen:
-            raise ConfigError(file, where, f"outputs refer to each other in a loop via '{target}'")
-        needs: list[str] = []
-        for _, inner, inner_field in _references(template.outputs[output], ""):
-            needs += self._resolve(inner, inner_field, template.file, where, (*seen, target))
-        return needs
+        if isinstance(value, dict):
+            return {k: self._substitute(v, chain, file, where) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._substitute(v, chain, file, where) for v in value]
+        if not isinstance(value, str) or "$(ref." not in value:
+            return value
+        whole = REFERENCE.fullmatch(value)
+        if whole:
+            return self._output(whole, chain, file, where)
+        return REFERENCE.sub(lambda m: _as_text(self._output(m, chain, file, where)), value)
 
-    def _depends_on(self, target: Any, file: str, where: str) -> list[str]:
-        if any(leaf["name"] == target for leaf in self.leaves):
+    def _output(self, match: re.Match, chain: list[_Template], file: str, where: str) -> Any:
+        target, ref_field = match.groups()
+        output = ref_field.split(".")[0]
+        for index, level in enumerate(chain):
+            template = level.children.get(target)
+            if template is None:
+                continue
+            if output in template.outputs:
+                rest = ref_field[len(output) :]
+                value = template.outputs[output]
+                if rest and isinstance(value, str) and REFERENCE.fullmatch(value):
+                    value = value[:-1] + rest + ")"
+                return self._substitute(value, [template, *chain[index + 1 :]], file, where)
+            if target not in self.origins:
+                valid = ", ".join(template.outputs) or "none"
+                raise ConfigError(
+                    file,
+                    where,
+                    f"$(ref.{target}.{ref_field}): template resource '{target}' "
+                    f"({template.file}) has no output '{output}'; its outputs: {valid}",
+                )
+        return match.group(0)
+
+    def _leaf(self, target: str, ref_field: str, file: str, where: str) -> str:
+        if target in self.origins:
+            return target
+        known = list(self.origins)
+        close = difflib.get_close_matches(target, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            file,
+            where,
+            f"$(ref.{target}.{ref_field}) points to no resource in this deployment: {hint}"
+            f"resources are {', '.join(known)}",
+        )
+
+    def _depends_on(self, target: Any, chain: list[_Template], file: str, where: str) -> list[str]:
+        if not isinstance(target, str):
+            raise ConfigError(file, where, f"{target!r} is not a resource name")
+        if target in self.origins:
             return [target]
-        if target in self.templates:
-            return list(self.templates[target].leaves)
+        for level in chain:
+            if target in level.children:
+                return list(level.children[target].leaves)
         raise ConfigError(file, where, f"'{target}' is not a resource in this deployment")
+
+
+def _check_references_are_whole(value: Any, file: str, where: str) -> None:
+    """DM refuses a `$(ref.` that does not close into `$(ref.NAME.FIELD)` (references.py,
+    ReferenceMatcher: "Malformed reference")."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_references_are_whole(item, file, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_references_are_whole(item, file, f"{where}[{index}]")
+    elif isinstance(value, str) and value.count("$(ref.") > len(REFERENCE.findall(value)):
+        raise ConfigError(
+            file, where, f"{value!r} holds a malformed reference: write $(ref.NAME.FIELD)"
+        )
+
+
+def _as_text(value: Any) -> str:
+    """A reference inside a longer string takes its value as text."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip()
 
 
 def _references(value: Any, path: str) -> Iterator[tuple[str, str, str]]:
@@ -508,36 +578,127 @@ def _creation_order(
     return order
 
 
-class _ImportedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Lets a template `import helper` when helper.py is among the deployment's imports."""
+# What a template may import besides the deployment's own files. DM runs templates in a
+# sandbox that provides the Python standard library (its docs list base64, collections, hashlib,
+# json, math, random, io, sys, string, time, zipfile, ...), PyYAML and six
+# (https://cloud.google.com/deployment-manager/docs/configuration/templates/import-python-libraries);
+# whatever else is installed next to this tool does not exist there.
+DM_MODULES = frozenset(sys.stdlib_module_names) | {"yaml", "six"}
+
+
+class _NotProvided(ImportError):
+    """A template imported a module Deployment Manager does not provide."""
+
+
+class _Sandbox:
+    """Runs a template as DM does: its imports are the deployment's files and DM's modules.
+
+    A deployment file `helpers/common.py` is the module `helpers.common`, with the package
+    `helpers` made up when no `helpers/__init__.py` is imported (DM's sandbox_loader.py in
+    expandybird/expansion/ does the same). Modules are fresh for every template run.
+    """
 
     def __init__(self, imports: dict[str, str]):
-        self.sources = {
-            PurePosixPath(name).stem: text for name, text in imports.items() if name.endswith(".py")
-        }
-        self.loaded: list[str] = []
+        self.sources: dict[str, tuple[str, str]] = {}  # module name -> (file, source)
+        self.packages: set[str] = set()
+        for name, text in imports.items():
+            path = PurePosixPath(os.path.normpath(name))
+            if path.suffix != ".py":
+                continue
+            parts = path.with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            self.sources[module] = (name, text)
+            for i in range(1, len(parts)):
+                self.packages.add(".".join(parts[:i]))
+        self.modules: dict[str, types.ModuleType] = {}
+        self.builtins = {**vars(builtins), "__import__": self._import}
 
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in self.sources:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
+    def run(self, filename: str, source: str, name: str) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__file__ = filename
+        module.__dict__["__builtins__"] = self.builtins
+        exec(compile(source, filename, "exec"), module.__dict__)
+        return module
 
-    def exec_module(self, module) -> None:
-        self.loaded.append(module.__name__)
-        exec(compile(self.sources[module.__name__], f"{module.__name__}.py", "exec"), vars(module))
+    def _load(self, name: str) -> types.ModuleType:
+        if name in self.modules:
+            return self.modules[name]
+        parent, _, child = name.rpartition(".")
+        if parent:
+            self._load(parent)
+        file, source = self.sources.get(name, (f"{name.replace('.', '/')}/__init__.py", ""))
+        module = types.ModuleType(name)
+        module.__file__ = file
+        module.__dict__["__builtins__"] = self.builtins
+        if name in self.packages:
+            module.__path__ = []
+        module.__package__ = name if name in self.packages else parent
+        self.modules[name] = module
+        exec(compile(source, file, "exec"), module.__dict__)
+        if parent:
+            setattr(self.modules[parent], child, module)
+        return module
 
-    def forget(self) -> None:
-        for name in self.loaded:
-            sys.modules.pop(name, None)
+    def _is_ours(self, name: str) -> bool:
+        return name in self.sources or name in self.packages
+
+    def _import(self, name, globals=None, locals=None, fromlist=(), level=0):
+        if level:
+            package = (globals or {}).get("__package__") or ""
+            base = package.rsplit(".", level - 1)[0] if level > 1 else package
+            name = f"{base}.{name}" if name else base
+        top = name.split(".")[0]
+        if self._is_ours(top):
+            if not self._is_ours(name):
+                raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+            module = self._load(name)
+            for item in fromlist or ():
+                if self._is_ours(f"{name}.{item}"):
+                    self._load(f"{name}.{item}")
+            return module if fromlist else self.modules[top]
+        if top in DM_MODULES:
+            return builtins.__import__(name, globals, locals, fromlist, 0)
+        raise _NotProvided(name)
 
 
-def _load_module(filename: str, source: str):
-    spec = importlib.util.spec_from_loader(f"dm_template_{PurePosixPath(filename).stem}", None)
-    module = importlib.util.module_from_spec(spec)
-    exec(compile(source, filename, "exec"), vars(module))
-    return module
+def _run_template(type_: str, context: TemplateContext, name: str, imports: dict) -> Any:
+    """GenerateConfig's result; anything the template prints goes to stderr, as stdout carries
+    only the expanded config."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            sandbox = _Sandbox(imports)
+            module = sandbox.run(type_, imports[type_], f"dm_template_{PurePosixPath(type_).stem}")
+            generate = getattr(module, "generate_config", None) or getattr(
+                module, "GenerateConfig", None
+            )
+            if not callable(generate):
+                raise ConfigError(
+                    type_,
+                    "GenerateConfig",
+                    "a Python template must define generate_config(context) or "
+                    "GenerateConfig(context)",
+                )
+            return generate(context)
+    except ConfigError:
+        raise
+    except _NotProvided as error:
+        module = str(error)
+        raise ConfigError(
+            _raised_at(error, imports, type_),
+            f"resources[{name}]",
+            f"imports '{module}', which Deployment Manager does not provide to templates: use the "
+            f"standard library, yaml or six, or ship the module with the deployment (`- path: "
+            f"{module.replace('.', '/')}.py` under `imports:`)",
+        ) from None
+    except (Exception, SystemExit) as error:
+        raise ConfigError(
+            _raised_at(error, imports, type_),
+            f"resources[{name}]",
+            f"the template failed: {type(error).__name__}: {error}",
+        ) from None
 
 
-def _template_line(error: Exception, filename: str) -> str:
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == filename]
-    return f":{frames[-1].lineno}" if frames else ""
+def _raised_at(error: Exception, imports: dict[str, str], type_: str) -> str:
+    """`FILE:LINE` of the deepest deployment file (template or helper) the error passed through."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename in imports]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else type_

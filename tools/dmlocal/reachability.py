@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from dmlocal.references import REFERENCE, follow, template_outputs
+from dmlocal.references import REFERENCE, compute_v1_type, follow, template_outputs
 
 IMPLIED_ALLOW_EGRESS = "implied-allow-egress"
 IMPLIED_DENY_INGRESS = "implied-deny-ingress"
@@ -101,7 +101,7 @@ def firewall_rules(resources: Iterable[Mapping]) -> list[dict]:
     """
     rules = []
     for res in resources:
-        if res.get("type") != "compute.v1.firewall":
+        if compute_v1_type(res.get("type", "")) != "compute.v1.firewall":
             continue
         props = dict(res.get("properties") or {})
         props.setdefault("name", res.get("name"))
@@ -360,7 +360,7 @@ def instance_targets(resources: Iterable[Mapping], layout: Mapping | None = None
     outputs = template_outputs(layout)
     out = []
     for res in resources:
-        if res.get("type") != "compute.v1.instance":
+        if compute_v1_type(res.get("type", "")) != "compute.v1.instance":
             continue
         props = res.get("properties") or {}
         tags = list((props.get("tags") or {}).get("items") or [])

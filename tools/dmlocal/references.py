@@ -21,18 +21,55 @@ REFERENCE = re.compile(r"\$\(ref\.([^.()\s]+)\.([^()\s]+)\)")
 RESOURCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+# DM's own type for a Compute Engine v1 resource and the type provider's spelling of the same
+# API collection (https://cloud.google.com/deployment-manager/docs/configuration/
+# supported-gcp-types): `compute.v1.firewall` and `gcp-types/compute-v1:firewalls`.
+COMPUTE_V1_TYPE = re.compile(r"^compute\.v1\.([a-zA-Z]+)$")
+COMPUTE_V1_PROVIDER = re.compile(r"^gcp-types/compute-v1:([a-zA-Z]+)$")
+
+
+def singular(collection: str) -> str:
+    """English singular of an API collection name, the way DM names its types."""
+    if collection.endswith("ies"):
+        return collection[:-3] + "y"
+    if collection.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return collection[:-2]
+    return collection[:-1] if collection.endswith("s") else collection
+
+
+def compute_v1_type(type_: str) -> str:
+    """`gcp-types/compute-v1:firewalls` -> `compute.v1.firewall`; any other type unchanged, so
+    both spellings get the same checks."""
+    m = COMPUTE_V1_PROVIDER.match(type_)
+    return f"compute.v1.{singular(m.group(1))}" if m else type_
+
+
+def is_compute(type_: str) -> bool:
+    """A Compute Engine resource (any API version, either spelling): GCE names and labels."""
+    return type_.startswith(("compute.", "gcp-types/compute-"))
+
+
 def template_outputs(layout: Mapping | None) -> dict[str, dict[str, object]]:
-    """{template resource name: {output name: value}} from an Expansion's layout tree."""
+    """{template resource name: {output name: value}} from an Expansion's layout tree.
+
+    DM scopes outputs to the level that declares the template, so two templates in different
+    parents may share a name; which one a reference means depends on where it is written, which
+    the expander resolves. Such a name is left out here, so callers treat it as unknown rather
+    than follow the wrong template.
+    """
     found: dict[str, dict[str, object]] = {}
+    ambiguous: set[str] = set()
 
     def walk(nodes) -> None:
         for node in nodes or []:
             if "resources" in node:
-                found[node["name"]] = {o["name"]: o["value"] for o in node.get("outputs") or []}
+                outputs = {o["name"]: o["value"] for o in node.get("outputs") or []}
+                if found.setdefault(node["name"], outputs) != outputs:
+                    ambiguous.add(node["name"])
                 walk(node["resources"])
 
     walk((layout or {}).get("resources"))
-    return found
+    return {name: outputs for name, outputs in found.items() if name not in ambiguous}
 
 
 def follow(value: object, outputs: Mapping[str, Mapping[str, object]], limit: int = 20) -> object:

@@ -16,49 +16,77 @@ from typing import Any
 import jsonschema
 import yaml
 
-from dmlocal.errors import ConfigError
+from dmlocal.errors import ConfigError, yaml_error
 
 PATTERN_MESSAGE = "x-pattern-message"
 
 
-def _with_defaults(validator_class):
-    """Draft-04 validator that also writes `default` values into the instance, as DM does."""
+def _with_defaults(validator_class, root: dict):
+    """Draft-04 validator that only writes `default` values into the instance, as DM does.
+
+    DM fills defaults in a first pass that ignores `required`, then validates the filled
+    properties with a plain draft-04 validator, so a required property with a default may be
+    omitted. A property whose schema is `{"$ref": "#/definitions/x"}` takes x's default.
+    (expandybird/expansion/schema_validation.py and schema_validation_utils.py, the open-source
+    DM expansion engine in the helm repository's history.)
+    """
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def properties_with_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for name, subschema in properties.items():
-                if isinstance(subschema, dict) and "default" in subschema:
+                if isinstance(subschema, dict) and "$ref" in subschema:
+                    target = _local_ref(root, subschema["$ref"])
+                    if "default" in target:
+                        instance.setdefault(name, _copy(target["default"]))
+                elif isinstance(subschema, dict) and "default" in subschema:
                     instance.setdefault(name, _copy(subschema["default"]))
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": properties_with_defaults})
+    def ignore(validator, value, instance, schema):
+        return iter(())
+
+    return jsonschema.validators.extend(
+        validator_class, {"properties": properties_with_defaults, "required": ignore}
+    )
+
+
+def _local_ref(root: dict, ref: str) -> dict:
+    """The subschema `#/definitions/x` names inside `root`; {} for a ref DM cannot follow."""
+    if not ref.startswith("#/"):
+        return {}
+    node: Any = root
+    for part in ref[2:].split("/"):
+        node = (
+            node.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
+        )
+    return node if isinstance(node, dict) else {}
 
 
 def _copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-_DefaultingDraft4 = _with_defaults(jsonschema.Draft4Validator)
-
-
 def load_schema(text: str, filename: str) -> dict:
+    """The schema in `text`, checked against draft-04, as a copy the caller may change."""
     return copy.deepcopy(_parsed_schema(text, filename))
 
 
 @functools.lru_cache(maxsize=64)
 def _parsed_schema(text: str, filename: str) -> dict:
-    # Cached: the dry run checks every schema before expanding, and the expansion loads it again.
+    # Cached: the dry run checks every schema before expanding, the import closure and every
+    # instance of a template read it again.
     try:
         schema = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(filename, "(yaml)", f"is not valid YAML: {error}") from None
+        raise yaml_error(filename, error) from None
     if not isinstance(schema, dict):
         raise ConfigError(filename, "(top level)", "a schema must be a YAML mapping")
     try:
         jsonschema.Draft4Validator.check_schema(_validation_part(schema))
     except jsonschema.SchemaError as error:
-        raise ConfigError(filename, _path(error.absolute_path), error.message) from None
+        problem = _branches(error) if error.validator in ("oneOf", "anyOf") else error.message
+        raise ConfigError(filename, _path(error.absolute_path), problem) from None
     return schema
 
 
@@ -93,7 +121,10 @@ def schema_problems(
     (for an unknown property, the property itself), so a caller can point at its line.
     """
     filled = _copy(properties) or {}
-    validator = _DefaultingDraft4(_validation_part(schema))
+    rules = _validation_part(schema)
+    for _ in _with_defaults(jsonschema.Draft4Validator, rules)(rules).iter_errors(filled):
+        pass  # this pass only fills defaults; the next one reports
+    validator = jsonschema.Draft4Validator(rules)
     errors = sorted(validator.iter_errors(filled), key=lambda e: (list(e.absolute_path), e.message))
     problems = []
     for error in errors:
@@ -122,6 +153,8 @@ def _explain(error: jsonschema.ValidationError, schema: dict, schema_file: str, 
     hint = f" ({schema_file}: {described})" if described else f" (see {schema_file})"
     if error.validator == "required":
         return f"required property is missing{hint}"
+    if error.validator in ("oneOf", "anyOf"):
+        return f"{_branches(error)}{hint}"
     if error.validator == "pattern":
         return _explain_pattern(error, path, hint)
     if error.validator == "enum":
@@ -184,6 +217,53 @@ def _explain_type(value: Any, expected: str | list, hint: str) -> str:
     if isinstance(value, str) and expected in ("integer", "number") and value.strip().isdigit():
         return f"{value!r} is quoted text, not a number: write {value.strip()} without quotes"
     return f"{value!r} is not of type {expected}{hint}"
+
+
+def _branches(error: jsonschema.ValidationError) -> str:
+    """Why the value fits none (or, for oneOf, more than one) of the alternatives, per branch,
+    naming the properties that decide between them rather than repeating the whole value."""
+    options = error.validator_value
+    reasons = []
+    for index, branch in enumerate(options):
+        causes = [e for e in error.context if e.schema_path and e.schema_path[0] == index]
+        label = _branch_label(branch, index)
+        reasons.append(f"{label} {_cause(causes[0]) if causes else 'fits'}")
+    if not error.context:
+        what = "fits more than one of the alternatives (oneOf needs exactly one)"
+    else:
+        what = f"fits none of the {len(options)} alternatives ({error.validator})"
+    return f"{what}: " + "; ".join(reasons)
+
+
+def _branch_label(branch: Any, index: int) -> str:
+    if isinstance(branch, dict):
+        keys = branch.get("required") or list(branch.get("properties") or {})
+        if keys:
+            return f"option {index + 1} (with {', '.join(map(str, keys))})"
+        if "$ref" in branch:
+            return f"option {index + 1} ({branch['$ref'].rsplit('/', 1)[-1]})"
+        if "type" in branch:
+            return f"option {index + 1} (a {branch['type']})"
+    return f"option {index + 1}"
+
+
+def _cause(error: jsonschema.ValidationError) -> str:
+    where = field_suffix(list(error.relative_path)).lstrip(".")
+    at = f"'{where}' " if where else ""
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [n for n in error.validator_value if n not in error.instance]
+        return f"needs {', '.join(map(repr, missing))}"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set((error.schema.get("properties") or {}).keys())
+        extra = sorted(map(str, set(error.instance) - allowed))
+        return f"does not allow {', '.join(map(repr, extra))}"
+    if error.validator == "type":
+        return f"needs {at}to be of type {error.validator_value}"
+    if error.validator == "enum":
+        return f"needs {at}to be one of {', '.join(map(repr, error.validator_value))}"
+    if error.validator == "not":
+        return f"excludes {at.strip() or 'this value'}"
+    return f"fails on {at}({error.validator}: {error.validator_value!r})"
 
 
 def _description(schema: dict, path: list) -> str:

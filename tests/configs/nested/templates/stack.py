@@ -27,5 +27,9 @@ def generate_config(context):
                 },
             },
         ],
-        "outputs": [{"name": "webIp", "value": f"$(ref.{name}-web.ip)"}],
+        # The config sees this template's outputs only, not those of the templates inside it.
+        "outputs": [
+            {"name": "webIp", "value": f"$(ref.{name}-web.ip)"},
+            {"name": "network", "value": f"$(ref.{name}-net.network)"},
+        ],
     }
