@@ -12,7 +12,11 @@ packages=(
   # localvm (make up, tests/e2e, bench-boot): image build, TCG VM, metadata proxy,
   # browser screenshot.
   chromium
-  debootstrap
+  # The VM image builds without privileges (docs/ci.md): mmdebstrap under fakechroot and
+  # fakeroot, then mkfs.ext4 -d.
+  mmdebstrap
+  fakechroot
+  fakeroot
   e2fsprogs
   qemu-system-x86
   qemu-utils
