@@ -30,7 +30,8 @@ USER_NAMESPACE = ["unshare", "--user", "--map-root-user"]
 
 def _refused(command: list[str], cwd: Path) -> bool:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    return result.returncode != 0 and "Operation not permitted" in result.stderr
+    message = result.stderr.lower()
+    return result.returncode != 0 and ("not permitted" in message or "permission denied" in message)
 
 
 def _unprivileged_prefix(workdir: Path) -> list[str]:
