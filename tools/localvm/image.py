@@ -72,6 +72,7 @@ PACKAGES = (
 # The app's packages: the startup script installs them, so the image must not have them.
 FORBIDDEN = ("python3-venv", "python3-flask", "gunicorn")
 
+MMDEBSTRAP_HOOKS = Path("/usr/share/mmdebstrap/hooks")
 # Inside a user namespace that maps one uid (unshare --map-root-user), chown to any other uid is
 # refused with EINVAL, which fakeroot passes on; this makes it only record the owner, as it does
 # for mknod.
@@ -140,8 +141,9 @@ def run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
 
 
 def _customize_hooks() -> list[str]:
-    """mmdebstrap hooks that finish the tree; they run inside its fakeroot session, so whatever
-    they create or delete is recorded with the right owner (changes made outside it would be)."""
+    """mmdebstrap hooks that finish the tree. They run inside its fakeroot session, so what they
+    create is recorded as root's; a file created after it could even inherit the record of a
+    deleted file whose inode number it reuses."""
     hooks = [
         # Copied, not synced: sync-in would keep the builder's uid as the owner in the image.
         f'cp -R -P --preserve=mode "{OVERLAY}/." "$1/"',
@@ -159,7 +161,7 @@ def _customize_hooks() -> list[str]:
 
 
 def _build_rootfs(rootfs: Path, fakeroot_state: Path) -> None:
-    log(f"mmdebstrap {SUITE} from {MIRROR}, unprivileged (a minute or two)")
+    log(f"mmdebstrap {SUITE} from {MIRROR}, unprivileged (minutes)")
     run(
         "fakechroot",
         "fakeroot",
@@ -169,6 +171,9 @@ def _build_rootfs(rootfs: Path, fakeroot_state: Path) -> None:
         "--mode=fakechroot",
         "--variant=minbase",
         f"--include={','.join(PACKAGES)}",
+        # Merged /usr set up as debootstrap and GCE's image builder do, with usr-is-merged,
+        # rather than by the usrmerge package (which would also pull perl into the image).
+        f"--hook-dir={MMDEBSTRAP_HOOKS}/merged-usr",
         # mmdebstrap's own cleanup drops package lists and downloaded .debs, as GCE's images do.
         *(f"--customize-hook={hook}" for hook in _customize_hooks()),
         SUITE,
