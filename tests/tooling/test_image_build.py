@@ -56,9 +56,10 @@ def _debugfs(disk: Path, request: str) -> str:
 def _inode(disk: Path, path: str) -> dict[str, str]:
     text = _debugfs(disk, f"stat {path}")
     fields = dict(re.findall(r"(Type|User|Group|Mode|Device major/minor number):\s*(\S+)", text))
-    link = re.search(r'Fast link dest: "([^"]*)"', text)
-    if link:
-        fields["link"] = link.group(1)
+    if fields["Type"] == "symlink":
+        # Short targets live in the inode ("fast"); longer ones in a data block, read by cat.
+        fast = re.search(r'Fast link dest: "([^"]*)"', text)
+        fields["link"] = fast.group(1) if fast else _debugfs(disk, f"cat {path}")
     return fields
 
 
@@ -102,8 +103,12 @@ def test_image_builds_in_a_user_namespace_without_device_nodes_or_mounts(tmp_pat
     assert _inode(image.disk, "/etc/network/interfaces")["User"] == "0"
     assert _debugfs(image.disk, "cat /etc/machine-id") == ""
 
-    # Merged /usr as on Debian 12 installs: /bin is a link into /usr.
+    # Merged /usr as on Debian 12 installs: /bin is a link into /usr. Absolute links point
+    # into the image, not into the build directory: the kernel starts /sbin/init through one.
     assert _inode(image.disk, "/bin")["link"] == "usr/bin"
+    assert _inode(image.disk, "/usr/sbin/init")["link"] == "/lib/systemd/systemd"
+    agent = "/etc/systemd/system/multi-user.target.wants/google-guest-agent.service"
+    assert _inode(image.disk, agent)["link"] == "/lib/systemd/system/google-guest-agent.service"
 
     manifest = json.loads(image.manifest_path.read_text())
     installed = {line.split()[0] for line in manifest["packages"]}

@@ -141,9 +141,8 @@ def run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
 
 
 def _customize_hooks() -> list[str]:
-    """mmdebstrap hooks that finish the tree. They run inside its fakeroot session, so what they
-    create is recorded as root's; a file created after it could even inherit the record of a
-    deleted file whose inode number it reuses."""
+    """mmdebstrap hooks that finish the tree inside its fakeroot session, so what they add is
+    packed as root's."""
     hooks = [
         # Copied, not synced: sync-in would keep the builder's uid as the owner in the image.
         f'cp -R -P --preserve=mode "{OVERLAY}/." "$1/"',
@@ -162,11 +161,13 @@ def _customize_hooks() -> list[str]:
 
 def _build_rootfs(rootfs: Path, fakeroot_state: Path) -> None:
     log(f"mmdebstrap {SUITE} from {MIRROR}, unprivileged (minutes)")
+    # A tarball, not a directory: in a directory, fakechroot leaves absolute symlinks pointing
+    # into the build directory (/sbin/init would not resolve on the VM); mmdebstrap writes the
+    # tarball from inside the emulated chroot, where they read as on a real system.
+    tarball = rootfs.with_suffix(".tar")
     run(
         "fakechroot",
         "fakeroot",
-        "-s",
-        fakeroot_state,
         "mmdebstrap",
         "--mode=fakechroot",
         "--variant=minbase",
@@ -177,11 +178,19 @@ def _build_rootfs(rootfs: Path, fakeroot_state: Path) -> None:
         # mmdebstrap's own cleanup drops package lists and downloaded .debs, as GCE's images do.
         *(f"--customize-hook={hook}" for hook in _customize_hooks()),
         SUITE,
-        rootfs,
+        tarball,
         MIRROR,
         env=FAKEROOT_ENV,
         stdout=subprocess.DEVNULL,
     )
+    # Unpacked under fakeroot, which records the owners and device nodes in `fakeroot_state`
+    # for mkfs.ext4 to replay; numeric ids, because the host's names may map to other ids.
+    run(
+        *("fakeroot", "-s", fakeroot_state, "tar", "--extract", "--numeric-owner"),
+        *("--file", tarball, "--directory", rootfs),
+        env=FAKEROOT_ENV,
+    )
+    tarball.unlink()
     for name in FORBIDDEN:
         if (rootfs / "var/lib/dpkg/info" / f"{name}.list").exists():
             raise SystemExit(
