@@ -7,11 +7,11 @@ script must install those on first boot, exactly as on GCE. The one addition is
 qemu-guest-agent, the tests' out-of-band control channel (there is no SSH: OS Login needs Google).
 
 It builds without privileges, so it runs where CI does (a container in a user namespace, where
-mknod and mount are refused): mmdebstrap installs the packages under fakechroot and fakeroot,
-which record ownership and device nodes in a state file instead of creating them, and
-`mkfs.ext4 -d`, run under fakeroot with that state, writes them into the raw disk. No mounts, no
-loop devices, no device nodes on the host. The kernel and initrd are copied out for qemu's direct
-kernel boot.
+mknod and mount are refused): mmdebstrap installs the packages under fakechroot and fakeroot and
+writes a tarball; unpacking it under fakeroot records owners and device nodes in a state file
+instead of creating them, and `mkfs.ext4 -d`, run under fakeroot with that state, writes them
+into the raw disk. No mounts, no loop devices, no device nodes on the host. The kernel and initrd
+are copied out for qemu's direct kernel boot.
 
 The result lives outside the clone in CACHE_ROOT/<key>/, where <key> hashes the recipe (this
 file and image-overlay/), so a recipe change builds a new image and an unchanged one is reused.
