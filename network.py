@@ -4,7 +4,10 @@ Creates
   <name>          compute.v1.network      custom mode: no auto-created subnets in every region,
                                           so the only address space is the one declared here.
   <name>-subnet   compute.v1.subnetwork   the VM's subnet in `region`, with Private Google
-                                          Access, so the VM reaches Google APIs without NAT.
+                                          Access, so the VM reaches Google APIs without NAT,
+                                          and VPC Flow Logs, so after an incident the logs
+                                          say who connected to what (sampling, aggregation and
+                                          metadata come from deployment.yaml).
 
 Why its own VPC: the hand-built VM sat in the project's `default` network, whose broad
 pre-made firewall rules were part of what nobody could reconstruct. A dedicated network makes
@@ -36,6 +39,12 @@ def GenerateConfig(context):
                     "region": properties["region"],
                     "ipCidrRange": properties["subnetCidr"],
                     "privateIpGoogleAccess": True,
+                    "logConfig": {
+                        "enable": True,
+                        "aggregationInterval": properties["flowLogAggregationInterval"],
+                        "flowSampling": properties["flowLogSampling"],
+                        "metadata": properties["flowLogMetadata"],
+                    },
                 },
             },
         ],

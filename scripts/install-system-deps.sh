@@ -19,7 +19,9 @@ packages_for() {
     diagram) echo graphviz ;;
     # localvm (make up, make image, make e2e, bench-boot): image build, TCG VM, metadata proxy,
     # browser screenshot.
-    vm) echo chromium debootstrap e2fsprogs qemu-system-x86 qemu-utils socat ;;
+    # The image builds without privileges (docs/ci.md): mmdebstrap under fakechroot and fakeroot,
+    # then mkfs.ext4 -d.
+    vm) echo chromium mmdebstrap fakechroot fakeroot e2fsprogs qemu-system-x86 qemu-utils socat ;;
     # make bench: the HTTP load generator.
     bench) echo wrk ;;
     all) for purpose in lint diagram vm bench; do packages_for "$purpose"; done ;;

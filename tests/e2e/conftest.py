@@ -1,6 +1,6 @@
 """One booted VM for the whole e2e module: boots are the expensive part (TCG, no KVM here).
 
-Real: the Debian 12 image (debootstrap), its kernel, systemd, Google's guest agent from Debian,
+Real: the Debian 12 image (mmdebstrap), its kernel, systemd, Google's guest agent from Debian,
 the startup script and app files exactly as `make preview` renders them, apt and PyPI over the
 guest's NAT, qemu, Chromium. Emulated: the metadata server (emulators/metadata.py), because
 Google's cannot run here. Test-only: qemu-guest-agent, used instead of SSH to run `kill`, `ps`

@@ -6,8 +6,12 @@ It deliberately has none of the app's own packages (python3-venv, Flask, gunicor
 script must install those on first boot, exactly as on GCE. The one addition is
 qemu-guest-agent, the tests' out-of-band control channel (there is no SSH: OS Login needs Google).
 
-No root mounts or loop devices: debootstrap fills a directory, `mkfs.ext4 -d` turns it into a raw
-disk, and the kernel and initrd are copied out for qemu's direct kernel boot.
+It builds without privileges, so it runs where CI does (a container in a user namespace, where
+mknod and mount are refused): mmdebstrap installs the packages under fakechroot and fakeroot and
+writes a tarball; unpacking it under fakeroot records owners and device nodes in a state file
+instead of creating them, and `mkfs.ext4 -d`, run under fakeroot with that state, writes them
+into the raw disk. No mounts, no loop devices, no device nodes on the host. The kernel and initrd
+are copied out for qemu's direct kernel boot.
 
 The result lives outside the clone in CACHE_ROOT/<key>/, where <key> hashes the recipe (this
 file and image-overlay/), so a recipe change builds a new image and an unchanged one is reused.
@@ -54,6 +58,10 @@ PACKAGES = (
     "isc-dhcp-client",
     "netbase",
     "procps",
+    # As on GCE (Debian's cloud image config installs it): with it, the apt-daily and
+    # apt-daily-upgrade timers apt enables really update and upgrade, taking apt's locks when
+    # they fire, and may fire during a first boot.
+    "unattended-upgrades",
     # e2scrub_reap.service is masked (image-overlay/): it only reaps e2scrub's LVM snapshots,
     # there is no LVM here, and under TCG it held a CPU for ~40 s of every boot.
     # Test infrastructure, not part of GCE's image: a virtio-serial exec channel for the e2e
@@ -63,6 +71,12 @@ PACKAGES = (
 
 # The app's packages: the startup script installs them, so the image must not have them.
 FORBIDDEN = ("python3-venv", "python3-flask", "gunicorn")
+
+MMDEBSTRAP_HOOKS = Path("/usr/share/mmdebstrap/hooks")
+# Inside a user namespace that maps one uid (unshare --map-root-user), chown to any other uid is
+# refused with EINVAL, which fakeroot passes on; this makes it only record the owner, as it does
+# for mknod.
+FAKEROOT_ENV = {**os.environ, "FAKEROOTDONTTRYCHOWN": "1"}
 
 KERNEL_CMDLINE = "root=LABEL=root ro console=ttyS0,115200 net.ifnames=0 biosdevname=0"
 
@@ -126,42 +140,62 @@ def run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], check=True, **kwargs)
 
 
-def _build_rootfs(rootfs: Path) -> None:
-    if os.geteuid() != 0:
-        raise SystemExit("localvm-image: debootstrap needs root (run as root, or in CI)")
-    log(f"debootstrap {SUITE} from {MIRROR} (about a minute)")
+def _customize_hooks() -> list[str]:
+    """mmdebstrap hooks that finish the tree inside its fakeroot session, so what they add is
+    packed as root's."""
+    hooks = [
+        # Copied, not synced: sync-in would keep the builder's uid as the owner in the image.
+        f'cp -R -P --preserve=mode "{OVERLAY}/." "$1/"',
+        # Empty machine-id: each VM generates its own on first boot, as a fresh GCE disk does.
+        ': > "$1/etc/machine-id"',
+        'rm -f "$1/var/lib/dbus/machine-id"',
+        f'echo "deb {MIRROR} {SUITE} main" > "$1/etc/apt/sources.list"',
+    ]
+    cas = _host_cas()
+    if cas:
+        log(f"trusting the host's local CAs in the guest: {', '.join(p.name for p in cas)}")
+        hooks += [f'cp "{path}" "$1/usr/local/share/ca-certificates/"' for path in cas]
+        hooks.append('chroot "$1" update-ca-certificates >/dev/null')
+    return hooks
+
+
+def _build_rootfs(rootfs: Path, fakeroot_state: Path) -> None:
+    log(f"mmdebstrap {SUITE} from {MIRROR}, unprivileged (minutes)")
+    # A tarball, not a directory: in a directory, fakechroot leaves absolute symlinks pointing
+    # into the build directory (/sbin/init would not resolve on the VM); mmdebstrap writes the
+    # tarball from inside the emulated chroot, where they read as on a real system.
+    tarball = rootfs.with_suffix(".tar")
     run(
-        "debootstrap",
+        "fakechroot",
+        "fakeroot",
+        "mmdebstrap",
+        "--mode=fakechroot",
         "--variant=minbase",
         f"--include={','.join(PACKAGES)}",
+        # Merged /usr set up as debootstrap and GCE's image builder do, with usr-is-merged,
+        # rather than by the usrmerge package (which would also pull perl into the image).
+        f"--hook-dir={MMDEBSTRAP_HOOKS}/merged-usr",
+        # mmdebstrap's own cleanup drops package lists and downloaded .debs, as GCE's images do.
+        *(f"--customize-hook={hook}" for hook in _customize_hooks()),
         SUITE,
-        rootfs,
+        tarball,
         MIRROR,
+        env=FAKEROOT_ENV,
         stdout=subprocess.DEVNULL,
     )
+    # Unpacked under fakeroot, which records the owners and device nodes in `fakeroot_state`
+    # for mkfs.ext4 to replay; numeric ids, because the host's names may map to other ids.
+    run(
+        *("fakeroot", "-s", fakeroot_state, "tar", "--extract", "--numeric-owner"),
+        *("--file", tarball, "--directory", rootfs),
+        env=FAKEROOT_ENV,
+    )
+    tarball.unlink()
     for name in FORBIDDEN:
         if (rootfs / "var/lib/dpkg/info" / f"{name}.list").exists():
             raise SystemExit(
                 f"localvm-image: {name} got into the image; the startup script owns it"
             )
-    shutil.copytree(OVERLAY, rootfs, dirs_exist_ok=True, symlinks=True)
-    cas = _host_cas()
-    if cas:
-        log(f"trusting the host's local CAs in the guest: {', '.join(p.name for p in cas)}")
-        for path in cas:
-            shutil.copyfile(path, rootfs / "usr/local/share/ca-certificates" / path.name)
-        run("chroot", rootfs, "update-ca-certificates", stdout=subprocess.DEVNULL)
-    # Empty machine-id: each VM generates its own on first boot, as a fresh GCE disk does.
-    (rootfs / "etc/machine-id").write_text("")
-    dbus_id = rootfs / "var/lib/dbus/machine-id"
-    if dbus_id.is_symlink() or dbus_id.exists():
-        dbus_id.unlink()
-    # Same as GCE's images: no package lists or downloaded .debs shipped in the image.
-    for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-        for entry in (rootfs / cache).glob("*"):
-            if entry.is_file():
-                entry.unlink()
-    (rootfs / "etc/apt/sources.list").write_text(f"deb {MIRROR} {SUITE} main\n")
 
 
 def _manifest(rootfs: Path) -> dict:
@@ -188,7 +222,8 @@ def _build(target: Path) -> None:
     try:
         rootfs = work / "rootfs"
         rootfs.mkdir()
-        _build_rootfs(rootfs)
+        fakeroot_state = work / "fakeroot.state"
+        _build_rootfs(rootfs, fakeroot_state)
         out = work / "image"
         out.mkdir()
         boot = rootfs / "boot"
@@ -201,6 +236,10 @@ def _build(target: Path) -> None:
         (out / "manifest.json").write_text(json.dumps(_manifest(rootfs), indent=1) + "\n")
         log(f"mkfs.ext4 -d rootfs ({DISK_SIZE}, sparse)")
         run(
+            # fakeroot replays the owners, modes and device nodes the bootstrap recorded.
+            "fakeroot",
+            "-i",
+            fakeroot_state,
             "mkfs.ext4",
             "-q",
             "-L",
@@ -211,6 +250,7 @@ def _build(target: Path) -> None:
             rootfs,
             out / "disk.raw",
             DISK_SIZE,
+            env=FAKEROOT_ENV,
             stdout=subprocess.DEVNULL,
         )
         shutil.rmtree(rootfs)
