@@ -613,6 +613,13 @@ class DeploymentManagerEmulator(LoopbackService):
             )
         del cloud[resource["type"]][resource["name"]]
 
+    def materialize(self, project: str, type_: str, name: str, properties: dict, existing):
+        """One resource as Compute Engine holds it once created or updated: server-side id,
+        selfLink, timestamp and, for an address, the allocated IP. The Infrastructure Manager
+        emulator creates its resources through this too, so both engines share one cloud."""
+        with self.lock:
+            return self._materialize(project, {"type": type_, "name": name}, properties, existing)
+
     def _materialize(self, project, resource, properties, existing) -> dict:
         type_, name = resource["type"], resource["name"]
         actual = {**properties, "name": properties.get("name", name)}
