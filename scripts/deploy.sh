@@ -7,7 +7,14 @@
 #                                would change, then cancel the preview (nothing is touched)
 #   scripts/deploy.sh --auth-only  authenticate as below, then stop (checks credentials)
 #
+# Engines: DEPLOY_ENGINE=dm (the default) deploys with Deployment Manager, as below;
+# DEPLOY_ENGINE=infra-manager deploys the same stack, as Terraform, with Infrastructure Manager
+# (scripts/lib/infra-manager.sh: its settings, commands and flags). Same arguments, same exit
+# codes. The script never switches engines by itself: two engines must never manage the same
+# resources by accident, so moving a live stack is the runbook in docs/migration.md.
+#
 # Settings (environment):
+#   DEPLOY_ENGINE          dm or infra-manager; default: dm
 #   GCP_PROJECT            project id (or CLOUDSDK_CORE_PROJECT / gcloud's configured project)
 #   DEPLOYMENT_NAME        default: hello
 #   DM_CONFIG              default: deployment.yaml
@@ -44,10 +51,13 @@
 #   2 usage or missing file            the live manifest is unchanged
 #   3 authentication failed          5 another deploy kept the deployment busy; retries used up
 #   6 other gcloud / API failure     7 deployed, but no public IP could be read
+#   8 Deployment Manager is turned off for the project (or shut down): nothing was deployed;
+#     deploy with DEPLOY_ENGINE=infra-manager after the migration in docs/migration.md
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 
 readonly EXIT_USAGE=2 EXIT_AUTH=3 EXIT_REJECTED=4 EXIT_BUSY=5 EXIT_API=6 EXIT_NO_IP=7
+readonly EXIT_DM_SHUT_DOWN=8
 
 preview=false
 auth_only=false
@@ -66,6 +76,7 @@ for arg in "$@"; do
   esac
 done
 
+engine=${DEPLOY_ENGINE:-dm}
 deployment=${DEPLOYMENT_NAME:-hello}
 config=${DM_CONFIG:-deployment.yaml}
 ip_output=${PUBLIC_IP_OUTPUT:-publicIp}
@@ -81,6 +92,8 @@ die() {
   exit "$code"
 }
 
+[[ $engine == dm || $engine == infra-manager ]] ||
+  die "$EXIT_USAGE" "DEPLOY_ENGINE must be dm or infra-manager, not '$engine'"
 command -v gcloud >/dev/null || die "$EXIT_USAGE" "gcloud is not on PATH"
 [[ -f $config ]] || die "$EXIT_USAGE" "config not found: $config"
 [[ $retries =~ ^[0-9]+$ && $backoff =~ ^[0-9]+$ ]] ||
@@ -111,11 +124,15 @@ gcloud_run() {
 }
 
 # Classifies the last failure: rejected (the operation finished with errors; checked first, as
-# its text may quote anything), busy (HTTP 409/412: someone else is deploying), missing (404),
+# its text may quote anything), shutdown (Google's answer for an API that is turned off for the
+# project, 403 SERVICE_DISABLED), busy (HTTP 409/412: someone else is deploying), missing (404),
 # or api (anything else).
 last_failure() {
   if grep -q 'Error in Operation' "$stderr_file"; then
     echo rejected
+  elif grep -q 'code=403' "$stderr_file" &&
+    grep -qi 'SERVICE_DISABLED\|accessNotConfigured\|has not been used in project\|it is disabled' "$stderr_file"; then
+    echo shutdown
   elif grep -q 'code=409\|code=412' "$stderr_file"; then
     echo busy
   elif grep -q 'code=404' "$stderr_file"; then
@@ -198,6 +215,7 @@ create_or_update() {
   fi
   case $(last_failure) in
     busy) return 75 ;;
+    shutdown) die "$EXIT_DM_SHUT_DOWN" "Deployment Manager answered that its API is turned off for this project (it reached end of support on 2026-03-31); nothing was deployed. Deploy with DEPLOY_ENGINE=infra-manager after moving the stack as docs/migration.md describes; this script never switches engines by itself" ;;
     rejected) die "$EXIT_REJECTED" "Deployment Manager rejected the $verb of $deployment (errors above); the live deployment is unchanged" ;;
     *) die "$EXIT_API" "$verb of $deployment failed (see gcloud's message above)" ;;
   esac
@@ -249,6 +267,17 @@ created_for_preview=false
 authenticate
 if "$auth_only"; then
   log "authenticated; --auth-only: stopping here"
+  exit 0
+fi
+
+if [[ $engine == infra-manager ]]; then
+  # shellcheck source=scripts/lib/infra-manager.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/lib/infra-manager.sh"
+  if "$preview"; then
+    im_preview
+  else
+    im_deploy
+  fi
   exit 0
 fi
 
