@@ -126,13 +126,14 @@ im_preview() {
   im_setup
   im_render
   im_against=()
-  if hide_not_found=true gcloud_run infra-manager deployments describe "$im_deployment" \
-    --format='value(name)' >/dev/null; then
+  if gcloud infra-manager deployments describe "$im_deployment" --format='value(name)' \
+    >/dev/null 2>"$stderr_file"; then
     im_against=(--deployment="$im_deployment")
-  elif [[ $(last_failure) != missing ]]; then
-    die "$EXIT_API" "could not read $im_deployment (see gcloud's message above)"
-  else
+  elif grep -q 'NOT_FOUND\|code=404' "$stderr_file"; then
     log "deployment $deployment does not exist: previewing its creation"
+  else
+    cat "$stderr_file" >&2
+    die "$EXIT_API" "could not read $im_deployment (see gcloud's message above)"
   fi
   im_preview="$im_location_path/previews/$deployment-preview-$(date +%s)"
   with_retries im_preview_create

@@ -304,7 +304,9 @@ def gce_properties(tf_type: str, body: dict) -> dict:
     """The compute.v1 properties a google provider resource with these arguments creates."""
     b = dict(body)
     if tf_type == "google_compute_network":
-        props = _renamed(b, {"auto_create_subnetworks": "autoCreateSubnetworks"})
+        props = _renamed(
+            b, {"auto_create_subnetworks": "autoCreateSubnetworks"}, skip={"routing_mode"}
+        )
         if "routing_mode" in b:
             props["routingConfig"] = {"routingMode": b["routing_mode"]}
         return props
