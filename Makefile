@@ -1,6 +1,6 @@
 # `make` alone lists the targets. The two that matter: `make up` (the stack on this machine,
 # greeting in a browser) and `make test` (lint and every test). Any target that reads a config
-# takes CONFIG=other.yaml.
+# takes CONFIG=other.yaml; the deploy targets and `make up` take DEPLOY_ENGINE=dm|infra-manager.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -9,6 +9,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CONFIG ?= deployment.yaml
+# Which Google service deploys the stack: dm (Deployment Manager) or infra-manager (docs/deploy.md).
+DEPLOY_ENGINE ?= dm
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
 .PHONY: help up down test check e2e preview reach terraform diagram deploy deploy-preview smoke \
@@ -26,7 +28,7 @@ system-deps: ## install the Debian packages the tooling needs (root)
 	@bash scripts/install-system-deps.sh
 
 up: $(VENV)/.installed ## the stack on a local VM: deploy with the real gcloud, boot, print the URL
-	@$(BIN)/localvm up $(CONFIG)
+	@$(BIN)/localvm up $(CONFIG) --engine $(DEPLOY_ENGINE)
 
 down: $(VENV)/.installed ## stop what `make up` started
 	@$(BIN)/localvm down
@@ -48,13 +50,16 @@ terraform: $(VENV)/.installed ## CONFIG as Terraform JSON in build/terraform (PR
 diagram: $(VENV)/.installed ## regenerate docs/architecture.* from CONFIG
 	$(BIN)/dmlocal diagram $(CONFIG) --out docs
 
-deploy: ## create or update the deployment with gcloud (GCP_PROJECT=...)
-	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh
+# The infra-manager engine writes the Terraform with dmlocal, so it needs the venv; dm does not.
+ENGINE_DEPS := $(if $(filter infra-manager,$(DEPLOY_ENGINE)),$(VENV)/.installed)
 
-deploy-preview: ## server-side preview of CONFIG, then cancel it
-	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh --preview
+deploy: $(ENGINE_DEPS) ## create or update the deployment with gcloud (GCP_PROJECT=..., DEPLOY_ENGINE=...)
+	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) bash scripts/deploy.sh
 
-smoke: ## GET the deployed IP (or IP=...) until it greets
+deploy-preview: $(ENGINE_DEPS) ## server-side preview of CONFIG with DEPLOY_ENGINE, then cancel it
+	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) bash scripts/deploy.sh --preview
+
+smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), until it greets
 	@bash scripts/smoke.sh $(IP)
 
 lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
