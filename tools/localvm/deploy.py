@@ -1,13 +1,16 @@
-"""`make up`'s deploy step: the real gcloud runs scripts/deploy.sh against the local DM API.
+"""`make up`'s deploy step: the real gcloud runs scripts/deploy.sh against local Google APIs.
 
-Real: the `gcloud` binary (auth activate-service-account, deployment-manager describe/create),
-scripts/deploy.sh (the same script CircleCI runs), deployment.yaml and its templates, and the
-dmlocal engine the DM emulator expands them with. Emulated: Google's servers only, namely the
-Deployment Manager v2 API (emulators/deploymentmanager.py) and the OAuth 2.0 token endpoint
-(emulators/oauth2.py), with a throwaway service-account key made here and never stored.
+Real: the `gcloud` binary, scripts/deploy.sh (the same script CircleCI runs), deployment.yaml and
+its templates; with engine "dm" the dmlocal engine the DM emulator expands them with, with engine
+"infra-manager" the Terraform JSON `dmlocal terraform` writes, uploaded by gcloud. Emulated:
+Google's servers only, namely the Deployment Manager v2 API (emulators/deploymentmanager.py) or
+the Infrastructure Manager API (emulators/inframanager.py) with Cloud Storage
+(emulators/storage.py), and the OAuth 2.0 token endpoint (emulators/oauth2.py), with a throwaway
+service-account key made here and never stored.
 
 The result is the compute.v1.instance as the emulated cloud holds it after the deployment
-(references resolved, server-side id and selfLink filled in): the VM boots from that.
+(references resolved, server-side id and selfLink filled in; with infra-manager, its metadata as
+the applied Terraform carried it): the VM boots from that.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,16 +50,22 @@ def _short(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def deploy(config: str, project: str, deployment: str = "hello") -> tuple[dict[str, Any], str, str]:
+def deploy(
+    config: str, project: str, deployment: str = "hello", engine: str = "dm"
+) -> tuple[dict[str, Any], str, str]:
     """Deploys through gcloud; returns (instance resource, its network's name, deploy.sh output)."""
     from emulators.deploymentmanager import DeploymentManagerEmulator
+    from emulators.inframanager import InfraManagerEmulator
     from emulators.oauth2 import OAuth2Emulator, new_service_account_key
+    from emulators.storage import CloudStorage
 
     email = DEPLOYER.format(project=project)
     with tempfile.TemporaryDirectory(prefix="hello-up-gcloud-") as tmp:
         oauth = OAuth2Emulator()
         token_url = oauth.serve()
         dm = DeploymentManagerEmulator(verify_token=oauth.verify)
+        storage = CloudStorage() if engine == "infra-manager" else None
+        im = storage and InfraManagerEmulator(storage, compute=dm, verify_token=oauth.verify)
         try:
             dm_url = dm.serve()
             key, public_pem = new_service_account_key(email, project, token_url)
@@ -75,7 +85,13 @@ def deploy(config: str, project: str, deployment: str = "hello") -> tuple[dict[s
                 "DM_CONFIG": config,
                 "DEPLOY_OUT_DIR": str(Path(tmp) / "out"),
                 "GCP_SA_KEY_B64": base64.b64encode(json.dumps(key).encode()).decode(),
+                "DEPLOY_ENGINE": engine,
             }
+            if im:
+                im.serve()
+                env["CLOUDSDK_API_ENDPOINT_OVERRIDES_CONFIG"] = im.url
+                env["CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE"] = storage.endpoint
+                env["DMLOCAL"] = str(Path(sys.executable).parent / "dmlocal")
             result = subprocess.run(
                 ["bash", str(REPO / "scripts" / "deploy.sh")],
                 cwd=REPO,
@@ -90,6 +106,9 @@ def deploy(config: str, project: str, deployment: str = "hello") -> tuple[dict[s
                 )
             cloud = dm.cloud_resources(project)
         finally:
+            if im:
+                im.shutdown()
+                storage.shutdown()
             dm.shutdown()
             oauth.shutdown()
     instances = list(cloud.get("compute.v1.instance", {}).values())
