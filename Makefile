@@ -14,7 +14,7 @@ DEPLOY_ENGINE ?= dm
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
 .PHONY: help up down test check e2e preview reach terraform diagram deploy deploy-preview smoke \
-	lint pytest image image-key bench bench-preview bench-boot system-deps clean
+	lint pytest image image-key bench bench-preview bench-boot bench-deploy system-deps clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -86,6 +86,9 @@ bench-preview: $(VENV)/.installed ## how long `make preview` takes
 
 bench-boot: $(VENV)/.installed ## how long the VM takes to boot and recover
 	$(BIN)/bench-boot
+
+bench-deploy: $(VENV)/.installed ## deploy.sh's create and update time and gcloud calls, per engine
+	$(BIN)/bench-deploy
 
 clean: ## remove the venv and everything generated
 	rm -rf $(VENV) build .state .pytest_cache .ruff_cache
