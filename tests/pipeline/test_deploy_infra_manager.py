@@ -35,6 +35,7 @@ from dmlocal.expand import expand_path
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
 from emulators.inframanager import InfraManagerEmulator
 from emulators.storage import CloudStorage
+from localvm import deploy as localvm_deploy
 from tests.conftest import REPO
 from tests.pipeline.test_deploy import DEPLOY, NAME, Pipeline, copy_stack, edit_config, ip_from
 
@@ -422,3 +423,19 @@ def test_migration_adopts_the_dm_stack_without_recreating_anything(pipeline):
     again = pipeline.deploy(project, IM_ADOPT="true")
     assert again.returncode == 0, again.stderr
     assert pipeline.cloud(project) == before
+
+
+def test_make_up_boots_from_the_metadata_infra_manager_deployed():
+    """`make up DEPLOY_ENGINE=infra-manager`'s deploy step (localvm.deploy): deploy.sh with the
+    infra-manager engine against the local emulators; the instance it returns, which the VM then
+    boots from, carries the startup script and app files byte for byte as committed, the same
+    items the DM expansion carries."""
+    instance, network, output = localvm_deploy.deploy(
+        str(REPO / "deployment.yaml"), "im-up", engine="infra-manager"
+    )
+    assert "Public IP: " in output
+    assert network == "hello-vpc"
+    items = {i["key"]: i["value"] for i in instance["metadata"]["items"]}
+    assert items["startup-script"] == (REPO / "app" / "startup.sh").read_text()
+    (dm_instance,) = expand_path(REPO / "deployment.yaml").of_type("compute.v1.instance")
+    assert instance["metadata"]["items"] == dm_instance["properties"]["metadata"]["items"]
