@@ -439,3 +439,33 @@ def test_make_up_boots_from_the_metadata_infra_manager_deployed():
     assert items["startup-script"] == (REPO / "app" / "startup.sh").read_text()
     (dm_instance,) = expand_path(REPO / "deployment.yaml").of_type("compute.v1.instance")
     assert instance["metadata"]["items"] == dm_instance["properties"]["metadata"]["items"]
+
+
+def test_a_locked_deployment_is_busy_until_it_is_unlocked(pipeline):
+    """Someone holds the deployment's lock (`gcloud infra-manager deployments lock`, as before a
+    state import): an apply is refused with 409, deploy.sh reports busy (exit 5 with retries
+    off); `export-lock` shows who holds it, and after `unlock --lock-id` the deploy goes through.
+    """
+    project = "im-lock"
+    deployed(pipeline, project)
+    name = full_name(project)
+    locked = pipeline.gcloud(project, "infra-manager", "deployments", "lock", name, "--format=json")
+    assert locked.returncode == 0, locked.stderr
+    lock_id = json.loads(locked.stdout)["lockId"]
+    assert pipeline.im.deployment(name)["lockState"] == "LOCKED"
+
+    busy = pipeline.deploy(project, DEPLOY_RETRIES="0")
+    assert busy.returncode == 5, busy.stderr
+    assert "is locked" in busy.stderr
+
+    shown = pipeline.gcloud(
+        project, "infra-manager", "deployments", "export-lock", name, "--format=json"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["who"] == "deployer@hello-proj.iam.gserviceaccount.com"
+    unlocked = pipeline.gcloud(
+        project, "infra-manager", "deployments", "unlock", name, f"--lock-id={lock_id}"
+    )
+    assert unlocked.returncode == 0, unlocked.stderr
+    result = pipeline.deploy(project)
+    assert result.returncode == 0, result.stderr
