@@ -469,3 +469,16 @@ def test_a_locked_deployment_is_busy_until_it_is_unlocked(pipeline):
     assert unlocked.returncode == 0, unlocked.stderr
     result = pipeline.deploy(project)
     assert result.returncode == 0, result.stderr
+
+
+def test_an_unknown_engine_is_a_usage_error(tmp_path):
+    result = subprocess.run(
+        [str(DEPLOY)],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEPLOY_ENGINE": "terraform"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "DEPLOY_ENGINE must be dm or infra-manager, not 'terraform'" in result.stderr
