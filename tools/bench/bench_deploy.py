@@ -44,6 +44,7 @@ def counting_gcloud(directory: Path, log: Path) -> None:
 
 def stack_copy(directory: Path, ssh_range: str) -> Path:
     """deployment.yaml, the templates and app/, with the SSH rule's source range set."""
+    directory.mkdir(parents=True)
     for name in STACK_FILES:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, directory / name)
