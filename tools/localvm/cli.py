@@ -31,7 +31,8 @@ from localvm.vm import NETWORK, LocalVM, VMError
 
 STATE = REPO / ".state" / "localvm"
 STATE_FILE = STATE / "state.json"
-BOOT_TIMEOUT = 900
+# TCG on a busy machine can need longer: LOCALVM_BOOT_TIMEOUT=seconds.
+BOOT_TIMEOUT = float(os.environ.get("LOCALVM_BOOT_TIMEOUT") or 900)
 
 
 def say(message: str) -> None:
