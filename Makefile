@@ -1,6 +1,6 @@
 # `make` alone lists the targets. The two that matter: `make up` (the stack on this machine,
 # greeting in a browser) and `make test` (lint and every test). Any target that reads a config
-# takes CONFIG=other.yaml.
+# takes CONFIG=other.yaml; the deploy targets and `make up` take DEPLOY_ENGINE=dm|infra-manager.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -9,10 +9,12 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CONFIG ?= deployment.yaml
+# Which Google service deploys the stack: dm (Deployment Manager) or infra-manager (docs/deploy.md).
+DEPLOY_ENGINE ?= dm
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
-	lint pytest image image-key bench bench-preview bench-boot system-deps gcloud clean
+	lint pytest image image-key bench bench-preview bench-boot bench-deploy system-deps gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -31,7 +33,7 @@ gcloud: ## install the gcloud the tests ran (scripts/install-gcloud.sh), unless 
 
 up: $(VENV)/.installed gcloud ## the stack on a local VM: deploy with the real gcloud, boot, print the URL
 	@bash scripts/install-system-deps.sh vm
-	@$(BIN)/localvm up $(CONFIG)
+	@$(BIN)/localvm up $(CONFIG) --engine $(DEPLOY_ENGINE)
 
 down: $(VENV)/.installed ## stop what `make up` started
 	@$(BIN)/localvm down
@@ -57,13 +59,16 @@ docs: $(VENV)/.installed ## regenerate the diagram (docs/architecture.*) and REA
 	$(BIN)/dmlocal diagram $(CONFIG) --out docs
 	$(VPY) -m dmlocal.inputs $(CONFIG) --readme README.md
 
-deploy: gcloud ## create or update the deployment with gcloud (GCP_PROJECT=...)
-	@DM_CONFIG=$(CONFIG) bash scripts/deploy.sh
+# The infra-manager engine writes the Terraform with dmlocal, so it needs the venv; dm does not.
+ENGINE_DEPS := $(if $(filter infra-manager,$(DEPLOY_ENGINE)),$(VENV)/.installed)
+
+deploy: $(ENGINE_DEPS) gcloud ## create or update the deployment with gcloud (GCP_PROJECT=..., DEPLOY_ENGINE=...)
+	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) bash scripts/deploy.sh
 
 deploy-preview: $(VENV)/.installed gcloud ## preview CONFIG on a branch deployment; compare with live
-	@DM_CONFIG=$(CONFIG) DMLOCAL=$(BIN)/dmlocal bash scripts/deploy.sh --preview
+	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) DMLOCAL=$(BIN)/dmlocal bash scripts/deploy.sh --preview
 
-smoke: ## GET the deployed IP (or IP=...) until it greets
+smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), until it greets
 	@bash scripts/smoke.sh $(IP)
 
 lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
@@ -94,6 +99,9 @@ bench-preview: $(VENV)/.installed ## how long `make preview` takes
 bench-boot: $(VENV)/.installed ## how long the VM takes to boot and recover
 	@bash scripts/install-system-deps.sh vm
 	$(BIN)/bench-boot
+
+bench-deploy: $(VENV)/.installed ## deploy.sh's create and update time and gcloud calls, per engine
+	$(BIN)/bench-deploy
 
 clean: ## remove the venv and everything generated
 	rm -rf $(VENV) build .state .pytest_cache .ruff_cache

@@ -9,7 +9,14 @@
 #                                place, or needing a new resource (production is only read)
 #   scripts/deploy.sh --auth-only  authenticate as below, then stop (checks credentials)
 #
+# Engines: DEPLOY_ENGINE=dm (the default) deploys with Deployment Manager, as below;
+# DEPLOY_ENGINE=infra-manager deploys the same stack, as Terraform, with Infrastructure Manager
+# (scripts/lib/infra-manager.sh: its settings, commands and flags). Same arguments, same exit
+# codes. The script never switches engines by itself: two engines must never manage the same
+# resources by accident, so moving a live stack is the runbook in docs/migration.md.
+#
 # Settings (environment):
+#   DEPLOY_ENGINE          dm or infra-manager; default: dm
 #   GCP_PROJECT            project id, required (gcloud's own CLOUDSDK_CORE_PROJECT also works)
 #   DEPLOYMENT_NAME        default: hello
 #   DM_CONFIG              default: deployment.yaml
@@ -63,11 +70,13 @@
 #   8 DM stopped at a resource error mid-update: DM applies resources one by one in dependency
 #     order and does not roll back, so the resources before the failing one ARE changed and the
 #     live deployment is a mix of old and new; with --preview: a change DM cannot apply in place
+#   9 Deployment Manager is turned off for the project (or shut down): nothing was deployed;
+#     deploy with DEPLOY_ENGINE=infra-manager after the migration in docs/migration.md
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 
 readonly EXIT_USAGE=2 EXIT_AUTH=3 EXIT_REJECTED=4 EXIT_BUSY=5 EXIT_API=6 EXIT_NO_IP=7
-readonly EXIT_PARTIAL=8
+readonly EXIT_PARTIAL=8 EXIT_DM_SHUT_DOWN=9
 
 preview=false
 auth_only=false
@@ -86,6 +95,7 @@ for arg in "$@"; do
   esac
 done
 
+engine=${DEPLOY_ENGINE:-dm}
 deployment=${DEPLOYMENT_NAME:-hello}
 config=${DM_CONFIG:-deployment.yaml}
 ip_output=${PUBLIC_IP_OUTPUT:-publicIp}
@@ -101,6 +111,8 @@ die() {
   exit "$code"
 }
 
+[[ $engine == dm || $engine == infra-manager ]] ||
+  die "$EXIT_USAGE" "DEPLOY_ENGINE must be dm or infra-manager, not '$engine'"
 command -v gcloud >/dev/null || die "$EXIT_USAGE" "gcloud is not on PATH"
 [[ -f $config ]] || die "$EXIT_USAGE" "config not found: $config"
 [[ $retries =~ ^[0-9]+$ && $backoff =~ ^[0-9]+$ ]] ||
@@ -141,7 +153,8 @@ gcloud_run() {
 # Classifies the last failure: partial (the operation stopped at a resource: DM reports
 # RESOURCE_ERROR located at /deployments/NAME/resources/NAME) or rejected (any other operation
 # error: the config failed before a resource was touched), checked first as their text may
-# quote anything; busy (HTTP 409/412: someone else is deploying), missing (404), or api.
+# quote anything; shutdown (Google's answer for an API that is turned off for the project, 403
+# SERVICE_DISABLED); busy (HTTP 409/412: someone else is deploying), missing (404), or api.
 last_failure() {
   if grep -q 'Error in Operation' "$stderr_file"; then
     if grep -Eq 'code: RESOURCE_ERROR|location: /deployments/[^/ ]+/resources/' "$stderr_file"; then
@@ -149,6 +162,9 @@ last_failure() {
     else
       echo rejected
     fi
+  elif grep -q 'code=403' "$stderr_file" &&
+    grep -qi 'SERVICE_DISABLED\|accessNotConfigured\|has not been used in project\|it is disabled' "$stderr_file"; then
+    echo shutdown
   elif grep -q 'code=409\|code=412' "$stderr_file"; then
     echo busy
   elif grep -q 'code=404\|NOT_FOUND:' "$stderr_file"; then
@@ -261,6 +277,7 @@ fail_operation() {
   local verb=$1
   case $(last_failure) in
     busy) return 75 ;;
+    shutdown) die "$EXIT_DM_SHUT_DOWN" "Deployment Manager answered that its API is turned off for this project (it reached end of support on 2026-03-31); nothing was deployed. Deploy with DEPLOY_ENGINE=infra-manager after moving the stack as docs/migration.md describes; this script never switches engines by itself" ;;
     rejected) die "$EXIT_REJECTED" "Deployment Manager rejected the $verb of $deployment before applying any resource (errors above); the live deployment is unchanged" ;;
     partial) die "$EXIT_PARTIAL" "the $verb of $deployment stopped at a resource error (above). Deployment Manager applies resources in order and does not roll back: the resources before it are already changed. Fix the config and deploy again; see the state with: gcloud deployment-manager deployments describe $deployment" ;;
     *) die "$EXIT_API" "$verb of $deployment failed (see gcloud's message above)" ;;
@@ -384,6 +401,17 @@ public_ip() {
 authenticate
 if "$auth_only"; then
   log "authenticated; --auth-only: stopping here"
+  exit 0
+fi
+
+if [[ $engine == infra-manager ]]; then
+  # shellcheck source=scripts/lib/infra-manager.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/lib/infra-manager.sh"
+  if "$preview"; then
+    im_preview
+  else
+    im_deploy
+  fi
   exit 0
 fi
 

@@ -13,9 +13,9 @@ properties are refused with the file, the resource and the field.
 
 Argument names, nesting and value types are checked against the google provider's own schema
 as captured in the npm package @cdktf/provider-google 16.12.1, which is generated from
-hashicorp/google 6.50.0 (the version main.tf.json pins). The five files needed are cached under
-/var/cache/hello-stack; when the cache is empty and npm cannot fetch the package, that one test
-is skipped and says so.
+hashicorp/google 6.50.0 (the version main.tf.json pins), by dmlocal/provider_schema.py (the same
+check the Infrastructure Manager emulator runs on uploads); when its cache is empty and npm cannot
+fetch the package, those tests are skipped and say so.
 
 What is NOT verified here: Terraform itself and the google provider binary cannot be downloaded
 in this sandbox (no network beyond PyPI, Debian and npm), so neither `terraform validate` nor
@@ -28,16 +28,11 @@ Manager preview that must show 10 imports and no other change) that close this g
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import tarfile
-import tempfile
-from pathlib import Path
 
 import pytest
 
+from dmlocal import provider_schema as provider_schema_module
 from dmlocal.errors import ConfigError
 from dmlocal.expand import expand_files, expand_path
 from dmlocal.references import REFERENCE, follow, template_outputs
@@ -354,115 +349,34 @@ def test_cli_writes_the_module_and_reports_errors(tmp_path):
 
 # -- the provider's schema ------------------------------------------------------------------------
 
-CDKTF_PACKAGE = "@cdktf/provider-google@16.12.1"
-SCHEMA_CACHE = Path(os.environ.get("HELLO_STACK_CACHE", "/var/cache/hello-stack")) / (
-    "cdktf-provider-google-16.12.1"
-)
-SCHEMA_FILES = ["package/package.json"] + [
-    f"package/lib/compute-{kind}/index.js"
-    for kind in ("network", "subnetwork", "firewall", "address", "instance")
-]
-# cdktf's generated code lists every argument as `name: {value: ..., isBlock, type,
-# storageClassType}`; nested blocks' values call the block's own *ToHclTerraform function.
-SCHEMA_ARGUMENT = re.compile(
-    r"(\w+): \{\s*value: (.*?),\s*isBlock: (true|false),\s*type: \"\w+\","
-    r"\s*storageClassType: \"(\w+)\",\s*\}",
-    re.S,
-)
-SCALARS = {"string": str, "number": int, "boolean": bool}
-
 
 @pytest.fixture(scope="module")
-def provider_schema() -> Path:
-    """The five files of the cdktf package that hold our resources' schemas, cached."""
-    if not all((SCHEMA_CACHE / name).is_file() for name in SCHEMA_FILES):
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip(f"no npm to fetch {CDKTF_PACKAGE} and no cache in {SCHEMA_CACHE}")
-        with tempfile.TemporaryDirectory() as tmp:
-            packed = subprocess.run(
-                [npm, "pack", CDKTF_PACKAGE, "--pack-destination", tmp, "--silent"],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=600,
-            )
-            if packed.returncode != 0:
-                pytest.skip(f"npm pack {CDKTF_PACKAGE} failed: {packed.stderr.strip()[-300:]}")
-            staging = Path(tmp) / "cache"
-            with tarfile.open(Path(tmp) / packed.stdout.split()[-1]) as archive:
-                archive.extractall(
-                    staging, members=[archive.getmember(n) for n in SCHEMA_FILES], filter="data"
-                )
-            SCHEMA_CACHE.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(SCHEMA_CACHE, ignore_errors=True)
-            shutil.move(staging, SCHEMA_CACHE)
-    return SCHEMA_CACHE / "package"
-
-
-def schema_arguments(text: str) -> dict[str, tuple[bool, str, str | None]]:
-    """argument -> (is a block, storage type, the block's *ToHclTerraform function)."""
-    found = {}
-    for name, value, is_block, storage in SCHEMA_ARGUMENT.findall(text):
-        function = re.search(r"(\w+ToHclTerraform)", value) if is_block == "true" else None
-        found[name] = (is_block == "true", storage, function and function.group(1))
-    return found
-
-
-def schema_problems(value, spec, functions: dict[str, str], path: str) -> list[str]:
-    is_block, storage, function = spec
-    if is_block:
-        arguments = schema_arguments(functions[function])
-        problems = []
-        for index, item in enumerate(value if isinstance(value, list) else [value]):
-            for key, inner in item.items():
-                where = f"{path}[{index}].{key}"
-                if key not in arguments:
-                    problems.append(f"{where}: no such argument")
-                else:
-                    problems += schema_problems(inner, arguments[key], functions, where)
-        return problems
-    if isinstance(value, str) and value.startswith("${"):
-        return []  # a reference: Terraform checks its type at plan time
-    if storage in SCALARS:
-        ok = isinstance(value, SCALARS[storage])
-    elif storage.endswith("List"):
-        ok = isinstance(value, list) and all(
-            isinstance(v, SCALARS[storage[:-4]]) or str(v).startswith("${") for v in value
-        )
-    elif storage.endswith("Map"):
-        ok = isinstance(value, dict) and all(
-            isinstance(v, SCALARS[storage[:-3]]) for v in value.values()
-        )
-    else:
-        ok = False
-    return [] if ok else [f"{path}: {value!r:.40} is not {storage}"]
+def provider_schema() -> None:
+    try:
+        provider_schema_module.schema_dir()
+    except provider_schema_module.SchemaUnavailable as error:
+        pytest.skip(str(error))
 
 
 def test_arguments_exist_in_the_pinned_google_provider_schema(provider_schema, files):
-    captured = json.loads((provider_schema / "package.json").read_text())["cdktf"]["provider"]
-    assert captured["version"] == GOOGLE_PROVIDER_VERSION, (
-        "the schema checked here is not the pinned provider's: update CDKTF_PACKAGE, or if no "
-        "package captures the new version, say in this docstring what is no longer checked"
+    assert provider_schema_module.captured_version() == GOOGLE_PROVIDER_VERSION, (
+        "the schema checked here is not the pinned provider's: update CDKTF_PACKAGE in "
+        "dmlocal/provider_schema.py, or if no package captures the new version, say in this "
+        "docstring what is no longer checked"
     )
-    problems = []
-    checked = 0
-    for tf_type, by_label in files["main.tf.json"]["resource"].items():
-        source = provider_schema / "lib" / tf_type.replace("google_", "").replace("_", "-")
-        text = (source / "index.js").read_text()
-        top = re.search(r"synthesizeHclAttributes\(\) \{(.*?)\n    \}", text, re.S).group(1)
-        functions = dict(
-            re.findall(r"function (\w+ToHclTerraform)\(struct\) \{(.*?)\n\}", text, re.S)
-        )
-        arguments = schema_arguments(top)
-        assert "name" in arguments, "schema parsing found nothing: the package layout changed"
-        for label, body in by_label.items():
-            for key, value in body.items():
-                checked += 1
-                where = f"{tf_type}.{label}.{key}"
-                if key not in arguments:
-                    problems.append(f"{where}: no such argument")
-                else:
-                    problems += schema_problems(value, arguments[key], functions, where)
+    problems, checked = provider_schema_module.module_problems(files["main.tf.json"]["resource"])
     assert checked > 60
     assert problems == []
+
+
+def test_the_schema_check_finds_a_misnamed_argument_and_a_wrong_type(provider_schema, files):
+    resources = json.loads(json.dumps(files["main.tf.json"]["resource"]))
+    vm = resources["google_compute_instance"]["hello-vm"]
+    vm["machine_typ"] = vm.pop("machine_type")
+    vm["boot_disk"][0]["initialize_params"][0]["size"] = "ten"
+    problems, _ = provider_schema_module.module_problems(resources)
+    assert sorted(problems) == [
+        "google_compute_instance.hello-vm.boot_disk[0].initialize_params[0].size: "
+        "'ten' is not number",
+        "google_compute_instance.hello-vm.machine_typ: no such argument",
+    ]

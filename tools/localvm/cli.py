@@ -32,7 +32,8 @@ from localvm.vm import NETWORK, LocalVM, VMError
 
 STATE = REPO / ".state" / "localvm"
 STATE_FILE = STATE / "state.json"
-BOOT_TIMEOUT = 900
+# TCG on a busy machine can need longer: LOCALVM_BOOT_TIMEOUT=seconds.
+BOOT_TIMEOUT = float(os.environ.get("LOCALVM_BOOT_TIMEOUT") or 900)
 
 
 def say(message: str) -> None:
@@ -128,7 +129,7 @@ def forwarding(instance: dict, url: str) -> str:
     )
 
 
-def up(config: str, project: str, from_preview: bool = False) -> int:
+def up(config: str, project: str, from_preview: bool = False, engine: str = "dm") -> int:
     if STATE_FILE.exists():
         state = json.loads(STATE_FILE.read_text())
         if _alive(state["qemu_pid"], b"qemu-system") and _alive(
@@ -144,11 +145,12 @@ def up(config: str, project: str, from_preview: bool = False) -> int:
 
     reason = "--from-preview was given" if from_preview else deploy.available()
     if reason is None:
+        service = {"dm": "Deployment Manager", "infra-manager": "Infrastructure Manager"}[engine]
         say(
-            "deploying with the real gcloud (scripts/deploy.sh) against the local "
-            "Deployment Manager API (emulated, like Google's token endpoint)"
+            f"deploying with the real gcloud (scripts/deploy.sh, DEPLOY_ENGINE={engine}) against "
+            f"the local {service} API (emulated, like Google's token endpoint)"
         )
-        instance, network_name, output = deploy.deploy(config, project)
+        instance, network_name, output = deploy.deploy(config, project, engine=engine)
         for line in deploy_steps(output):
             say(f"gcloud: {line}")
         instance_path = STATE / "instance.json"
@@ -229,11 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument(
         "--from-preview", action="store_true", help="skip the gcloud deploy; boot the expansion"
     )
+    start.add_argument(
+        "--engine",
+        choices=("dm", "infra-manager"),
+        default=os.environ.get("DEPLOY_ENGINE") or "dm",
+        help="the deploy engine scripts/deploy.sh uses (DEPLOY_ENGINE); default: dm",
+    )
     commands.add_parser("down", help="stop what `up` started")
     commands.add_parser("image", help="build or reuse the cached image; print its directory")
     args = parser.parse_args(argv)
     if args.command == "up":
-        return up(args.config, args.project, args.from_preview)
+        return up(args.config, args.project, args.from_preview, args.engine)
     if args.command == "down":
         return down()
     print(ensure_image().directory)

@@ -96,6 +96,12 @@ class DeploymentManagerEmulator(LoopbackService):
         with self.lock:
             return self.cloud.snapshot(project)
 
+    def materialize(self, project: str, type_: str, name: str, properties: dict, existing):
+        """Creates or updates one resource in the emulated cloud; the Infrastructure Manager
+        emulator creates its resources through this too, so both engines share one cloud."""
+        with self.lock:
+            return self.cloud.store(project, type_, name, properties, existing)
+
     def forget_cloud(self, project: str) -> None:
         """Simulates every resource having been deleted behind DM's back."""
         with self.lock:

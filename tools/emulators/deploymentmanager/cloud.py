@@ -85,7 +85,7 @@ class Cloud:
             raise resource_error(
                 type_, name, 404, f"'{name}' does not exist and createPolicy is ACQUIRE"
             )
-        return self._store(project, type_, name, properties, existing)
+        return self.store(project, type_, name, properties, existing)
 
     def update(self, project: str, type_: str, name: str, applied: dict, properties: dict):
         """Updates a live resource in place; `applied` is what DM last set on it."""
@@ -106,7 +106,7 @@ class Cloud:
                     f"{json.dumps(properties.get(field))}. It cannot be changed on an existing "
                     f"resource ({reason}). Create a new resource under a new name instead.",
                 )
-        return self._store(project, type_, name, properties, existing)
+        return self.store(project, type_, name, properties, existing)
 
     def delete(self, project: str, type_: str, name: str, policy: str) -> None:
         if policy == "ABANDON":
@@ -124,7 +124,9 @@ class Cloud:
             )
         del self.projects[project][type_][name]
 
-    def _store(self, project, type_, name, properties, existing) -> dict:
+    def store(self, project, type_, name, properties, existing) -> dict:
+        """The resource as Compute Engine holds it once created or updated: server-side id,
+        selfLink, timestamp and, for an address, the allocated IP."""
         actual = {**properties, "name": properties.get("name", name)}
         if existing:  # acquired or updated in place: the server-side fields survive
             for key in ("id", "selfLink", "creationTimestamp", "address"):

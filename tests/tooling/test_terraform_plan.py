@@ -1,0 +1,123 @@
+"""The Infrastructure Manager emulator's Terraform run (emulators/terraform_plan.py), directly.
+
+Its materialised resources must be what Deployment Manager creates from the same config, or a
+DM-to-IM adoption would show changes that are artefacts of the emulator: so the Terraform
+arguments `dmlocal terraform` writes, turned back into compute.v1 properties here, must equal
+the DM expansion's properties (references aside), for every resource of the real stack. And it
+must be as strict as Terraform where these tests say so. No Terraform binary runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dmlocal import provider_schema
+from dmlocal.expand import expand_path
+from dmlocal.terraform import TF_TYPES, to_terraform
+from emulators import terraform_plan
+from emulators.terraform_plan import TerraformError, gce_properties, read_module, run
+from tests.conftest import REPO
+
+PROJECT = "hello-prod-1234"
+
+
+@pytest.fixture(scope="module")
+def expansion():
+    return expand_path(REPO / "deployment.yaml")
+
+
+@pytest.fixture(scope="module")
+def schema():
+    try:
+        provider_schema.schema_dir()
+    except provider_schema.SchemaUnavailable as error:
+        pytest.skip(str(error))
+
+
+def files_of(documents: dict[str, dict]) -> dict[str, bytes]:
+    return {name: json.dumps(doc).encode() for name, doc in documents.items()}
+
+
+def test_terraform_arguments_materialise_as_the_dm_properties(expansion):
+    """Both sides with the same values behind every reference: DM's $(ref.NAME.FIELD) and
+    Terraform's ${TYPE.NAME.ATTR} read the same fake resource."""
+    fake = {
+        r["name"]: {
+            "name": r["name"],
+            "selfLink": f"https://example.invalid/{r['name']}",
+            "address": f"address-of-{r['name']}",
+            "ipCidrRange": f"range-of-{r['name']}",
+        }
+        for r in expansion.resources
+    }
+    resources = to_terraform(expansion, PROJECT)["main.tf.json"]["resource"]
+    scope = terraform_plan.Scope(
+        {"project": PROJECT},
+        {f"{TF_TYPES[r['type']]}.{r['name']}": fake[r["name"]] for r in expansion.resources},
+    )
+    for resource in expansion.resources:
+        tf_type = TF_TYPES[resource["type"]]
+        got = gce_properties(tf_type, scope.evaluate(resources[tf_type][resource["name"]]))
+        dm = re.sub(
+            r"\$\(ref\.([^.()\s]+)\.(\w+)\)",
+            lambda m: fake[m[1]][m[2]],
+            json.dumps({"name": resource["name"], **resource["properties"]}),
+        )
+        assert got == json.loads(dm), resource["name"]
+
+
+def test_the_real_module_plans_ten_creates_and_its_output(expansion, schema):
+    files = files_of(to_terraform(expansion))
+    module = read_module(files, {"project": PROJECT})
+    cloud: dict = {}
+
+    def materialize(dm_type, name, properties, existing):
+        link = f"https://www.googleapis.com/compute/v1/projects/{PROJECT}/x/{name}"
+        return {**properties, "name": name, "selfLink": link, "address": "192.0.2.7"}
+
+    plan, state = run(module, {}, cloud, False, materialize)
+    assert [c.actions for c in plan.changes] == [["create"]] * 10
+    assert plan.outputs == {"publicIp": "192.0.2.7"}
+    assert len(state) == 10
+    vm = cloud["compute.v1.instance"]["hello-vm"]
+    assert {i["key"]: i["value"] for i in vm["metadata"]["items"]}["startup-script"] == (
+        REPO / "app" / "startup.sh"
+    ).read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.update({"main.tf": b"resource {}"}), "HCL is not read"),
+        (
+            lambda f: f.update({"x.tf.json": b'{"modules": {}}'}),
+            'Unsupported block type: "modules"',
+        ),
+        (lambda f: f.update({"x.tf.json": b"{"}), "invalid JSON"),
+    ],
+)
+def test_configuration_errors_terraform_would_report(expansion, schema, edit, message):
+    files = files_of(to_terraform(expansion))
+    edit(files)
+    with pytest.raises(TerraformError, match=message):
+        read_module(files, {"project": PROJECT})
+
+
+def test_variables_are_checked_like_terraform(expansion, schema):
+    files = files_of(to_terraform(expansion, PROJECT))
+    with pytest.raises(TerraformError, match="undeclared variable"):
+        read_module(files, {"project": PROJECT, "region": "x"})
+    with pytest.raises(TerraformError, match="Invalid value for variable project"):
+        read_module(files, {"project": "someone-else"})
+    without_default = files_of(to_terraform(expansion))
+    with pytest.raises(TerraformError, match='No value for required variable "project"'):
+        read_module(without_default, {})
+
+
+def test_an_import_of_a_missing_object_fails(expansion, schema):
+    module = read_module(files_of(to_terraform(expansion, PROJECT)), {})
+    with pytest.raises(TerraformError, match="Cannot import non-existent remote object"):
+        run(module, {}, {}, False, lambda *a: {})
