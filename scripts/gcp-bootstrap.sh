@@ -8,6 +8,9 @@
 # Safe to re-run: each resource is described first and created only when missing; an existing
 # OIDC provider is updated to the mapping and condition below; role bindings are idempotent.
 # Every gcloud command is printed before it runs. Set the variables below, or export them.
+#
+# Exit codes: 0 done (or printed, with --dry-run); 2 usage: an unknown flag or a setting left
+# unset; any other: the gcloud command printed last failed (its message is above).
 set -euo pipefail
 
 # --- Settings ---------------------------------------------------------------------------------
