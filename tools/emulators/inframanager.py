@@ -50,15 +50,12 @@ import time
 from http import HTTPStatus
 
 from emulators import terraform_plan
-from emulators.deploymentmanager import (
-    COMPUTE_ROOT,
-    DEPLOYMENT_NAME,
-    ApiError,
-    DeploymentManagerEmulator,
-    TokenVerifier,
-    _now,
-)
-from emulators.deploymentmanager import _Handler as JsonApiHandler
+from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
+from emulators.deploymentmanager.api import TokenVerifier
+from emulators.deploymentmanager.api import _Handler as JsonApiHandler
+from emulators.deploymentmanager.cloud import COMPUTE_ROOT
+from emulators.deploymentmanager.cloud import now as _now
+from emulators.deploymentmanager.state import DEPLOYMENT_NAME
 from emulators.loopback import LoopbackService
 from emulators.storage import CloudStorage
 
