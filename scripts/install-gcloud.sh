@@ -19,6 +19,9 @@
 # Settings (environment), for testing against a local repository: GCLOUD_APT_REPO (repository
 # URL), GCLOUD_APT_KEY (its key's URL), APT_ROOT (a directory apt and dpkg use instead of the
 # system's: sources, keyring, lists, cache and package database all live under it).
+#
+# Exit codes: 0 installed, or already there; 1 the install failed (the message says why: the
+# version is missing from the repository, a signature or hash did not verify, no root); 2 usage.
 set -euo pipefail
 
 readonly GCLOUD_VERSION=528.0.0
@@ -40,9 +43,13 @@ case ${1:-} in
     exit 0
     ;;
   --dry-run) dry_run=true ;;
+  -h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
   "") ;;
   *)
-    log "unknown argument '$1' (--dry-run or --version)"
+    log "unknown argument '$1' (--dry-run, --version or --help)"
     exit 2
     ;;
 esac

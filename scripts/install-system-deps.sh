@@ -8,6 +8,7 @@
 #   scripts/install-system-deps.sh --list PURPOSE...   print the packages, install nothing
 #
 # Needs root, or a user with passwordless sudo (as in CI), only when something is missing.
+# Exit codes: 0 installed or already there; 1 packages are missing and there is no root; 2 usage.
 set -euo pipefail
 
 packages_for() {

@@ -20,6 +20,7 @@ from dmlocal.terraform import TF_TYPES, to_terraform
 from emulators import terraform_plan
 from emulators.terraform_plan import TerraformError, gce_properties, read_module, run
 from tests.conftest import REPO
+from tests.tooling.test_terraform import through_outputs
 
 PROJECT = "hello-prod-1234"
 
@@ -64,7 +65,9 @@ def test_terraform_arguments_materialise_as_the_dm_properties(expansion):
         dm = re.sub(
             r"\$\(ref\.([^.()\s]+)\.(\w+)\)",
             lambda m: fake[m[1]][m[2]],
-            json.dumps({"name": resource["name"], **resource["properties"]}),
+            json.dumps(
+                {"name": resource["name"], **through_outputs(resource["properties"], expansion)}
+            ),
         )
         assert got == json.loads(dm), resource["name"]
 

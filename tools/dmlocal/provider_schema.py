@@ -43,7 +43,7 @@ SCHEMA_ARGUMENT = re.compile(
     r"\s*storageClassType: \"(\w+)\",\s*\}",
     re.S,
 )
-SCALARS = {"string": str, "number": int, "boolean": bool}
+SCALARS = {"string": str, "number": (int, float), "boolean": bool}
 
 
 class SchemaUnavailable(RuntimeError):

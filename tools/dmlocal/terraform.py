@@ -197,7 +197,7 @@ class _Translator:
         return body
 
     def _subnetwork(self, name: str, p: dict) -> dict:
-        return self.take(
+        body = self.take(
             name,
             p,
             {
@@ -206,8 +206,25 @@ class _Translator:
                 "region": "region",
                 "ipCidrRange": "ip_cidr_range",
                 "privateIpGoogleAccess": "private_ip_google_access",
+                "logConfig": None,
             },
         )
+        log = dict(p.get("logConfig") or {})
+        # The provider turns VPC Flow Logs on by the block's presence; it has no `enable`.
+        if log.pop("enable", False):
+            body["log_config"] = [
+                self._block(
+                    name,
+                    log,
+                    "properties.logConfig",
+                    {
+                        "aggregationInterval": "aggregation_interval",
+                        "flowSampling": "flow_sampling",
+                        "metadata": "metadata",
+                    },
+                )
+            ]
+        return body
 
     def _firewall(self, name: str, p: dict) -> dict:
         body = self.take(

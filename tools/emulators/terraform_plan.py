@@ -311,10 +311,19 @@ def gce_properties(tf_type: str, body: dict) -> dict:
             props["routingConfig"] = {"routingMode": b["routing_mode"]}
         return props
     if tf_type == "google_compute_subnetwork":
-        return _renamed(
+        props = _renamed(
             b,
             {"ip_cidr_range": "ipCidrRange", "private_ip_google_access": "privateIpGoogleAccess"},
+            skip={"log_config"},
         )
+        if b.get("log_config"):
+            names = {
+                "aggregation_interval": "aggregationInterval",
+                "flow_sampling": "flowSampling",
+                "metadata": "metadata",
+            }
+            props["logConfig"] = {"enable": True, **_renamed(b["log_config"][0], names)}
+        return props
     if tf_type == "google_compute_address":
         return _renamed(b, {"address_type": "addressType", "network_tier": "networkTier"})
     if tf_type == "google_compute_firewall":
