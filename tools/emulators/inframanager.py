@@ -51,7 +51,7 @@ from http import HTTPStatus
 
 from emulators import terraform_plan
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
-from emulators.deploymentmanager.api import TokenVerifier
+from emulators.deploymentmanager.api import TokenVerifier, authenticate
 from emulators.deploymentmanager.api import _Handler as JsonApiHandler
 from emulators.deploymentmanager.cloud import COMPUTE_ROOT
 from emulators.deploymentmanager.cloud import now as _now
@@ -118,7 +118,7 @@ class InfraManagerEmulator(LoopbackService):
 
     def handle(self, method: str, path: str, query: dict, body: dict | None, token: str | None):
         """Returns (status, json body). Raises ApiError for HTTP errors."""
-        principal = self._authenticate(token)
+        principal = authenticate(self.verify_token, token)
         if not path.startswith(API_PREFIX + "projects/"):
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         name, _, verb = path[len(API_PREFIX) :].partition(":")
@@ -137,19 +137,6 @@ class InfraManagerEmulator(LoopbackService):
             if collection == "previews":
                 return self._previews(method, parent, rest, verb, query, body, principal)
         raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such method: {method} {path}")
-
-    def _authenticate(self, token: str | None) -> str:
-        if self.verify_token is None:
-            return "anonymous@example.com"
-        principal = self.verify_token(token) if token else None
-        if principal is None:
-            raise ApiError(
-                HTTPStatus.UNAUTHORIZED,
-                "authError",
-                "Request had invalid authentication credentials. Expected OAuth 2 access token, "
-                "login cookie or other valid authentication credential.",
-            )
-        return principal
 
     def _deployments(self, method, parent, rest, verb, query, body, principal):
         if not rest and method == "POST" and not verb:

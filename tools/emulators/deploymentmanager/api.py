@@ -35,6 +35,22 @@ API_ROOT = "/deploymentmanager/v2/projects/"
 TokenVerifier = Callable[[str], str | None]  # bearer token -> principal email, or None
 
 
+def authenticate(verify_token: TokenVerifier | None, token: str | None) -> str:
+    """The caller's principal, or Google's 401 for a bearer token the verifier does not know;
+    with no verifier every caller is anonymous."""
+    if verify_token is None:
+        return "anonymous@example.com"
+    principal = verify_token(token) if token else None
+    if principal is None:
+        raise ApiError(
+            HTTPStatus.UNAUTHORIZED,
+            "authError",
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+            "login cookie or other valid authentication credential.",
+        )
+    return principal
+
+
 class DeploymentManagerEmulator(LoopbackService):
     """The emulated service: DM's state and its cloud behind the v2 HTTP API."""
 
@@ -116,7 +132,7 @@ class DeploymentManagerEmulator(LoopbackService):
 
     def handle(self, method: str, path: str, query: dict, body: dict | None, token: str | None):
         """Returns (status, json body). Raises ApiError for HTTP errors."""
-        principal = self._authenticate(token)
+        principal = authenticate(self.verify_token, token)
         if not path.startswith(API_ROOT):
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         parts = path[len(API_ROOT) :].strip("/").split("/")
@@ -133,19 +149,6 @@ class DeploymentManagerEmulator(LoopbackService):
             elif collection == "deployments":
                 return self._deployments(method, project, rest, query, body or {}, principal)
         raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such method: {method} {path}")
-
-    def _authenticate(self, token: str | None) -> str:
-        if self.verify_token is None:
-            return "anonymous@example.com"
-        principal = self.verify_token(token) if token else None
-        if principal is None:
-            raise ApiError(
-                HTTPStatus.UNAUTHORIZED,
-                "authError",
-                "Request had invalid authentication credentials. Expected OAuth 2 access token, "
-                "login cookie or other valid authentication credential.",
-            )
-        return principal
 
     def _deployments(self, method, project, rest, query, body, principal):
         state = self.state
