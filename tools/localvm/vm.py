@@ -82,6 +82,10 @@ def hold_apt_locks_at_boot(seconds: int) -> tuple[str, ...]:
         f'systemd.run="{command}"',
         "systemd.run_success_action=none",
         "systemd.run_failure_action=none",
+        # systemd.run= alone boots into kernel-command-line.target instead of the usual target;
+        # boot the usual one and pull the command in beside it.
+        "systemd.unit=multi-user.target",
+        "systemd.wants=kernel-command-line.service",
     )
 
 
