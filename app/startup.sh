@@ -91,13 +91,17 @@ install_if_changed() {
 # network failures are retried with backoff, a held apt lock is waited for (up to
 # APT_LOCK_WAIT), and a hash mismatch fails at once (a tampered download stays tampered).
 retry() {
-  local what=$1 attempt=1 delay=5 status output lock_since=
+  local what=$1 attempt=1 delay=5 status output lock_since= started
   shift
   while true; do
     status=0
+    started=$SECONDS
     output=$("$@" 2>&1) || status=$?
+    if [[ -n $lock_since && $output != *"Could not get lock"* ]]; then
+      log "apt lock free after waiting $((started - lock_since)) s"
+      lock_since=
+    fi
     if ((status == 0)); then
-      [[ -z $lock_since ]] || log "apt lock released after $((SECONDS - lock_since)) s"
       # apt-get -q reports each second it waited for the dpkg lock (DPkg::Lock::Timeout).
       if [[ $output == *"Waiting for cache lock"* ]]; then
         log "waited $(grep -c 'Waiting for cache lock' <<<"$output" || true) s for the dpkg lock" \
