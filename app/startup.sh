@@ -161,6 +161,7 @@ ensure_venv() {
       log "building venv $venv"
       rm -rf "$venv"
       python3 -m venv "$venv"
+      log "installing the pinned requirements with pip (hashes checked)"
       retry "pip install" "$venv/bin/pip" install --quiet --no-cache-dir \
         --disable-pip-version-check --retries 1 --timeout 20 --only-binary=:all: \
         --require-hashes --requirement "$requirements"
