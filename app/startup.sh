@@ -91,7 +91,7 @@ install_if_changed() {
 # network failures are retried with backoff, a held apt lock is waited for (up to
 # APT_LOCK_WAIT), and a hash mismatch fails at once (a tampered download stays tampered).
 retry() {
-  local what=$1 attempt=1 delay=5 status output lock_since= started
+  local what=$1 attempt=1 delay=5 status output lock_since='' started
   shift
   while true; do
     status=0
@@ -99,7 +99,7 @@ retry() {
     output=$("$@" 2>&1) || status=$?
     if [[ -n $lock_since && $output != *"Could not get lock"* ]]; then
       log "apt lock free after waiting $((started - lock_since)) s"
-      lock_since=
+      lock_since=''
     fi
     if ((status == 0)); then
       # apt-get -q reports each second it waited for the dpkg lock (DPkg::Lock::Timeout).
