@@ -433,6 +433,7 @@ def test_smoke_fails_when_a_redeploy_does_not_converge(stack, tmp_path):
     original = attributes(stack.instance)
     tampered = tamper_hashes(original["app-requirements"], "flask")
     assert tampered != original["app-requirements"]
+    (tmp_path / "checkout").mkdir()
     checkout = copy_stack(tmp_path / "checkout")
     shutil.copytree(REPO / "scripts", checkout / "scripts")
     (checkout / "app/requirements.txt").write_text(tampered)
