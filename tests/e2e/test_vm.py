@@ -71,7 +71,7 @@ def test_cold_boot_waits_for_apt_locks_and_survives_a_network_outage(stack):
     assert re.search(r"hello-startup: apt lock free after waiting \d+ s", log)
     assert re.search(r"hello-startup: waited \d+ s for the dpkg lock \(held by process", log)
     assert re.search(r"hello-startup: pip install failed \(exit \d+: .*\); retry 1 in 5 s", log)
-    assert "FAILED" not in log
+    assert "hello-startup: FAILED" not in log
     assert log.count("Linux version") == 1, "the VM rebooted"
 
 
