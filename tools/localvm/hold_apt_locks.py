@@ -4,10 +4,10 @@ Runs inside the guest under python3 from the kernel command line; argv[1] is the
 """
 
 import fcntl
-import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 LISTS = "/var/lib/apt/lists/lock"
 hold = int(sys.argv[1])
@@ -34,20 +34,23 @@ def startup_scripts_began() -> bool:
     return state in ("activating", "active", "failed")
 
 
-def lists_lock_held_by_another() -> bool:
-    """F_GETLK: asks who holds the lock without taking it (taking it would fail apt-get)."""
-    with open(LISTS, "a") as handle:
-        query = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
-        return struct.unpack("hhqqi", fcntl.fcntl(handle, fcntl.F_GETLK, query))[0] != fcntl.F_UNLCK
+def apt_get_install_running() -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(b"apt-get") for arg in args) and b"install" in args:
+            return True
+    return False
 
 
 wait_until(startup_scripts_began)
 time.sleep(hold)
 files.pop(LISTS).close()
 print("hold-apt-locks: released the lists lock", flush=True)
-# dpkg's locks stay held until `hold` s after another `apt-get update` finished, so the
-# `apt-get install` that follows it meets them however long the update took.
-wait_until(lists_lock_held_by_another)
-wait_until(lambda: not lists_lock_held_by_another())
+# dpkg's locks stay held until `hold` s after an `apt-get install` started, so it meets them
+# however long the `apt-get update` before it took.
+wait_until(apt_get_install_running)
 time.sleep(hold)
 print("hold-apt-locks: released the dpkg locks", flush=True)

@@ -71,7 +71,7 @@ def hold_apt_locks_at_boot(seconds: int) -> tuple[str, ...]:
     Test infrastructure: a command systemd runs from the kernel command line
     (systemd-run-generator), so the cached image stays the same. It holds the lists lock from
     early boot until `seconds` after the startup scripts began, and dpkg's locks until `seconds`
-    after the next `apt-get update` ended, so a startup script meets both: the lists lock at
+    after an `apt-get install` started, so a startup script meets both: the lists lock at
     `apt-get update` and dpkg's at `apt-get install`. Same locks as apt takes (fcntl locks on
     the same files).
     """
