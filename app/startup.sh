@@ -339,6 +339,8 @@ watch_metadata() {
       continue
     fi
     etag=$(tr -d '\r' <"$headers" | awk 'tolower($1) == "etag:" { print $2 }')
+    # A converge may have completed during the long poll.
+    applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
     if [[ -z $etag || $etag == "$applied" ]]; then
       requested=NONE
       continue
