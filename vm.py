@@ -22,6 +22,8 @@ METADATA_FILES = {
     "app-requirements": "app/requirements.txt",
     "app-service": "app/hello.service",
     "app-watch-service": "app/hello-metadata-watch.service",
+    "app-converge-service": "app/hello-converge.service",
+    "app-converge-path": "app/hello-converge.path",
 }
 
 

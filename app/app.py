@@ -3,11 +3,17 @@
 `/` is what a person types in a browser; `/hello` is the route the original,
 hand-built server answered on, kept so existing links and checks still work.
 In production gunicorn imports `app` from this module (see hello.service).
+`/healthz` also names the version the VM runs: the digest startup.sh records once a converge
+has completed, which scripts/smoke.sh compares with the digest of what was just deployed.
 """
 
-from flask import Flask
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify
 
 GREETING = "Hello World from BenchSci!"
+VERSION_FILE = Path(os.environ.get("HELLO_VERSION_FILE", "/opt/hello/version"))
 
 app = Flask(__name__)
 
@@ -19,8 +25,12 @@ def hello() -> tuple[str, int, dict[str, str]]:
 
 
 @app.get("/healthz")
-def healthz() -> tuple[str, int, dict[str, str]]:
-    return "ok", 200, {"Content-Type": "text/plain; charset=utf-8"}
+def healthz():
+    try:
+        version = VERSION_FILE.read_text().strip()
+    except OSError:
+        version = "unknown"
+    return jsonify(status="ok", version=version)
 
 
 if __name__ == "__main__":

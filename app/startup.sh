@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # GCE startup script for the hello-world VM.
 #
-# google-guest-agent runs it as root on every boot; hello-metadata-watch.service runs it again
-# whenever instance metadata changes (a redeploy). It converges the VM on what the metadata says:
+# google-guest-agent runs it as root on every boot; hello-converge.service runs it again when
+# hello-metadata-watch.service sees instance metadata change (a redeploy). It converges the VM on
+# what the metadata says:
 #   1. Debian packages the app needs, installed only when missing;
-#   2. a venv with app/requirements.txt, rebuilt only when the pins change;
+#   2. a venv with app/requirements.txt (hash-checked), rebuilt only when the pins change;
 #   3. the app and its systemd units, rewritten only when their bytes change;
-#   4. the service restarted only when something above changed, then health-checked.
+#   4. the service restarted only when something above changed, then health-checked;
+#   5. the version it now runs (a digest of the installed files, see `version`) and the metadata
+#      ETag it applied, recorded for GET /healthz and for the watcher.
 # A boot where nothing changed touches nothing and takes a few seconds. Any failure prints one
 # "hello-startup: FAILED ..." line, which the guest agent copies to the serial console.
 #
-# `hello-startup watch` is the long-running metadata watcher (see hello-metadata-watch.service).
+# Subcommands: (none) = what a boot runs; `converge` = one converge (hello-converge.service);
+# `watch` = the metadata watcher; `version KEY=FILE...` = the version digest of those files.
 set -Eeuo pipefail
 
 readonly METADATA=http://metadata.google.internal/computeMetadata/v1/instance/attributes
@@ -19,6 +23,32 @@ readonly APP_DIR=$PREFIX/app
 readonly UNIT_DIR=/etc/systemd/system
 readonly SELF=/usr/local/sbin/hello-startup
 readonly PACKAGES=(python3-venv)
+# What converges have done, kept across reboots: the applied ETag and pending restarts.
+readonly STATE_DIR=/var/lib/hello
+# One converge at a time: the boot's run, hello-converge.service and a background retry all
+# take this lock, and wait for it rather than run beside another converge.
+readonly LOCK=/run/hello-converge.lock
+# The watcher (unprivileged) asks for a converge by writing a file here; hello-converge.path
+# starts hello-converge.service while the directory is not empty.
+readonly REQUESTS=/run/hello-converge-requests
+# The version the VM serves (GET /healthz), written only once a converge has completed.
+readonly VERSION_FILE=$PREFIX/version
+# Network steps are retried with backoff (5, 10, 20, 40, 60 s): about 2.5 min of outage.
+readonly NET_ATTEMPTS=6
+# How long to wait for another apt user (the OS Config agent, apt-daily) to release apt's locks.
+readonly APT_LOCK_WAIT=600
+
+# Metadata key -> where a converge installs it. The version digest covers exactly these keys,
+# so the version a VM reports names what it runs; vm.py's METADATA_FILES lists the same keys.
+declare -rA INSTALLED=(
+  [startup-script]=$SELF
+  [app-py]=$APP_DIR/app.py
+  [app-requirements]=$APP_DIR/requirements.txt
+  [app-service]=$UNIT_DIR/hello.service
+  [app-watch-service]=$UNIT_DIR/hello-metadata-watch.service
+  [app-converge-service]=$UNIT_DIR/hello-converge.service
+  [app-converge-path]=$UNIT_DIR/hello-converge.path
+)
 
 log() { echo "hello-startup: $*"; }
 fail() {
@@ -27,27 +57,75 @@ fail() {
 }
 trap 'fail "line $LINENO: \"$BASH_COMMAND\" exited $?"' ERR
 
-metadata() {
-  curl --silent --show-error --fail --retry 5 --retry-connrefused --max-time 30 \
-    -H 'Metadata-Flavor: Google' "$METADATA/$1"
-}
-
 # What changed on this run. Flags, not return codes: a function called in an `&&` list runs
 # with errexit off, which would let a failed apt-get or pip install go unnoticed.
 restart_app=0
 reload_units=0
+
+# Raises flag $1 and records it as pending on disk before the change it stands for is made, so
+# a converge killed between a change and its restart leaves the restart to the next converge.
+mark_pending() {
+  printf -v "$1" 1
+  if [[ ! -e $STATE_DIR/pending/$1 ]]; then
+    mkdir -p "$STATE_DIR/pending"
+    touch "$STATE_DIR/pending/$1"
+    sync "$STATE_DIR/pending"
+  fi
+}
 
 # Installs $1 as $2 (mode $3) when the bytes differ, and raises each flag named after that.
 install_if_changed() {
   local source=$1 target=$2 mode=$3 flag
   shift 3
   if ! cmp --silent "$source" "$target"; then
+    for flag in "$@"; do
+      mark_pending "$flag"
+    done
     install -D --mode "$mode" "$source" "$target"
     log "updated $target"
-    for flag in "$@"; do
-      printf -v "$flag" 1
-    done
   fi
+}
+
+# Runs "$@", a command that needs the network or apt's locks, until it succeeds. GCE runs the
+# startup script once per boot, so a transient outage must not leave the VM without the app:
+# network failures are retried with backoff, a held apt lock is waited for (up to
+# APT_LOCK_WAIT), and a hash mismatch fails at once (a tampered download stays tampered).
+retry() {
+  local what=$1 attempt=1 delay=5 status output lock_since='' started
+  shift
+  while true; do
+    status=0
+    started=$SECONDS
+    output=$("$@" 2>&1) || status=$?
+    if [[ -n $lock_since && $output != *"Could not get lock"* ]]; then
+      log "apt lock free after waiting $((started - lock_since)) s"
+      lock_since=''
+    fi
+    if ((status == 0)); then
+      # apt-get -q reports each second it waited for the dpkg lock (DPkg::Lock::Timeout).
+      if [[ $output == *"Waiting for cache lock"* ]]; then
+        log "waited $(grep -c 'Waiting for cache lock' <<<"$output" || true) s for the dpkg lock" \
+          "($(grep -m 1 -o 'held by process [^.]*' <<<"$output" || true))"
+      fi
+      return 0
+    fi
+    if [[ $output == *"Could not get lock"* ]] && ((SECONDS - ${lock_since:-$SECONDS} < APT_LOCK_WAIT)); then
+      if [[ -z $lock_since ]]; then
+        lock_since=$SECONDS
+        log "waiting for the apt lock: $(grep -m 1 -o 'Could not get lock.*' <<<"$output" || true)"
+      fi
+      sleep 5
+      continue
+    fi
+    if [[ $output == *"DO NOT MATCH THE HASHES"* ]] || ((attempt >= NET_ATTEMPTS)); then
+      printf '%s\n' "$output" >&2
+      fail "$what failed (exit $status) after $attempt attempt(s)"
+    fi
+    log "$what failed (exit $status: $(tail -n 1 <<<"$output")); retry $attempt in $delay s"
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2 > 60 ? 60 : delay * 2))
+  done
 }
 
 ensure_packages() {
@@ -61,9 +139,11 @@ ensure_packages() {
     return 0
   fi
   log "installing packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  restart_app=1
+  # DPkg::Lock::Timeout covers dpkg's locks only; `retry` waits out the lists lock of update.
+  retry "apt-get update" apt-get update -q -o APT::Update::Error-Mode=any
+  mark_pending restart_app
+  retry "apt-get install" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    --no-install-recommends -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "${missing[@]}"
 }
 
 # The venv lives in a directory named after the hash of its pins, so a change of pins builds a
@@ -76,71 +156,138 @@ ensure_venv() {
   venv=$PREFIX/venv-$digest
   if [[ -f $venv/.complete && $(readlink "$PREFIX/venv") == "$venv" ]]; then
     log "venv up to date: $venv"
-    return 0
+  else
+    if [[ ! -f $venv/.complete ]]; then
+      log "building venv $venv"
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+      log "installing the pinned requirements with pip (hashes checked)"
+      retry "pip install" "$venv/bin/pip" install --quiet --no-cache-dir \
+        --disable-pip-version-check --retries 1 --timeout 20 --only-binary=:all: \
+        --require-hashes --requirement "$requirements"
+      sync
+      touch "$venv/.complete"
+    fi
+    mark_pending restart_app
+    ln -sfn "$venv" "$PREFIX/venv"
+    log "venv switched to $venv"
   fi
-  if [[ ! -f $venv/.complete ]]; then
-    log "building venv $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
-      --only-binary=:all: --requirement "$requirements"
-    sync
-    touch "$venv/.complete"
-  fi
-  ln -sfn "$venv" "$PREFIX/venv"
+  # Earlier venvs, and any a failed or killed run left half-built.
   find "$PREFIX" -maxdepth 1 -name 'venv-*' ! -path "$venv" -exec rm -rf {} +
-  log "venv switched to $venv"
-  restart_app=1
+}
+
+# Reads every instance attribute in one request, so the files and the ETag recorded for them
+# are one consistent snapshot: writes $1/<key> for each key in INSTALLED, and $1/.etag.
+fetch_metadata() {
+  local staging=$1
+  retry "reading instance metadata" curl --silent --show-error --fail --max-time 30 \
+    -H 'Metadata-Flavor: Google' --dump-header "$staging/.headers" \
+    --output "$staging/.attributes.json" "$METADATA/?recursive=true&alt=json"
+  tr -d '\r' <"$staging/.headers" | awk 'tolower($1) == "etag:" { print $2 }' >"$staging/.etag"
+  python3 - "$staging" "${!INSTALLED[@]}" <<'EOF'
+import json, pathlib, sys
+
+staging, keys = pathlib.Path(sys.argv[1]), sys.argv[2:]
+attributes = json.loads((staging / ".attributes.json").read_text())
+missing = [key for key in keys if key not in attributes]
+if missing:
+    sys.exit(f"instance metadata lacks {', '.join(missing)} (vm.py sets them from app/)")
+for key in keys:
+    (staging / key).write_text(attributes[key], encoding="utf-8", newline="")
+EOF
+}
+
+# The version digest: sha256 over "KEY SHA256(FILE)" lines sorted by KEY, from KEY=FILE pairs.
+# The VM computes it from its installed files; scripts/smoke.sh from the repository's.
+version_of() {
+  local pair
+  for pair in "$@"; do
+    printf '%s %s\n' "${pair%%=*}" "$(sha256sum <"${pair#*=}" | cut -d' ' -f1)"
+  done | LC_ALL=C sort | sha256sum | cut -c1-16
+}
+
+installed_version() {
+  local key pairs=()
+  for key in "${!INSTALLED[@]}"; do
+    pairs+=("$key=${INSTALLED[$key]}")
+  done
+  version_of "${pairs[@]}"
+}
+
+take_lock() {
+  exec {lock_fd}>"$LOCK"
+  if ! flock --nonblock "$lock_fd"; then
+    log "waiting for the converge already running to finish"
+    flock "$lock_fd"
+  fi
 }
 
 converge() {
+  take_lock
   staging=$(mktemp -d)
   trap 'rm -rf "$staging"' EXIT
+  log "converging (pid $$)"
+  # Requests made so far are answered by the metadata this run reads next.
+  rm -f "$REQUESTS"/*
+  local flag
+  for flag in restart_app reload_units; do
+    if [[ -e $STATE_DIR/pending/$flag ]]; then
+      log "resuming $flag, left pending by an interrupted converge"
+      printf -v "$flag" 1
+    fi
+  done
 
   ensure_packages
   id hello &>/dev/null ||
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin hello
-
-  metadata app-py >"$staging/app.py"
-  metadata app-requirements >"$staging/requirements.txt"
-  metadata app-service >"$staging/hello.service"
-  metadata app-watch-service >"$staging/hello-metadata-watch.service"
-  metadata startup-script >"$staging/hello-startup"
-
-  ensure_venv "$staging/requirements.txt"
-  install_if_changed "$staging/app.py" "$APP_DIR/app.py" 0644 restart_app
-  install_if_changed "$staging/hello.service" "$UNIT_DIR/hello.service" 0644 \
+  fetch_metadata "$staging"
+  ensure_venv "$staging/app-requirements"
+  install_if_changed "$staging/app-requirements" "$APP_DIR/requirements.txt" 0644 restart_app
+  install_if_changed "$staging/app-py" "$APP_DIR/app.py" 0644 restart_app
+  install_if_changed "$staging/app-service" "$UNIT_DIR/hello.service" 0644 \
     restart_app reload_units
-  install_if_changed "$staging/hello-metadata-watch.service" \
-    "$UNIT_DIR/hello-metadata-watch.service" 0644 reload_units
-  install_if_changed "$staging/hello-startup" "$SELF" 0755 reload_units
+  local unit
+  for unit in app-watch-service app-converge-service app-converge-path; do
+    install_if_changed "$staging/$unit" "${INSTALLED[$unit]}" 0644 reload_units
+  done
+  install_if_changed "$staging/startup-script" "$SELF" 0755 reload_units
 
   # Make what was just installed survive a reset (a power cut) from here on.
   sync
   if ((reload_units)); then
     systemctl daemon-reload
   fi
-  systemctl enable --quiet hello.service hello-metadata-watch.service
+  systemctl enable --quiet hello.service hello-metadata-watch.service hello-converge.path
   if ((restart_app)); then
     log "restarting hello.service"
     systemctl restart hello.service
   else
     systemctl start hello.service
   fi
-  # The watcher may be the one that started us: never wait on it.
-  if ((reload_units)); then
-    systemctl --no-block restart hello-metadata-watch.service
-  else
-    systemctl --no-block start hello-metadata-watch.service
-  fi
   wait_healthy
+  rm -f "$STATE_DIR/pending/restart_app"
+
+  installed_version >"$VERSION_FILE.tmp"
+  mv "$VERSION_FILE.tmp" "$VERSION_FILE"
+  install -D --mode 0644 "$staging/.etag" "$STATE_DIR/applied-etag"
+  sync
+  # Started after the ETag is recorded, so the watcher starts from what was applied. Both only
+  # request converges: restarting them interrupts none.
+  if ((reload_units)); then
+    systemctl --no-block restart hello-metadata-watch.service hello-converge.path
+  else
+    systemctl --no-block start hello-metadata-watch.service hello-converge.path
+  fi
+  rm -f "$STATE_DIR/pending/reload_units"
+  log "serving version $(<"$VERSION_FILE") of metadata $(<"$staging/.etag")" \
+    "(converged in ${SECONDS} s)"
 }
 
 wait_healthy() {
   local attempt
   for attempt in $(seq 1 30); do
     if curl --silent --fail --max-time 2 http://127.0.0.1/healthz >/dev/null; then
-      log "serving on :80 (healthy after ${attempt} check(s); converged in ${SECONDS} s)"
+      log "serving on :80 (healthy after ${attempt} check(s))"
       return 0
     fi
     sleep 1
@@ -149,31 +296,76 @@ wait_healthy() {
   fail "hello.service is not healthy on :80 after 30 s (journalctl -u hello.service)"
 }
 
-# Long-polls the instance attributes; on a new ETag, runs the startup scripts the way a boot does.
-watch_metadata() {
-  local etag=NONE headers new_etag
-  headers=$(mktemp)
-  while true; do
-    if ! curl --silent --fail --max-time 90 --dump-header "$headers" --output /dev/null \
-      -H 'Metadata-Flavor: Google' \
-      "$METADATA/?recursive=true&wait_for_change=true&timeout_sec=60&last_etag=$etag"; then
-      sleep 5
-      continue
+# What a boot runs. GCE runs the startup script once per boot, so when converging fails even
+# after the retries above, a transient unit keeps retrying (with backoff) until it converges.
+boot() {
+  local status=0
+  "$BASH" "$0" converge || status=$?
+  ((status != 0)) || return 0
+  install -D --mode 0755 "$0" /run/hello-startup-retry
+  systemd-run --quiet --collect --unit=hello-converge-retry \
+    --description="Retry converging the VM until it succeeds" \
+    /bin/bash /run/hello-startup-retry retry
+  log "retrying in the background (journalctl -u hello-converge-retry)"
+  return "$status"
+}
+
+retry_in_background() {
+  local attempt delay=30
+  for ((attempt = 1; ; attempt++)); do
+    sleep "$delay"
+    log "background retry $attempt"
+    if "$BASH" "$0" converge; then
+      return 0
     fi
-    new_etag=$(tr -d '\r' <"$headers" | awk 'tolower($1) == "etag:" { print $2 }')
-    if [[ $etag != NONE && -n $new_etag && $new_etag != "$etag" ]]; then
-      log "instance metadata changed ($etag -> $new_etag): re-running startup scripts"
-      systemctl --no-block restart google-startup-scripts.service
-    fi
-    etag=${new_etag:-NONE}
+    delay=$((delay * 2 > 600 ? 600 : delay * 2))
   done
 }
 
-case ${1:-converge} in
+# Long-polls the instance attributes from the ETag the last converge applied, so a change made
+# before the watcher (re)started is seen too; requests a converge for every ETag not yet applied,
+# and again every minute while it stays unapplied (a converge that failed is retried).
+watch_metadata() {
+  local applied requested=NONE since etag headers
+  headers=$(mktemp)
+  while true; do
+    applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
+    since=$applied
+    [[ $requested == NONE || $requested == "$applied" ]] || since=$requested
+    if ! curl --silent --fail --max-time 90 --dump-header "$headers" --output /dev/null \
+      -H 'Metadata-Flavor: Google' \
+      "$METADATA/?recursive=true&alt=json&wait_for_change=true&timeout_sec=60&last_etag=$since"; then
+      sleep 5
+      continue
+    fi
+    etag=$(tr -d '\r' <"$headers" | awk 'tolower($1) == "etag:" { print $2 }')
+    # A converge may have completed during the long poll.
+    applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
+    if [[ -z $etag || $etag == "$applied" ]]; then
+      requested=NONE
+      continue
+    fi
+    if [[ $etag != "$requested" ]]; then
+      log "instance metadata changed ($applied -> $etag): requesting a converge"
+    else
+      log "metadata $etag is still not applied: requesting a converge again"
+    fi
+    echo "$etag" >"$REQUESTS/$etag"
+    requested=$etag
+  done
+}
+
+case ${1:-boot} in
+boot) boot ;;
 converge) converge ;;
+retry) retry_in_background ;;
 watch)
   trap - ERR
   watch_metadata
   ;;
-*) fail "usage: $0 [converge|watch]" ;;
+version)
+  shift
+  version_of "$@"
+  ;;
+*) fail "usage: $0 [boot|converge|retry|watch|version KEY=FILE...]" ;;
 esac

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Smoke-tests the deployed app: GET http://ADDRESS/ until the body is exactly
-# "Hello World from BenchSci!", with retries and exponential backoff (a fresh VM needs a minute
-# or two to boot and install the app).
+# "Hello World from BenchSci!" and GET /healthz names the version just deployed, with retries and
+# exponential backoff (a fresh VM needs a minute or two to boot and install the app). The
+# version is the digest app/startup.sh computes over the files vm.py deploys: the VM computes it
+# from what it installed, this script from this checkout. So a redeploy whose converge failed
+# (the old app still greeting) fails here.
 #
 #   scripts/smoke.sh [ADDRESS]    ADDRESS is an IP or host[:port]; default: the IP in
 #   make smoke [IP=ADDRESS]       build/deploy/public-ip, written by `make deploy`
 # Settings (environment):
 #   SMOKE_ATTEMPTS  default 30; SMOKE_FIRST_WAIT seconds, doubled per try up to SMOKE_MAX_WAIT
 #   (defaults 2 and 20: about 8 minutes in all); SMOKE_PATH default /.
+#   SMOKE_VERSION   the version to wait for; default: computed from this checkout.
 # Exit codes: 0 the app answered as expected; 1 it never did; 2 usage.
 set -euo pipefail
 
@@ -43,15 +47,24 @@ attempts=${SMOKE_ATTEMPTS:-30}
 delay=${SMOKE_FIRST_WAIT:-2}
 max_wait=${SMOKE_MAX_WAIT:-20}
 url="http://$target${SMOKE_PATH:-/}"
+expected_version=${SMOKE_VERSION:-$(
+  cd "$(dirname "$0")/.."
+  python3 -c 'from vm import METADATA_FILES as f; print("\n".join(f"{k}={v}" for k, v in f.items()))' |
+    xargs bash app/startup.sh version
+)}
 
 for ((try = 1; try <= attempts; try++)); do
   status=0
   body=$(curl --silent --show-error --max-time 5 --fail "$url" 2>&1) || status=$?
   if ((status == 0)) && [[ $body == "$EXPECTED" ]]; then
-    echo "smoke: $url answered \"$body\" (try $try)"
-    exit 0
-  fi
-  if ((status == 0)); then
+    health=$(curl --silent --max-time 5 --fail "http://$target/healthz" 2>&1) || true
+    version=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' <<<"$health")
+    if [[ $version == "$expected_version" ]]; then
+      echo "smoke: $url answered \"$body\", version $version (try $try)"
+      exit 0
+    fi
+    reason="serving version ${version:-unknown}, not the deployed $expected_version (not converged)"
+  elif ((status == 0)); then
     reason="unexpected body: ${body:0:80}"
   else
     reason=${body:-curl exit $status}
@@ -61,5 +74,6 @@ for ((try = 1; try <= attempts; try++)); do
   sleep "$delay"
   delay=$((delay * 2 > max_wait ? max_wait : delay * 2))
 done
-echo "smoke: FAILED: $url never answered \"$EXPECTED\" in $attempts tries" >&2
+echo "smoke: FAILED: $url never answered \"$EXPECTED\" at version $expected_version in" \
+  "$attempts tries" >&2
 exit 1

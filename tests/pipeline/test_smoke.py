@@ -2,7 +2,8 @@
 
 Real: scripts/smoke.sh (curl, its retries and backoff), the app (app/app.py) under gunicorn, the
 production server, on 127.0.0.1. Emulated: nothing; only the address differs from production
-(a free loopback port instead of the VM's public IP on port 80).
+(a free loopback port instead of the VM's public IP on port 80), and the version file the app
+reports, which on the VM a completed converge writes (tests/e2e covers that part).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from threading import Thread
 
 import pytest
@@ -23,21 +25,45 @@ from tests.conftest import REPO
 SMOKE = REPO / "scripts" / "smoke.sh"
 
 
+def deployed_version() -> str:
+    """The digest of this checkout's deployed files, as app/startup.sh defines it."""
+    from vm import METADATA_FILES
+
+    pairs = [f"{key}={path}" for key, path in METADATA_FILES.items()]
+    result = subprocess.run(
+        ["bash", "app/startup.sh", "version", *pairs],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def gunicorn(port: int) -> subprocess.Popen:
+def gunicorn(port: int, version_file: Path) -> subprocess.Popen:
+    """The app as the VM serves it once a converge recorded `version_file`."""
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
             *("--workers", "1", "--chdir", str(REPO / "app"), "app:app"),
         ],
+        env={**os.environ, "HELLO_VERSION_FILE": str(version_file)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@pytest.fixture
+def converged(tmp_path) -> Path:
+    version_file = tmp_path / "version"
+    version_file.write_text(deployed_version() + "\n")
+    return version_file
 
 
 def smoke(target: str, **env: str) -> subprocess.Popen:
@@ -59,23 +85,23 @@ def server():
         process.wait(timeout=10)
 
 
-def test_smoke_passes_against_the_running_app(server):
-    """The app is up: the first try gets exactly the greeting and smoke.sh exits 0."""
+def test_smoke_passes_against_the_running_app(server, converged):
+    """The app is up at the deployed version: the first try passes and smoke.sh exits 0."""
     port = free_port()
-    server.append(gunicorn(port))
+    server.append(gunicorn(port, converged))
     result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="20")
     out, err = result.communicate(timeout=60)
     assert result.returncode == 0, err
     assert GREETING in out
 
 
-def test_smoke_waits_for_an_app_that_comes_up_late(server):
+def test_smoke_waits_for_an_app_that_comes_up_late(server, converged):
     """smoke.sh starts before anything listens (a VM still booting); it retries with backoff
     and passes once gunicorn is up."""
     port = free_port()
     result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="30")
     time.sleep(2.5)
-    server.append(gunicorn(port))
+    server.append(gunicorn(port, converged))
     out, err = result.communicate(timeout=60)
     assert result.returncode == 0, err
     assert "try 1/30" in err  # it did fail first
@@ -105,4 +131,18 @@ def test_smoke_fails_on_the_wrong_body():
         httpd.shutdown()
     assert result.returncode == 1
     assert "unexpected body" in err
+    assert "FAILED" in err
+
+
+def test_smoke_fails_while_the_app_serves_another_version(server, tmp_path):
+    """The greeting is right but the VM never converged on this deploy (its converge failed and
+    the old app kept serving): smoke.sh fails, naming both versions."""
+    stale = tmp_path / "version"
+    stale.write_text("0123456789abcdef\n")
+    port = free_port()
+    server.append(gunicorn(port, stale))
+    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="3")
+    _, err = result.communicate(timeout=60)
+    assert result.returncode == 1
+    assert f"serving version 0123456789abcdef, not the deployed {deployed_version()}" in err
     assert "FAILED" in err

@@ -2,6 +2,7 @@
 
 import pytest
 
+import app.app as app_module
 from app.app import GREETING, app
 
 
@@ -22,9 +23,13 @@ def test_greeting_is_exactly_the_required_text():
     assert GREETING == "Hello World from BenchSci!"
 
 
-def test_healthz_is_ok(client):
+def test_healthz_is_ok_and_names_the_version_a_converge_recorded(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(app_module, "VERSION_FILE", tmp_path / "version")
     response = client.get("/healthz")
-    assert (response.status_code, response.get_data(as_text=True)) == (200, "ok")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "version": "unknown"}
+    (tmp_path / "version").write_text("0123456789abcdef\n")
+    assert client.get("/healthz").get_json() == {"status": "ok", "version": "0123456789abcdef"}
 
 
 def test_unknown_path_is_404(client):

@@ -8,8 +8,10 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO
+from vm import METADATA_FILES
 
-UNITS = ["app/hello.service", "app/hello-metadata-watch.service"]
+SERVICES = ["app/hello.service", "app/hello-metadata-watch.service", "app/hello-converge.service"]
+UNITS = [*SERVICES, "app/hello-converge.path"]
 # Binaries that exist only on the VM, once startup.sh has installed them.
 VM_ONLY = {"/opt/hello/venv/bin/gunicorn", "/usr/local/sbin/hello-startup"}
 
@@ -53,10 +55,92 @@ def test_app_service_runs_unprivileged_on_port_80_and_always_restarts():
     assert unit("app/hello.service")["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_startup_script_writes_the_units_it_is_given():
+def test_startup_script_installs_exactly_the_files_vm_py_deploys():
+    """The version digest covers startup.sh's INSTALLED keys; smoke.sh covers vm.py's."""
     script = (REPO / "app/startup.sh").read_text()
-    for key in ("app-py", "app-requirements", "app-service", "app-watch-service", "startup-script"):
-        assert f"metadata {key} " in script, key
+    table = script.split("declare -rA INSTALLED=(", 1)[1].split("\n)", 1)[0]
+    assert set(re.findall(r"^\s+\[([a-z-]+)\]=", table, re.M)) == set(METADATA_FILES)
+
+
+def version(*pairs: str) -> str:
+    result = subprocess.run(
+        ["bash", "app/startup.sh", "version", *pairs],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def test_version_digest_names_the_files_not_their_order(tmp_path):
+    pairs = [f"{key}={path}" for key, path in METADATA_FILES.items()]
+    digest = version(*pairs)
+    assert re.fullmatch(r"[0-9a-f]{16}", digest)
+    assert version(*reversed(pairs)) == digest
+    edited = tmp_path / "app.py"
+    edited.write_text((REPO / "app/app.py").read_text() + "\n")
+    changed = [f"app-py={edited}" if p.startswith("app-py=") else p for p in pairs]
+    assert version(*changed) != digest
+    # Same bytes under another key are another deployment.
+    renamed = [p.replace("app-py=", "app-python=") for p in pairs]
+    assert version(*renamed) != digest
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+@pytest.mark.parametrize("path", SERVICES)
+def test_every_service_scores_5_or_less_in_systemd_analyze_security(path):
+    """systemd's own exposure score (0 safest, 10 unsafe), for the unit file as committed."""
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(REPO / path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    if match is None and "--offline" in result.stderr:
+        pytest.skip("this systemd-analyze cannot score a unit file offline")
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 5.0
+
+
+def test_metadata_watcher_runs_without_privileges():
+    service = unit("app/hello-metadata-watch.service")["Service"]
+    assert service["DynamicUser"] == "yes"
+    assert service["CapabilityBoundingSet"] == ""
+    assert service["ProtectSystem"] == "strict"
+    # It only asks for converges, through the directory hello-converge.path watches.
+    path = unit("app/hello-converge.path")["Path"]
+    assert path["DirectoryNotEmpty"] == f"/run/{service['RuntimeDirectory']}"
+    assert path["Unit"] == "hello-converge.service"
+
+
+def test_gunicorn_runs_without_a_control_socket():
+    """gunicorn's default control socket lives under the service user's home, which does not
+    exist: every start logged an ERROR."""
+    assert "--no-control-socket" in unit("app/hello.service")["Service"]["ExecStart"]
+
+
+def pins(path: str) -> dict[str, str]:
+    text = (REPO / path).read_text()
+    return {
+        name.lower(): version
+        for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", text, re.M)
+    }
+
+
+def test_app_pins_are_hashed_and_the_tooling_uses_the_same_versions():
+    text = (REPO / "app/requirements.txt").read_text()
+    blocks = re.split(r"\n(?=[A-Za-z])", text.split("\n", 6)[-1])
+    assert blocks, text
+    for block in blocks:
+        if re.match(r"[A-Za-z]", block):
+            assert re.search(r"--hash=sha256:[0-9a-f]{64}", block), block
+    assert "pip-compile --generate-hashes" in text.split("\n", 6)[4]
+    app = pins("app/requirements.txt")
+    tools = pins("tools/requirements.txt")
+    assert {name: tools.get(name) for name in app} == app
+    assert "--require-hashes" in (REPO / "app/startup.sh").read_text()
 
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")

@@ -60,6 +60,8 @@ def test_debian_12_family_and_small_machine_type_by_default():
         ("app-requirements", "app/requirements.txt"),
         ("app-service", "app/hello.service"),
         ("app-watch-service", "app/hello-metadata-watch.service"),
+        ("app-converge-service", "app/hello-converge.service"),
+        ("app-converge-path", "app/hello-converge.path"),
     ],
 )
 def test_metadata_carries_committed_files_byte_for_byte(key, path):

@@ -62,6 +62,8 @@ def test_attributes_are_the_rendered_metadata_byte_for_byte(server):
         ("app-requirements", "app/requirements.txt"),
         ("app-service", "app/hello.service"),
         ("app-watch-service", "app/hello-metadata-watch.service"),
+        ("app-converge-service", "app/hello-converge.service"),
+        ("app-converge-path", "app/hello-converge.path"),
     ]:
         response, body = request(server, f"/computeMetadata/v1/instance/attributes/{key}")
         assert response.status == 200, key

@@ -35,10 +35,12 @@ import re
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from emulators.loopback import LoopbackService
 
 PREFIX = "/computeMetadata/v1"
 MAX_WAIT_SEC = 3600
@@ -319,10 +321,14 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "Metadata Server for VM"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    store: MetadataStore  # set on the subclass per server
+    emulator: MetadataEmulator  # set by LoopbackService
+
+    @property
+    def store(self) -> MetadataStore:
+        return self.emulator.store
 
     def log_message(self, format: str, *args: Any) -> None:
-        if getattr(self.server, "verbose", False):
+        if self.emulator.verbose:
             super().log_message(format, *args)
 
     def _send(self, status: int, body: str, content_type: str, etag: str | None = None) -> None:
@@ -441,7 +447,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
     """Host-side control, not a GCE API: what a redeploy changes on the running instance."""
 
     protocol_version = "HTTP/1.1"
-    emulator: MetadataEmulator
+    emulator: _AdminAPI  # set by LoopbackService
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -456,7 +462,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/instance":
-            self._json(200, self.emulator.store.snapshot()["instance"])
+            self._json(200, self.emulator.metadata.store.snapshot()["instance"])
         else:
             self._json(404, {"error": "unknown path"})
 
@@ -465,32 +471,29 @@ class _AdminHandler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
             if self.path == "/instance/metadata":
                 attributes = {item["key"]: item.get("value", "") for item in body["items"]}
-                self.emulator.store.set_instance_attributes(attributes)
+                self.emulator.metadata.store.set_instance_attributes(attributes)
             elif self.path == "/instance":
-                self.emulator.load_instance(body)
+                self.emulator.metadata.load_instance(body)
             else:
                 self._json(404, {"error": "unknown path"})
                 return
         except (ValueError, KeyError, TypeError) as error:
             self._json(400, {"error": f"{type(error).__name__}: {error}"})
             return
-        self._json(200, {"generation": self.emulator.store.generation})
+        self._json(200, {"generation": self.emulator.metadata.store.generation})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    verbose = False
+class _AdminAPI(LoopbackService):
+    handler = _AdminHandler
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A guest that powers off or resets drops its long polls mid-answer: not an error.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
+    def __init__(self, metadata: MetadataEmulator) -> None:
+        self.metadata = metadata
 
 
-class MetadataEmulator:
-    """The metadata and admin listeners, on loopback, in background threads."""
+class MetadataEmulator(LoopbackService):
+    """The metadata listener and the admin one, on loopback, in background threads."""
+
+    handler = _Handler
 
     def __init__(
         self,
@@ -510,18 +513,15 @@ class MetadataEmulator:
         self.project_number = project_number
         self.network = dict(network or {})
         self.network_name = network_name
+        self.verbose = verbose
+        self._address = (host, port, admin_port)
         project = {
             "attributes": dict(project_attributes or {}),
             "numeric-project-id": project_number,
             "project-id": project_id,
         }
         self.store = MetadataStore(self._tree(instance), project)
-        handler = type("Handler", (_Handler,), {"store": self.store})
-        admin = type("AdminHandler", (_AdminHandler,), {"emulator": self})
-        self.server = _Server((host, port), handler)
-        self.admin = _Server((host, admin_port), admin)
-        self.server.verbose = verbose
-        self._threads: list[threading.Thread] = []
+        self.admin = _AdminAPI(self)
 
     def _tree(self, instance: dict[str, Any]) -> dict[str, Any]:
         return instance_tree(
@@ -537,33 +537,25 @@ class MetadataEmulator:
         self.store.replace_instance(self._tree(instance))
 
     @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
     def admin_port(self) -> int:
-        return self.admin.server_address[1]
+        return self.admin.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
-    def start(self) -> MetadataEmulator:
-        for server in (self.server, self.admin):
-            thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+    def start(self) -> Self:
+        host, port, admin_port = self._address
+        self.serve(host, port)
+        self.admin.serve(host, admin_port)
         return self
 
     def stop(self) -> None:
-        self.store.close()
-        for server in (self.server, self.admin):
-            server.shutdown()
-            server.server_close()
+        self.store.close()  # answers the long polls still waiting
+        self.shutdown()
+        self.admin.shutdown()
 
-    def __enter__(self) -> MetadataEmulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -37,10 +37,6 @@ def attributes(instance: dict[str, Any]) -> dict[str, str]:
     return {i["key"]: i.get("value", "") for i in instance.get("metadata", {}).get("items", [])}
 
 
-def metadata_items(values: dict[str, str]) -> list[dict[str, str]]:
-    return [{"key": key, "value": value} for key, value in values.items()]
-
-
 class LocalStack:
     """In-process metadata emulator + one VM; a context manager that always cleans up."""
 
@@ -51,19 +47,27 @@ class LocalStack:
         expanded: dict[str, Any] | None = None,
         image: Image | None = None,
         project: str = "local-project",
+        kernel_args: tuple[str, ...] = (),
     ) -> None:
+        self.workdir = workdir
+        self.kernel_args = kernel_args
         self.expanded = expanded if expanded is not None else render_preview()
         self.instance, network_name = from_expanded_config(self.expanded)
         self.image = image or ensure_image()
         self.metadata = MetadataEmulator(
             self.instance, project_id=project, network=NETWORK, network_name=network_name
         )
-        self.vm = LocalVM(
-            self.image, workdir, metadata_port=self.metadata.port, name=self.instance["name"]
-        )
+        self.vm: LocalVM | None = None
 
     def start(self) -> LocalStack:
         self.metadata.start()
+        self.vm = LocalVM(
+            self.image,
+            self.workdir,
+            metadata_port=self.metadata.port,
+            name=self.instance["name"],
+            kernel_args=self.kernel_args,
+        )
         try:
             self.vm.start()
         except BaseException:
@@ -77,7 +81,8 @@ class LocalStack:
 
     def stop(self) -> None:
         try:
-            self.vm.stop()
+            if self.vm is not None:
+                self.vm.stop()
         finally:
             self.metadata.stop()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import gzip
 import json
 import os
 import shutil
@@ -63,6 +64,32 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def hold_apt_locks_at_boot(seconds: int) -> tuple[str, ...]:
+    """Kernel arguments that make every boot hold apt's locks the way Google's OS Config agent
+    (its `apt-get update`) and apt-daily-upgrade do on a GCE image at boot.
+
+    Test infrastructure: a command systemd runs from the kernel command line
+    (systemd-run-generator), so the cached image stays the same. It holds the lists lock from
+    early boot until `seconds` after the startup scripts began, and dpkg's locks until `seconds`
+    after an `apt-get install` started, so a startup script meets both: the lists lock at
+    `apt-get update` and dpkg's at `apt-get install`. Same locks as apt takes (fcntl locks on
+    the same files).
+    """
+    # Compressed: the whole kernel command line must fit in 2048 bytes.
+    script = (Path(__file__).parent / "hold_apt_locks.py").read_bytes()
+    payload = base64.b64encode(gzip.compress(script, mtime=0)).decode()
+    command = f"/bin/sh -c 'echo {payload} | base64 -d | gzip -d | /usr/bin/python3 - {seconds}'"
+    return (
+        f'systemd.run="{command}"',
+        "systemd.run_success_action=none",
+        "systemd.run_failure_action=none",
+        # systemd.run= alone boots into kernel-command-line.target instead of the usual target;
+        # boot the usual one and pull the command in beside it.
+        "systemd.unit=multi-user.target",
+        "systemd.wants=kernel-command-line.service",
+    )
+
+
 def _accel() -> str:
     return os.environ.get("LOCALVM_ACCEL", "tcg,thread=multi")
 
@@ -80,6 +107,7 @@ class LocalVM:
         http_port: int | None = None,
         memory_mb: int = 1024,
         cpus: int = 2,
+        kernel_args: tuple[str, ...] = (),
     ) -> None:
         self.image = image
         self.workdir = Path(workdir)
@@ -88,6 +116,7 @@ class LocalVM:
         self.http_port = http_port or free_port()
         self.memory_mb = memory_mb
         self.cpus = cpus
+        self.kernel_args = kernel_args
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None
 
@@ -158,7 +187,7 @@ class LocalVM:
             "-initrd",
             str(self.image.initrd),
             "-append",
-            self.image.cmdline,
+            " ".join((self.image.cmdline, *self.kernel_args)),
             "-drive",
             f"if=none,id=disk0,file={self.overlay},format=qcow2,cache=unsafe,discard=unmap",
             "-device",
@@ -318,6 +347,10 @@ class LocalVM:
                 if "error" in reply:
                     raise VMError(f"QMP {message['execute']}: {reply['error']}")
             return reply["return"]
+
+    def set_link(self, up: bool) -> None:
+        """Plugs or unplugs the VM's network cable (its one NIC loses carrier), like an outage."""
+        self.qmp("set_link", {"name": "net0", "up": up})
 
     def reset(self) -> None:
         """Hard reset, like `gcloud compute instances reset`."""
