@@ -18,7 +18,7 @@ readonly PREFIX=/opt/hello
 readonly APP_DIR=$PREFIX/app
 readonly UNIT_DIR=/etc/systemd/system
 readonly SELF=/usr/local/sbin/hello-startup
-readonly PACKAGES=(python3-venv)
+readonly PACKAGES=(python3-venv nginx)
 
 log() { echo "hello-startup: $*"; }
 fail() {
@@ -127,6 +127,10 @@ converge() {
   else
     systemctl start hello.service
   fi
+  # HTTPS: nginx in front of the app and the static IP's certificate (app/hello-tls.sh).
+  metadata tls-script >"$staging/hello-tls"
+  install_if_changed "$staging/hello-tls" /usr/local/sbin/hello-tls 0755
+  /usr/local/sbin/hello-tls install
   # The watcher may be the one that started us: never wait on it.
   if ((reload_units)); then
     systemctl --no-block restart hello-metadata-watch.service

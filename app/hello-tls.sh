@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# HTTPS for the hello-world VM: nginx in front of gunicorn, serving a certificate for the
+# instance's external IP that an ACME CA (Let's Encrypt by default) issues by http-01 validation.
+#
+#   hello-tls install   root, from startup.sh on every converge: installs nginx's site, the
+#                       certificate units and the ACME client's pins from instance metadata,
+#                       reloads what changed, and starts hello-cert.service without waiting.
+#   hello-tls obtain    as hello-acme, in hello-cert.service: gets the certificate, or renews it
+#                       when the CA's renewal info (ARI) or half its lifetime says so; retries
+#                       with backoff and logs each failure as one FAILED line.
+#   hello-tls activate  root, after every obtain: serves a valid certificate on :443 and
+#                       redirects :80 to it; without one, :80 serves the app as before. Reloads
+#                       nginx (graceful: no connection is dropped) only when something changed.
+#
+# Metadata: acme-directory (empty turns HTTPS off), acme-email, acme-directory-ca (the PEM that
+# signs a private ACME server's own HTTPS; empty trusts the system store). The identifier is
+# network-interfaces/0/access-configs/0/external-ip, the reserved static IP.
+#
+# HELLO_TLS_ROOT, HELLO_TLS_METADATA and HELLO_TLS_NGINX relocate the files, the metadata server
+# and nginx's command, so the host tests run this same script without root or a VM.
+set -Eeuo pipefail
+
+readonly ROOT=${HELLO_TLS_ROOT:-}
+readonly METADATA=${HELLO_TLS_METADATA:-http://metadata.google.internal}/computeMetadata/v1/instance
+read -r -a NGINX <<<"${HELLO_TLS_NGINX:-nginx}"
+readonly STATE=$ROOT/var/lib/hello-acme
+readonly WEBROOT=$ROOT/var/www/hello-acme
+readonly SERVED=$ROOT/etc/hello-tls
+readonly ENABLED=$ROOT/etc/nginx/hello-tls
+readonly SHARE=$ROOT/usr/local/share/hello-tls
+readonly PROFILE=shortlived
+# Backoff between attempts within one run: 15 s doubling to 10 min, about an hour in all; after
+# that hello-cert.timer starts a new run within 6 hours.
+readonly ATTEMPTS=${HELLO_TLS_ATTEMPTS:-10}
+readonly FIRST_WAIT=15 MAX_WAIT=600
+
+log() { echo "hello-tls: $*"; }
+trap 'log "FAILED: line $LINENO: \"$BASH_COMMAND\" exited $?" >&2' ERR
+
+# Prints instance/$1; prints nothing for a key that is not set (404). Other errors fail.
+metadata() {
+  local body status
+  body=$(mktemp)
+  status=$(curl --silent --show-error --retry 5 --retry-connrefused --max-time 30 \
+    -H 'Metadata-Flavor: Google' --output "$body" --write-out '%{http_code}' "$METADATA/$1")
+  case $status in
+  200) cat "$body" ;;
+  404) ;;
+  *)
+    rm -f "$body"
+    log "metadata $1: HTTP $status" >&2
+    return 1
+    ;;
+  esac
+  rm -f "$body"
+}
+
+external_ip() { metadata network-interfaces/0/access-configs/0/external-ip; }
+
+# One certbot lineage per (CA, IP): pointing the VM at another CA or IP issues a new certificate
+# at once instead of waiting for the old one's renewal date.
+lineage_name() { printf 'ip-%s-%s' "${2//[.:]/-}" "$(printf '%s' "$1" | sha256sum | cut -c1-8)"; }
+
+# certbot in its own venv, named after the hash of its pins, installed with --require-hashes.
+ensure_client() {
+  local requirements=$SHARE/acme-requirements.txt digest venv
+  digest=$(sha256sum "$requirements" | cut -c1-16)
+  venv=$STATE/certbot-$digest
+  CERTBOT=$venv/bin/certbot
+  [[ -f $venv/.complete ]] && return 0
+  # Called as a condition (so errexit is off here): every step checks its own result.
+  log "installing the ACME client in $venv"
+  rm -rf "$venv" &&
+    python3 -m venv "$venv" &&
+    "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
+      --require-hashes --only-binary=:all: --requirement "$requirements" &&
+    sync && touch "$venv/.complete" || return 1
+  find "$STATE" -maxdepth 1 -name 'certbot-*' ! -path "$venv" -exec rm -rf {} +
+}
+
+certbot_once() {
+  local directory=$1 ip=$2 email=$3 name=$4 output=$5
+  local args=(
+    certonly --non-interactive --agree-tos --keep-until-expiring
+    --config-dir "$STATE/config" --work-dir "$STATE/work" --logs-dir "$STATE/logs"
+    --server "$directory" --cert-name "$name" --ip-address "$ip"
+    --webroot --webroot-path "$WEBROOT"
+    --preferred-profile "$PROFILE" --key-type ecdsa --elliptic-curve secp256r1
+  )
+  if [[ -n $email ]]; then
+    args+=(--email "$email")
+  else
+    args+=(--register-unsafely-without-email)
+  fi
+  if [[ -n ${HELLO_TLS_FORCE_RENEWAL:-} ]]; then
+    args+=(--force-renewal)
+  fi
+  "$CERTBOT" "${args[@]}" >"$output" 2>&1
+}
+
+# The one line of certbot's output that says why it failed.
+failure_reason() {
+  grep -v -e '^Ask for help' -e '^See the logfile' -e '^Saving debug log' -e '^ *$' "$1" |
+    tail -n 1 | cut -c1-300
+}
+
+obtain() {
+  local directory email ca ip name output attempt wait=$FIRST_WAIT
+  directory=$(metadata attributes/acme-directory)
+  if [[ -z $directory ]]; then
+    log "HTTPS off: no acme-directory in instance metadata; :80 serves the app"
+    return 0
+  fi
+  email=$(metadata attributes/acme-email)
+  ca=$(metadata attributes/acme-directory-ca)
+  ip=$(external_ip)
+  name=$(lineage_name "$directory" "$ip")
+  if [[ -n $ca ]]; then
+    printf '%s\n' "$ca" >"$STATE/directory-ca.pem"
+    export REQUESTS_CA_BUNDLE=$STATE/directory-ca.pem
+  fi
+  output=$STATE/certbot-output.txt
+  for ((attempt = 1; ; attempt++)); do
+    if ensure_client 2>"$output" && certbot_once "$directory" "$ip" "$email" "$name" "$output"; then
+      printf '%s\n' "$name" >"$STATE/lineage"
+      log "certificate for $ip from $directory is current ($(grep -m1 -i -e 'successfully' \
+        -e 'not yet due' "$output" | cut -c1-120 || true))"
+      return 0
+    fi
+    if ((attempt >= ATTEMPTS)); then
+      log "FAILED: no certificate for $ip from $directory after $attempt attempts:" \
+        "$(failure_reason "$output"); hello-cert.timer tries again later" >&2
+      return 1
+    fi
+    log "FAILED: certificate for $ip from $directory (attempt $attempt/$ATTEMPTS):" \
+      "$(failure_reason "$output"); retrying in ${wait} s" >&2
+    sleep "$wait"
+    wait=$((wait * 2 > MAX_WAIT ? MAX_WAIT : wait * 2))
+  done
+}
+
+reload_nginx() {
+  "${NGINX[@]}" -t -q
+  "${NGINX[@]}" -s reload
+}
+
+# Serves the newest valid certificate, or turns HTTPS off when there is none: an expired or
+# missing certificate must leave :80 serving the app rather than redirecting to a broken :443.
+activate() {
+  local ip name live changed=0 serial
+  ip=$(external_ip)
+  name=$(cat "$STATE/lineage" 2>/dev/null || true)
+  live=$STATE/config/live/$name
+  if [[ -n $name && -f $live/fullchain.pem ]] &&
+    openssl x509 -in "$live/fullchain.pem" -noout -checkend 3600 >/dev/null &&
+    openssl x509 -in "$live/fullchain.pem" -noout -ext subjectAltName | tr -d ' ' |
+    grep -Fqx "IPAddress:$ip"; then
+    install -d -m 0755 "$SERVED" "$ENABLED"
+    # The key first, both by rename: nginx never sees a certificate without its key.
+    if ! cmp --silent "$live/privkey.pem" "$SERVED/privkey.pem" ||
+      ! cmp --silent "$live/fullchain.pem" "$SERVED/fullchain.pem"; then
+      install -m 0600 "$live/privkey.pem" "$SERVED/.privkey.pem.new"
+      install -m 0644 "$live/fullchain.pem" "$SERVED/.fullchain.pem.new"
+      mv -f "$SERVED/.privkey.pem.new" "$SERVED/privkey.pem"
+      mv -f "$SERVED/.fullchain.pem.new" "$SERVED/fullchain.pem"
+      changed=1
+    fi
+    if [[ ! -e $ENABLED/https.conf ]]; then
+      ln -sfn "$SHARE/nginx-https.conf" "$ENABLED/https.conf"
+      # shellcheck disable=SC2016 # nginx's variables, expanded per request by nginx
+      printf 'return 301 https://$host$request_uri;\n' >"$ENABLED/redirect.conf"
+      changed=1
+    fi
+    if ((changed)); then
+      reload_nginx
+      serial=$(openssl x509 -in "$SERVED/fullchain.pem" -noout -serial -enddate | tr '\n' ' ')
+      log "serving https://$ip/ ($serial); :80 redirects to it"
+    fi
+  elif [[ -e $ENABLED/https.conf || -e $ENABLED/redirect.conf ]]; then
+    rm -f "$ENABLED/https.conf" "$ENABLED/redirect.conf"
+    reload_nginx
+    log "HTTPS off: no valid certificate for $ip; :80 serves the app"
+  fi
+}
+
+# Writes metadata key $1 to $2 (mode $3) when it differs; prints the path when it did.
+install_from_metadata() {
+  local key=$1 target=$2 mode=$3 staged
+  staged=$(mktemp)
+  metadata "attributes/$key" >"$staged"
+  if ! cmp --silent "$staged" "$target"; then
+    install -D --mode "$mode" "$staged" "$target"
+    echo "$target"
+  fi
+  rm -f "$staged"
+}
+
+install_all() {
+  local units nginx
+  id hello-acme &>/dev/null ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin hello-acme
+  install -d -o hello-acme -g hello-acme -m 0755 "$WEBROOT"
+  install -d -m 0755 "$ENABLED"
+  units=$(
+    install_from_metadata tls-cert-service /etc/systemd/system/hello-cert.service 0644
+    install_from_metadata tls-cert-timer /etc/systemd/system/hello-cert.timer 0644
+    install_from_metadata tls-nginx-hardening \
+      /etc/systemd/system/nginx.service.d/hello-hardening.conf 0644
+  )
+  nginx=$(
+    install_from_metadata tls-nginx-site /etc/nginx/sites-available/hello 0644
+    install_from_metadata tls-nginx-https "$SHARE/nginx-https.conf" 0644
+  )
+  install_from_metadata tls-acme-requirements "$SHARE/acme-requirements.txt" 0644 >/dev/null
+  ln -sfn /etc/nginx/sites-available/hello /etc/nginx/sites-enabled/hello
+  if [[ -e /etc/nginx/sites-enabled/default ]]; then
+    rm -f /etc/nginx/sites-enabled/default
+    nginx="$nginx default site removed"
+  fi
+  sync
+  if [[ -n $units ]]; then
+    log "updated ${units//$'\n'/ }"
+    systemctl daemon-reload
+  fi
+  systemctl enable --quiet nginx.service hello-cert.timer
+  if [[ $units == *nginx.service.d* ]]; then
+    "${NGINX[@]}" -t -q
+    systemctl restart nginx.service
+  elif [[ -n $nginx ]]; then
+    log "updated nginx: ${nginx//$'\n'/ }"
+    "${NGINX[@]}" -t -q
+    systemctl reload-or-restart nginx.service
+  else
+    systemctl start nginx.service
+  fi
+  systemctl start hello-cert.timer
+  systemctl --no-block restart hello-cert.service
+}
+
+case ${1:-} in
+install) install_all ;;
+obtain) obtain ;;
+activate) activate ;;
+*)
+  log "usage: $0 install|obtain|activate" >&2
+  exit 2
+  ;;
+esac
