@@ -6,8 +6,8 @@
 #                       certificate units and the ACME client's pins from instance metadata,
 #                       reloads what changed, and starts hello-cert.service without waiting.
 #   hello-tls obtain    as hello-acme, in hello-cert.service: gets the certificate, or renews it
-#                       when the CA's renewal info (ARI) or half its lifetime says so; retries
-#                       with backoff and logs each failure as one FAILED line.
+#                       once half its lifetime has passed; retries with backoff and logs each
+#                       failure as one FAILED line.
 #   hello-tls activate  root, after every obtain: serves a valid certificate on :443 and
 #                       redirects :80 to it; without one, :80 serves the app as before. Reloads
 #                       nginx (graceful: no connection is dropped) only when something changed.
@@ -57,9 +57,9 @@ metadata() {
 
 external_ip() { metadata network-interfaces/0/access-configs/0/external-ip; }
 
-# One certbot lineage per (CA, IP): pointing the VM at another CA or IP issues a new certificate
-# at once instead of waiting for the old one's renewal date.
-lineage_name() { printf 'ip-%s-%s' "${2//[.:]/-}" "$(printf '%s' "$1" | sha256sum | cut -c1-8)"; }
+# One directory per (CA, IP): pointing the VM at another CA or IP issues a new certificate at
+# once instead of waiting for the old one's renewal date.
+cert_name() { printf 'ip-%s-%s' "${2//[.:]/-}" "$(printf '%s' "$1" | sha256sum | cut -c1-8)"; }
 
 # certbot in its own venv, named after the hash of its pins, installed with --require-hashes.
 ensure_client() {
@@ -78,34 +78,59 @@ ensure_client() {
   find "$STATE" -maxdepth 1 -name 'certbot-*' ! -path "$venv" -exec rm -rf {} +
 }
 
+epoch() { date -d "$(openssl x509 -in "$1" -noout "-$2" | cut -d= -f2)" +%s; }
+
+# Due once half the certificate's lifetime has passed (certbot's own rule for certificates
+# shorter than 10 days: about 80 of Let's Encrypt's 160 hours), or when there is none.
+renewal_due() {
+  local cert=$1 start end
+  [[ -f $cert ]] || return 0
+  start=$(epoch "$cert" startdate) end=$(epoch "$cert" enddate)
+  (($(date +%s) >= start + (end - start) / 2))
+}
+
+# certbot with a CSR made here: a fresh P-256 key per certificate, the IP as the only SAN and no
+# Common Name (Let's Encrypt rejects an IP there). certbot's lineage mode would also renew by
+# itself, but it reads a certificate's Common Name as a DNS name and rejects the IP that Debian
+# 12's pebble puts there (certbot issue 10773), so renewal timing is renewal_due's.
 certbot_once() {
-  local directory=$1 ip=$2 email=$3 name=$4 output=$5
+  local directory=$1 ip=$2 email=$3 dir=$4 output=$5
+  rm -f "$dir"/new-*
+  (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+    -out "$dir/new-key.pem") || return 1
+  openssl req -new -key "$dir/new-key.pem" -subj / -addext "subjectAltName=IP:$ip" \
+    -out "$dir/new-csr.pem" || return 1
   local args=(
-    certonly --non-interactive --agree-tos --keep-until-expiring
+    certonly --non-interactive --agree-tos
     --config-dir "$STATE/config" --work-dir "$STATE/work" --logs-dir "$STATE/logs"
-    --server "$directory" --cert-name "$name" --ip-address "$ip"
+    --server "$directory" --csr "$dir/new-csr.pem" --preferred-profile "$PROFILE"
     --webroot --webroot-path "$WEBROOT"
-    --preferred-profile "$PROFILE" --key-type ecdsa --elliptic-curve secp256r1
+    --cert-path "$dir/new-cert.pem" --chain-path "$dir/new-chain.pem"
+    --fullchain-path "$dir/new-fullchain.pem"
   )
   if [[ -n $email ]]; then
     args+=(--email "$email")
   else
     args+=(--register-unsafely-without-email)
   fi
-  if [[ -n ${HELLO_TLS_FORCE_RENEWAL:-} ]]; then
-    args+=(--force-renewal)
-  fi
-  "$CERTBOT" "${args[@]}" >"$output" 2>&1
+  env "${CA_BUNDLE[@]}" "$CERTBOT" "${args[@]}" >"$output" 2>&1 || return 1
+  # The key before the certificate, each by rename: activate checks that the two match.
+  mv -f "$dir/new-key.pem" "$dir/key.pem" &&
+    mv -f "$dir/new-fullchain.pem" "$dir/fullchain.pem" &&
+    rm -f "$dir"/new-* && sync
 }
 
-# The one line of certbot's output that says why it failed.
+# The one line of certbot's output that says why it failed: the CA's own words when it gave any.
 failure_reason() {
-  grep -v -e '^Ask for help' -e '^See the logfile' -e '^Saving debug log' -e '^ *$' "$1" |
-    tail -n 1 | cut -c1-300
+  {
+    grep -m1 -o 'Detail: .*' "$1" ||
+      grep -v -e '^Ask for help' -e '^See the logfile' -e '^Saving debug log' -e '^ *$' "$1" |
+      tail -n 1
+  } | cut -c1-300
 }
 
 obtain() {
-  local directory email ca ip name output attempt wait=$FIRST_WAIT
+  local directory email ca ip name dir output attempt wait=$FIRST_WAIT
   directory=$(metadata attributes/acme-directory)
   if [[ -z $directory ]]; then
     log "HTTPS off: no acme-directory in instance metadata; :80 serves the app"
@@ -114,23 +139,32 @@ obtain() {
   email=$(metadata attributes/acme-email)
   ca=$(metadata attributes/acme-directory-ca)
   ip=$(external_ip)
-  name=$(lineage_name "$directory" "$ip")
+  name=$(cert_name "$directory" "$ip")
+  dir=$STATE/certificates/$name
+  mkdir -p "$dir"
+  printf '%s\n' "$name" >"$STATE/current"
+  if [[ -z ${HELLO_TLS_FORCE_RENEWAL:-} ]] && ! renewal_due "$dir/fullchain.pem"; then
+    log "certificate for $ip from $directory is not yet due for renewal" \
+      "($(openssl x509 -in "$dir/fullchain.pem" -noout -enddate))"
+    return 0
+  fi
+  CA_BUNDLE=()
   if [[ -n $ca ]]; then
     printf '%s\n' "$ca" >"$STATE/directory-ca.pem"
-    export REQUESTS_CA_BUNDLE=$STATE/directory-ca.pem
+    # For certbot's requests to the CA only: pip must keep verifying PyPI the usual way.
+    CA_BUNDLE=("REQUESTS_CA_BUNDLE=$STATE/directory-ca.pem")
   fi
   output=$STATE/certbot-output.txt
   for ((attempt = 1; ; attempt++)); do
-    if ensure_client 2>"$output" && certbot_once "$directory" "$ip" "$email" "$name" "$output"; then
-      printf '%s\n' "$name" >"$STATE/lineage"
-      log "certificate for $ip from $directory is current ($(grep -m1 -i -e 'successfully' \
-        -e 'not yet due' "$output" | cut -c1-120 || true))"
+    if ensure_client 2>"$output" && certbot_once "$directory" "$ip" "$email" "$dir" "$output"; then
+      log "new certificate for $ip from $directory" \
+        "($(openssl x509 -in "$dir/fullchain.pem" -noout -serial -enddate | tr '\n' ' '))"
       return 0
     fi
     if ((attempt >= ATTEMPTS)); then
       log "FAILED: no certificate for $ip from $directory after $attempt attempts:" \
         "$(failure_reason "$output"); hello-cert.timer tries again later" >&2
-      return 1
+      exit 1
     fi
     log "FAILED: certificate for $ip from $directory (attempt $attempt/$ATTEMPTS):" \
       "$(failure_reason "$output"); retrying in ${wait} s" >&2
@@ -147,20 +181,22 @@ reload_nginx() {
 # Serves the newest valid certificate, or turns HTTPS off when there is none: an expired or
 # missing certificate must leave :80 serving the app rather than redirecting to a broken :443.
 activate() {
-  local ip name live changed=0 serial
+  local ip name dir changed=0 serial
   ip=$(external_ip)
-  name=$(cat "$STATE/lineage" 2>/dev/null || true)
-  live=$STATE/config/live/$name
-  if [[ -n $name && -f $live/fullchain.pem ]] &&
-    openssl x509 -in "$live/fullchain.pem" -noout -checkend 3600 >/dev/null &&
-    openssl x509 -in "$live/fullchain.pem" -noout -ext subjectAltName | tr -d ' ' |
-    grep -Fqx "IPAddress:$ip"; then
+  name=$(cat "$STATE/current" 2>/dev/null || true)
+  dir=$STATE/certificates/$name
+  if [[ -n $name && -f $dir/fullchain.pem && -f $dir/key.pem ]] &&
+    openssl x509 -in "$dir/fullchain.pem" -noout -checkend 3600 >/dev/null &&
+    openssl x509 -in "$dir/fullchain.pem" -noout -ext subjectAltName | tr -d ' ' |
+    grep -Fqx "IPAddress:$ip" &&
+    [[ $(openssl x509 -in "$dir/fullchain.pem" -noout -pubkey) == \
+      "$(openssl pkey -in "$dir/key.pem" -pubout)" ]]; then
     install -d -m 0755 "$SERVED" "$ENABLED"
     # The key first, both by rename: nginx never sees a certificate without its key.
-    if ! cmp --silent "$live/privkey.pem" "$SERVED/privkey.pem" ||
-      ! cmp --silent "$live/fullchain.pem" "$SERVED/fullchain.pem"; then
-      install -m 0600 "$live/privkey.pem" "$SERVED/.privkey.pem.new"
-      install -m 0644 "$live/fullchain.pem" "$SERVED/.fullchain.pem.new"
+    if ! cmp --silent "$dir/key.pem" "$SERVED/privkey.pem" ||
+      ! cmp --silent "$dir/fullchain.pem" "$SERVED/fullchain.pem"; then
+      install -m 0600 "$dir/key.pem" "$SERVED/.privkey.pem.new"
+      install -m 0644 "$dir/fullchain.pem" "$SERVED/.fullchain.pem.new"
       mv -f "$SERVED/.privkey.pem.new" "$SERVED/privkey.pem"
       mv -f "$SERVED/.fullchain.pem.new" "$SERVED/fullchain.pem"
       changed=1
