@@ -9,11 +9,11 @@ Creates
 
 The instance carries the app in its metadata: app/startup.sh as `startup-script` (GCE runs it on
 every boot) and the app files it installs, including nginx's HTTPS front and the ACME client that
-gets a certificate for the static IP from `acmeDirectory` (docs/https.md). deployment.yaml imports those files, so the VM runs
-exactly the committed app/ directory. Hardening: Shielded VM, OS Login on, project-wide SSH keys
-blocked, no service account (the app calls no Google API, so there is no credential to steal),
-and deletion protection on by default, because losing the hand-built VM to a delete is why this
-repository exists.
+gets a certificate for the static IP from `acmeDirectory` (docs/https.md). deployment.yaml
+imports those files, so the VM runs exactly the committed app/ directory. Hardening: Shielded VM,
+OS Login on, project-wide SSH keys blocked, no service account (the app calls no Google API, so
+there is no credential to steal), and deletion protection on by default, because losing the
+hand-built VM to a delete is why this repository exists.
 """
 
 # Instance metadata key -> the file in deployment.yaml's imports that provides its value.

@@ -142,8 +142,8 @@ obtain() {
   name=$(cert_name "$directory" "$ip")
   dir=$STATE/certificates/$name
   mkdir -p "$dir"
-  printf '%s\n' "$name" >"$STATE/current"
   if [[ -z ${HELLO_TLS_FORCE_RENEWAL:-} ]] && ! renewal_due "$dir/fullchain.pem"; then
+    printf '%s\n' "$name" >"$STATE/current"
     log "certificate for $ip from $directory is not yet due for renewal" \
       "($(openssl x509 -in "$dir/fullchain.pem" -noout -enddate))"
     return 0
@@ -157,6 +157,8 @@ obtain() {
   output=$STATE/certbot-output.txt
   for ((attempt = 1; ; attempt++)); do
     if ensure_client 2>"$output" && certbot_once "$directory" "$ip" "$email" "$dir" "$output"; then
+      # Only now: until the new CA or IP has issued, activate keeps serving the last good one.
+      printf '%s\n' "$name" >"$STATE/current"
       log "new certificate for $ip from $directory" \
         "($(openssl x509 -in "$dir/fullchain.pem" -noout -serial -enddate | tr '\n' ' '))"
       return 0

@@ -17,6 +17,11 @@ packages=(
   qemu-system-x86
   qemu-utils
   socat
+  # HTTPS (tests/stack/test_https.py, tests/e2e/test_https.py, make up): the front the VM runs,
+  # the local ACME CA, and certutil to make Chromium trust that CA's root.
+  nginx
+  pebble
+  libnss3-tools
 )
 
 missing=()

@@ -289,9 +289,11 @@ def test_tls_settings_follow_mozilla_intermediate(front):
         context.minimum_version, context.maximum_version = minimum, maximum
         if ciphers:
             context.set_ciphers(ciphers)
-        with socket.create_connection(("127.0.0.1", front.https_port), timeout=5) as raw:
-            with context.wrap_socket(raw) as tls:
-                return tls.version(), tls.cipher()[0]
+        with (
+            socket.create_connection(("127.0.0.1", front.https_port), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            return tls.version(), tls.cipher()[0]
 
     assert handshake(ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3)[0] == "TLSv1.3"
     conf = (REPO / "app/nginx-hello-tls.conf").read_text()
@@ -329,20 +331,18 @@ def test_forced_renewal_is_served_without_a_failed_request_or_restart(front):
                 with urllib.request.urlopen(url, context=context, timeout=5) as response:
                     assert response.read().decode() == GREETING
                 counts["ok"] += 1
-            except Exception as error:  # noqa: BLE001 - every failure is counted and shown
+            except Exception as error:
                 counts["failed"] += 1
                 errors.append(repr(error))
 
     def keep_alive():
-        connection = http.client.HTTPSConnection(
-            IP, front.https_port, context=context, timeout=5
-        )
+        connection = http.client.HTTPSConnection(IP, front.https_port, context=context, timeout=5)
         while not stop.is_set():
             try:
                 connection.request("GET", "/")
                 assert connection.getresponse().read().decode() == GREETING
                 counts["ok"] += 1
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 counts["failed"] += 1
                 errors.append(repr(error))
                 connection.close()
@@ -390,6 +390,9 @@ def test_validation_fails_when_the_token_is_not_served(front, tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"hello-tls: FAILED: no certificate for {IP} from ")
     assert "after 1 attempts" in lines[0]
+    # The certificate from the CA that did issue is still the one served.
+    assert front.tls("activate").returncode == 0
+    assert http_get(front.http_port, "/")[0] == 301
 
 
 def test_https_turns_off_when_the_certificate_does_not_match_the_ip(front):

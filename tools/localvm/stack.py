@@ -42,6 +42,19 @@ def metadata_items(values: dict[str, str]) -> list[dict[str, str]]:
     return [{"key": key, "value": value} for key, value in values.items()]
 
 
+def without_public_ca(instance: dict[str, Any], local_ca: dict[str, str] | None = None) -> None:
+    """Points the instance at `local_ca` (pebble's acme-* attributes), or turns HTTPS off.
+
+    A local VM must never ask Let's Encrypt for a certificate: its "public IP" is a loopback
+    stand-in that no public CA could validate, and nothing here reaches the internet but package
+    registries. On GCE the deployment's acmeDirectory reaches the instance unchanged.
+    """
+    values = {**attributes(instance), "acme-directory": ""}
+    values.pop("acme-directory-ca", None)
+    values.update(local_ca or {})
+    instance.setdefault("metadata", {})["items"] = metadata_items(values)
+
+
 class LocalStack:
     """In-process metadata emulator + one VM; a context manager that always cleans up."""
 
@@ -55,6 +68,7 @@ class LocalStack:
     ) -> None:
         self.expanded = expanded if expanded is not None else render_preview()
         self.instance, network_name = from_expanded_config(self.expanded)
+        without_public_ca(self.instance)
         self.image = image or ensure_image()
         self.metadata = MetadataEmulator(
             self.instance, project_id=project, network=NETWORK, network_name=network_name
