@@ -12,7 +12,7 @@ CONFIG ?= deployment.yaml
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
-	lint pytest image image-key bench bench-preview bench-boot system-deps clean
+	lint pytest image image-key bench bench-preview bench-boot bench-tls system-deps clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -76,6 +76,9 @@ image-key: $(VENV)/.installed ## the VM image's cache key (a hash of its recipe)
 
 bench: $(VENV)/.installed ## the app under load: gunicorn against Flask's dev server
 	$(BIN)/bench-app
+
+bench-tls: $(VENV)/.installed ## the app over HTTPS against plain HTTP, through nginx
+	$(BIN)/bench-tls
 
 bench-preview: $(VENV)/.installed ## how long `make preview` takes
 	$(BIN)/bench-preview --config $(CONFIG)

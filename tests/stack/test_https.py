@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import http.client
 import os
-import shlex
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from emulators.metadata import MetadataEmulator, from_expanded_config
 from localvm.acme import Pebble
-from localvm.stack import GREETING, render_preview
+from localvm.front import IP, Front, http_get, wait_for
+from localvm.stack import GREETING
 from localvm.vm import NETWORK, free_port
 from tests.conftest import REPO
 
@@ -43,133 +42,6 @@ pytestmark = [
         reason="needs Debian's nginx and pebble (scripts/install-system-deps.sh)",
     ),
 ]
-
-IP = NETWORK["external-ip"]  # the local stand-in for the static IP: 127.0.0.1
-
-
-class Front:
-    """gunicorn + nginx + metadata emulator + pebble, laid out as on the VM under `root`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.app_port, self.http_port, self.https_port = free_port(), free_port(), free_port()
-        self.pebble = Pebble(root / "pebble", validation_port=self.http_port)
-        self.processes: list[subprocess.Popen] = []
-        self.expanded = render_preview()
-
-    def path(self, absolute: str) -> Path:
-        return self.root / absolute.lstrip("/")
-
-    def relocate(self, text: str) -> str:
-        for absolute in ("/etc/nginx/hello-tls", "/var/www/hello-acme", "/etc/hello-tls"):
-            text = text.replace(absolute, str(self.path(absolute)))
-        return (
-            text.replace("listen 80 ", f"listen 127.0.0.1:{self.http_port} ")
-            .replace("listen 443 ", f"listen 127.0.0.1:{self.https_port} ")
-            .replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{self.app_port};")
-        )
-
-    def metadata(self, external_ip: str = IP) -> MetadataEmulator:
-        instance, network_name = from_expanded_config(self.expanded)
-        emulator = MetadataEmulator(
-            instance, network={**NETWORK, "external-ip": external_ip}, network_name=network_name
-        )
-        emulator.store.set_instance_attributes(self.pebble.attributes(self.pebble.directory))
-        emulator.start()
-        return emulator
-
-    def start(self) -> Front:
-        for directory in ("/etc/nginx/hello-tls", "/var/www/hello-acme", "/usr/local/share"):
-            self.path(directory).mkdir(parents=True, exist_ok=True)
-        self.path("/var/lib/hello-acme").mkdir(parents=True, mode=0o700)
-        share = self.path("/usr/local/share/hello-tls")
-        share.mkdir()
-        shutil.copy(REPO / "app/acme-requirements.txt", share)
-        (share / "nginx-https.conf").write_text(
-            self.relocate((REPO / "app/nginx-hello-tls.conf").read_text())
-        )
-        site = self.path("/etc/nginx/sites-available/hello")
-        site.parent.mkdir(parents=True)
-        site.write_text(self.relocate((REPO / "app/nginx-hello.conf").read_text()))
-        nginx_dir = self.path("/nginx")
-        nginx_dir.mkdir()
-        self.nginx_conf = nginx_dir / "nginx.conf"
-        self.access_log = nginx_dir / "access.log"
-        # The parts of Debian's nginx.conf the site relies on, with state in the temporary root.
-        self.nginx_conf.write_text(
-            f"user www-data;\npid {nginx_dir}/nginx.pid;\nerror_log {nginx_dir}/error.log;\n"
-            "events {}\nhttp {\n"
-            f"  access_log {self.access_log};\n"
-            f"  client_body_temp_path {nginx_dir}/body;\n  proxy_temp_path {nginx_dir}/proxy;\n"
-            f"  include {site};\n}}\n"
-        )
-        self.nginx = ["nginx", "-e", str(nginx_dir / "error.log"), "-c", str(self.nginx_conf)]
-        self.processes.append(self._gunicorn())
-        subprocess.run([*self.nginx, "-q"], check=True)
-        self.metadata_server = self.metadata()
-        _wait(lambda: http_get(self.http_port, "/")[0] == 200, "nginx -> gunicorn on :80")
-        return self
-
-    def _gunicorn(self) -> subprocess.Popen:
-        """hello.service's own ExecStart, with the venv's gunicorn and a free port."""
-        text = (REPO / "app/hello.service").read_text().replace("\\\n", " ")
-        exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-        argv = shlex.split(exec_start.removeprefix("ExecStart="))
-        argv[0] = str(Path(sys.executable).with_name("gunicorn"))
-        argv[argv.index("--bind") + 1] = f"127.0.0.1:{self.app_port}"
-        return subprocess.Popen(
-            argv, cwd=REPO / "app", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def nginx_master_pid(self) -> int:
-        return int((self.root / "nginx/nginx.pid").read_text())
-
-    def env(self, metadata: MetadataEmulator | None = None, **extra: str) -> dict[str, str]:
-        server = metadata or self.metadata_server
-        return {
-            "PATH": os.environ["PATH"],
-            "HELLO_TLS_ROOT": str(self.root),
-            "HELLO_TLS_METADATA": f"http://127.0.0.1:{server.port}",
-            "HELLO_TLS_NGINX": shlex.join(self.nginx),
-            **extra,
-        }
-
-    def tls(self, command: str, metadata: MetadataEmulator | None = None, **extra: str):
-        return subprocess.run(
-            ["bash", str(REPO / "app/hello-tls.sh"), command],
-            env=self.env(metadata, **extra),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-
-    def stop(self) -> None:
-        subprocess.run([*self.nginx, "-s", "stop"], check=False, capture_output=True)
-        self.pebble.stop()
-        self.metadata_server.stop()
-        for process in self.processes:
-            process.terminate()
-            process.wait(10)
-
-
-def _wait(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def http_get(port: int, path: str) -> tuple[int, str, dict[str, str]]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode(), dict(response.getheaders())
-    except OSError as error:
-        return 0, str(error), {}
-    finally:
-        connection.close()
 
 
 def trusting(root_pem: str) -> ssl.SSLContext:
@@ -281,6 +153,31 @@ def test_http_redirects_to_https_but_still_answers_challenges(front):
     assert http_get(front.http_port, "/.well-known/acme-challenge/absent")[0] == 404
 
 
+def test_smoke_checks_the_redirect_and_the_verified_greeting(front, tmp_path):
+    root = tmp_path / "root.pem"
+    root.write_text(front.pebble.root_pem())
+    env = {
+        "PATH": os.environ["PATH"],
+        "SMOKE_ATTEMPTS": "1",
+        "SMOKE_HTTPS_PORT": str(front.https_port),
+    }
+    target = f"{IP}:{front.http_port}"
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts/smoke.sh"), target],
+        env={**env, "SMOKE_CACERT": str(root)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"redirects to https://{IP}/, verified" in result.stdout
+    # Without the CA's root the certificate does not verify, and smoke says so.
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts/smoke.sh"), target], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "certificate" in result.stderr, result.stderr
+
+
 def test_tls_settings_follow_mozilla_intermediate(front):
     def handshake(minimum, maximum, ciphers=None):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -356,7 +253,7 @@ def test_forced_renewal_is_served_without_a_failed_request_or_restart(front):
         assert renewed.returncode == 0, renewed.stdout + renewed.stderr
         activated = front.tls("activate")
         assert activated.returncode == 0, activated.stderr
-        _wait(
+        wait_for(
             lambda: served_certificate(front.https_port).serial_number != before,
             "nginx to serve the renewed certificate",
         )
@@ -403,14 +300,14 @@ def test_https_turns_off_when_the_certificate_does_not_match_the_ip(front):
         assert result.returncode == 0, result.stderr
         assert "HTTPS off: no valid certificate for 127.0.0.2" in result.stdout
         # A reload is a signal: the new workers take over a moment later.
-        _wait(lambda: http_get(front.http_port, "/")[:2] == (200, GREETING), ":80 serving")
+        wait_for(lambda: http_get(front.http_port, "/")[:2] == (200, GREETING), ":80 serving")
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", front.https_port), timeout=5).close()
     finally:
         moved.stop()
     result = front.tls("activate")
     assert result.returncode == 0, result.stderr
-    _wait(lambda: http_get(front.http_port, "/")[0] == 301, ":80 redirecting again")
+    wait_for(lambda: http_get(front.http_port, "/")[0] == 301, ":80 redirecting again")
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
