@@ -113,7 +113,7 @@ def up(config: str, project: str, from_preview: bool = False) -> int:
             state["metadata_pid"], b"emulators.metadata"
         ):
             say("already running (make down stops it)")
-            print(state["url"])
+            print(f"{state['https_url']}  (HTTP: {state['url']})")
             return 0
         say("stale state from an earlier run: cleaning up")
         down()
