@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 
 IP = NETWORK["external-ip"]
 COLD_BOOT_TIMEOUT = 900
-ISSUE_TIMEOUT = 600  # backoff up to 2 min, then certbot and http-01 under TCG
+ISSUE_TIMEOUT = 900  # pip installs certbot in the guest, backoff, then http-01, under TCG
 
 
 def guest(stack, script: str, timeout: float = 60) -> str:
