@@ -32,8 +32,8 @@ from localvm.vm import NETWORK
 pytestmark = pytest.mark.e2e
 
 IP = NETWORK["external-ip"]
-COLD_BOOT_TIMEOUT = 900
-ISSUE_TIMEOUT = 900  # pip installs certbot in the guest, backoff, then http-01, under TCG
+COLD_BOOT_TIMEOUT = 2400  # TCG on a shared 2-core machine that other VMs load too
+ISSUE_TIMEOUT = 1500  # pip installs certbot in the guest, backoff, then http-01, under TCG
 
 
 def guest(stack, script: str, timeout: float = 60) -> str:
