@@ -10,14 +10,15 @@
 #                       failure as one FAILED line.
 #   hello-tls activate  root, after every obtain: serves a valid certificate on :443 and
 #                       redirects :80 to it; without one, :80 serves the app as before. Reloads
-#                       nginx (graceful: no connection is dropped) only when something changed.
+#                       nginx (graceful: requests in flight finish) only when something changed.
 #
 # Metadata: acme-directory (empty turns HTTPS off), acme-email, acme-directory-ca (the PEM that
-# signs a private ACME server's own HTTPS; empty trusts the system store). The identifier is
+# signs a private ACME server's own HTTPS; empty trusts certbot's public CAs). The identifier is
 # network-interfaces/0/access-configs/0/external-ip, the reserved static IP.
 #
 # HELLO_TLS_ROOT, HELLO_TLS_METADATA and HELLO_TLS_NGINX relocate the files, the metadata server
-# and nginx's command, so the host tests run this same script without root or a VM.
+# and nginx's command, so the host tests run this same script without a VM; HELLO_TLS_ATTEMPTS
+# shortens the retries there. HELLO_TLS_FORCE_RENEWAL=1 renews now (docs/https.md).
 set -Eeuo pipefail
 
 readonly ROOT=${HELLO_TLS_ROOT:-}
