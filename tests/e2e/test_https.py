@@ -58,7 +58,8 @@ def tls(request):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         if local.vm.serial_log.exists():
             shutil.copyfile(local.vm.serial_log, ARTIFACTS / "e2e-https-serial.log")
-        shutil.copyfile(pebble.log, ARTIFACTS / "e2e-https-pebble.log")
+        if pebble.log.exists():
+            shutil.copyfile(pebble.log, ARTIFACTS / "e2e-https-pebble.log")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
