@@ -31,9 +31,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from emulators.metadata import MetadataEmulator, from_expanded_config
 from localvm.acme import Pebble
 from localvm.front import IP, Front, http_get, wait_for
-from localvm.stack import GREETING
+from localvm.stack import ARTIFACTS, GREETING
 from localvm.vm import NETWORK, free_port
 from tests.conftest import REPO
+from tests.e2e.test_https import chromium_trusting
 
 pytestmark = [
     pytest.mark.tls_host,
@@ -351,3 +352,18 @@ def test_units_score_5_or_less_in_systemd_analyze_security(unit, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     score = float(result.stdout.rsplit("Overall exposure level for", 1)[1].split()[1])
     assert score <= 5.0
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("certutil")), reason="needs chromium, certutil"
+)
+def test_chromium_trusting_the_ca_root_shows_the_greeting(front, tmp_path):
+    """The browser half of tests/e2e/test_https.py, against the same front on the host."""
+    url = f"https://{IP}:{front.https_port}/"
+    root = front.pebble.root_pem()
+    assert GREETING in chromium_trusting(root, tmp_path / "trusting", "--dump-dom", url)
+    assert GREETING not in chromium_trusting(None, tmp_path / "untrusting", "--dump-dom", url)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "host-https-screenshot.png"
+    chromium_trusting(root, tmp_path / "screenshot", f"--screenshot={shot}", url)
+    assert shot.stat().st_size > 0
