@@ -14,7 +14,8 @@ DEPLOY_ENGINE ?= dm
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
-	lint pytest image image-key bench bench-preview bench-boot bench-deploy system-deps gcloud clean
+	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls system-deps \
+	gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -32,7 +33,7 @@ gcloud: ## install the gcloud the tests ran (scripts/install-gcloud.sh), unless 
 	@bash scripts/install-gcloud.sh
 
 up: $(VENV)/.installed gcloud ## the stack on a local VM: deploy with the real gcloud, boot, print the URL
-	@bash scripts/install-system-deps.sh vm
+	@bash scripts/install-system-deps.sh vm https
 	@$(BIN)/localvm up $(CONFIG) --engine $(DEPLOY_ENGINE)
 
 down: $(VENV)/.installed ## stop what `make up` started
@@ -41,11 +42,11 @@ down: $(VENV)/.installed ## stop what `make up` started
 test: lint pytest ## lint and every test (what CI runs)
 
 check: lint gcloud ## lint and every test but the VM boot
-	@bash scripts/install-system-deps.sh diagram
+	@bash scripts/install-system-deps.sh diagram https
 	$(VPY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 e2e: $(VENV)/.installed gcloud ## boot the VM under qemu and test it end to end
-	@bash scripts/install-system-deps.sh vm
+	@bash scripts/install-system-deps.sh vm https
 	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
 
 preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager would and check it
@@ -78,7 +79,7 @@ lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
 	$(BIN)/yamllint --strict .
 
 pytest: $(VENV)/.installed gcloud
-	@bash scripts/install-system-deps.sh diagram vm
+	@bash scripts/install-system-deps.sh diagram vm https
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 image: $(VENV)/.installed ## build the VM image, or reuse the cached one
@@ -92,6 +93,10 @@ image-key: $(VENV)/.installed ## the VM image's cache key (a hash of its recipe)
 bench: $(VENV)/.installed ## the app under load: gunicorn against Flask's dev server
 	@bash scripts/install-system-deps.sh bench
 	$(BIN)/bench-app
+
+bench-tls: $(VENV)/.installed ## the app over HTTPS against plain HTTP, through nginx
+	@bash scripts/install-system-deps.sh bench https
+	$(BIN)/bench-tls
 
 bench-preview: $(VENV)/.installed ## how long `make preview` takes
 	$(BIN)/bench-preview --config $(CONFIG)

@@ -8,11 +8,12 @@ Creates
                                     firewall, with <name>-ip as its NAT IP.
 
 The instance carries the app in its metadata: app/startup.sh as `startup-script` (GCE runs it on
-every boot) and the app files it installs. deployment.yaml imports those files, so the VM runs
-exactly the committed app/ directory. Hardening: Shielded VM, OS Login on, project-wide SSH keys
-blocked, no service account (the app calls no Google API, so there is no credential to steal),
-and deletion protection on by default, because losing the hand-built VM to a delete is why this
-repository exists.
+every boot) and the app files it installs, including nginx's HTTPS front and the ACME client that
+gets a certificate for the static IP from `acmeDirectory` (docs/https.md). deployment.yaml
+imports those files, so the VM runs exactly the committed app/ directory. Hardening: Shielded VM,
+OS Login on, project-wide SSH keys blocked, no service account (the app calls no Google API, so
+there is no credential to steal), and deletion protection on by default, because losing the
+hand-built VM to a delete is why this repository exists.
 """
 
 # Instance metadata key -> the file in deployment.yaml's imports that provides its value.
@@ -24,6 +25,14 @@ METADATA_FILES = {
     "app-watch-service": "app/hello-metadata-watch.service",
     "app-converge-service": "app/hello-converge.service",
     "app-converge-path": "app/hello-converge.path",
+    # HTTPS: nginx in front of the app and a certificate for the static IP (app/hello-tls.sh).
+    "tls-script": "app/hello-tls.sh",
+    "tls-nginx-site": "app/nginx-hello.conf",
+    "tls-nginx-https": "app/nginx-hello-tls.conf",
+    "tls-nginx-hardening": "app/nginx-hardening.conf",
+    "tls-cert-service": "app/hello-cert.service",
+    "tls-cert-timer": "app/hello-cert.timer",
+    "tls-acme-requirements": "app/acme-requirements.txt",
 }
 
 
@@ -43,6 +52,11 @@ def GenerateConfig(context):
     metadata = [
         {"key": key, "value": context.imports[path]} for key, path in METADATA_FILES.items()
     ]
+    # The CA the VM asks for its certificate; an empty directory turns HTTPS off.
+    metadata.append({"key": "acme-directory", "value": properties["acmeDirectory"]})
+    for key, prop in (("acme-email", "acmeEmail"), ("acme-directory-ca", "acmeDirectoryCa")):
+        if properties[prop]:
+            metadata.append({"key": key, "value": properties[prop]})
     metadata += [
         {"key": "enable-oslogin", "value": "TRUE"},
         {"key": "block-project-ssh-keys", "value": "TRUE"},

@@ -22,7 +22,7 @@ readonly PREFIX=/opt/hello
 readonly APP_DIR=$PREFIX/app
 readonly UNIT_DIR=/etc/systemd/system
 readonly SELF=/usr/local/sbin/hello-startup
-readonly PACKAGES=(python3-venv)
+readonly PACKAGES=(python3-venv nginx)
 # What converges have done, kept across reboots: the applied ETag and pending restarts.
 readonly STATE_DIR=/var/lib/hello
 # One converge at a time: the boot's run, hello-converge.service and a background retry all
@@ -48,6 +48,13 @@ declare -rA INSTALLED=(
   [app-watch-service]=$UNIT_DIR/hello-metadata-watch.service
   [app-converge-service]=$UNIT_DIR/hello-converge.service
   [app-converge-path]=$UNIT_DIR/hello-converge.path
+  [tls-script]=/usr/local/sbin/hello-tls
+  [tls-nginx-site]=/etc/nginx/sites-available/hello
+  [tls-nginx-https]=/usr/local/share/hello-tls/nginx-https.conf
+  [tls-nginx-hardening]=$UNIT_DIR/nginx.service.d/hello-hardening.conf
+  [tls-cert-service]=$UNIT_DIR/hello-cert.service
+  [tls-cert-timer]=$UNIT_DIR/hello-cert.timer
+  [tls-acme-requirements]=/usr/local/share/hello-tls/acme-requirements.txt
 )
 
 log() { echo "hello-startup: $*"; }
@@ -61,6 +68,8 @@ trap 'fail "line $LINENO: \"$BASH_COMMAND\" exited $?"' ERR
 # with errexit off, which would let a failed apt-get or pip install go unnoticed.
 restart_app=0
 reload_units=0
+reload_nginx=0
+restart_nginx=0
 
 # Raises flag $1 and records it as pending on disk before the change it stands for is made, so
 # a converge killed between a change and its restart leaves the restart to the next converge.
@@ -230,7 +239,7 @@ converge() {
   # Requests made so far are answered by the metadata this run reads next.
   rm -f "$REQUESTS"/*
   local flag
-  for flag in restart_app reload_units; do
+  for flag in restart_app reload_units reload_nginx restart_nginx; do
     if [[ -e $STATE_DIR/pending/$flag ]]; then
       log "resuming $flag, left pending by an interrupted converge"
       printf -v "$flag" 1
@@ -251,21 +260,52 @@ converge() {
     install_if_changed "$staging/$unit" "${INSTALLED[$unit]}" 0644 reload_units
   done
   install_if_changed "$staging/startup-script" "$SELF" 0755 reload_units
+  # HTTPS (docs/https.md): nginx in front of the app, hello-tls and its units for the certificate.
+  install_if_changed "$staging/tls-script" "${INSTALLED[tls-script]}" 0755
+  install_if_changed "$staging/tls-acme-requirements" "${INSTALLED[tls-acme-requirements]}" 0644
+  for unit in tls-cert-service tls-cert-timer; do
+    install_if_changed "$staging/$unit" "${INSTALLED[$unit]}" 0644 reload_units
+  done
+  install_if_changed "$staging/tls-nginx-hardening" "${INSTALLED[tls-nginx-hardening]}" 0644 \
+    reload_units restart_nginx
+  for unit in tls-nginx-site tls-nginx-https; do
+    install_if_changed "$staging/$unit" "${INSTALLED[$unit]}" 0644 reload_nginx
+  done
+  prepare_nginx
 
   # Make what was just installed survive a reset (a power cut) from here on.
   sync
   if ((reload_units)); then
     systemctl daemon-reload
   fi
-  systemctl enable --quiet hello.service hello-metadata-watch.service hello-converge.path
+  systemctl enable --quiet hello.service hello-metadata-watch.service hello-converge.path \
+    nginx.service hello-cert.timer
   if ((restart_app)); then
     log "restarting hello.service"
     systemctl restart hello.service
   else
     systemctl start hello.service
   fi
+  if ((restart_nginx || reload_nginx)); then
+    nginx -t -q
+    # A reload lets requests in flight finish; only a changed sandbox needs a new master.
+    if ((restart_nginx)); then
+      log "restarting nginx.service"
+      systemctl restart nginx.service
+    else
+      log "reloading nginx.service"
+      systemctl reload-or-restart nginx.service
+    fi
+  else
+    systemctl start nginx.service
+  fi
   wait_healthy
-  rm -f "$STATE_DIR/pending/restart_app"
+  rm -f "$STATE_DIR/pending/restart_app" "$STATE_DIR/pending/restart_nginx" \
+    "$STATE_DIR/pending/reload_nginx"
+  # Gets the certificate, or checks it is not yet due, without holding up the converge: until
+  # it has one, :80 serves the app.
+  systemctl start hello-cert.timer
+  systemctl --no-block restart hello-cert.service
 
   installed_version >"$VERSION_FILE.tmp"
   mv "$VERSION_FILE.tmp" "$VERSION_FILE"
@@ -283,6 +323,24 @@ converge() {
     "(converged in ${SECONDS} s)"
 }
 
+# nginx's layout for the HTTPS front (app/nginx-hello.conf): our site instead of Debian's default,
+# the directories hello-tls activate and the http-01 challenge use, and the ACME client's user.
+prepare_nginx() {
+  id hello-acme &>/dev/null ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin hello-acme
+  install -d -o hello-acme -g hello-acme -m 0755 /var/www/hello-acme
+  install -d -m 0755 /etc/nginx/hello-tls
+  if [[ $(readlink /etc/nginx/sites-enabled/hello || true) != /etc/nginx/sites-available/hello ]]; then
+    mark_pending reload_nginx
+    ln -sfn /etc/nginx/sites-available/hello /etc/nginx/sites-enabled/hello
+  fi
+  if [[ -e /etc/nginx/sites-enabled/default ]]; then
+    mark_pending reload_nginx
+    rm -f /etc/nginx/sites-enabled/default
+    log "removed nginx's default site"
+  fi
+}
+
 wait_healthy() {
   local attempt
   for attempt in $(seq 1 30); do
@@ -292,8 +350,8 @@ wait_healthy() {
     fi
     sleep 1
   done
-  systemctl --no-pager status hello.service >&2 || true
-  fail "hello.service is not healthy on :80 after 30 s (journalctl -u hello.service)"
+  systemctl --no-pager status hello.service nginx.service >&2 || true
+  fail "the app is not healthy on :80 after 30 s (journalctl -u hello.service -u nginx.service)"
 }
 
 # What a boot runs. GCE runs the startup script once per boot, so when converging fails even

@@ -4,7 +4,7 @@
 # only for its purpose, so `make check` does not pull in qemu and a browser for a VM it never
 # boots.
 #
-#   scripts/install-system-deps.sh PURPOSE...          PURPOSE: lint | diagram | vm | bench | all
+#   scripts/install-system-deps.sh PURPOSE...          PURPOSE: lint | diagram | vm | https | bench | all
 #   scripts/install-system-deps.sh --list PURPOSE...   print the packages, install nothing
 #
 # Needs root, or a user with passwordless sudo (as in CI), only when something is missing.
@@ -22,12 +22,16 @@ packages_for() {
     # browser screenshot.
     # The image builds without privileges (docs/ci.md): mmdebstrap under fakechroot and fakeroot,
     # then mkfs.ext4 -d.
-    vm) echo chromium mmdebstrap fakechroot fakeroot e2fsprogs qemu-system-x86 qemu-utils socat ;;
+    # libnss3-tools: certutil, so Chromium trusts the local CA's root.
+    vm) echo chromium libnss3-tools mmdebstrap fakechroot fakeroot e2fsprogs qemu-system-x86 qemu-utils socat ;;
+    # HTTPS: the front the VM runs (tests/stack/test_https.py runs it on loopback) and pebble, the
+    # local ACME CA for make up and the e2e tests.
+    https) echo nginx pebble ;;
     # make bench: the HTTP load generator.
     bench) echo wrk ;;
-    all) for purpose in lint diagram vm bench; do packages_for "$purpose"; done ;;
+    all) for purpose in lint diagram vm https bench; do packages_for "$purpose"; done ;;
     *)
-      echo "install-system-deps: unknown purpose '$1' (lint, diagram, vm, bench or all; --help)" >&2
+      echo "install-system-deps: unknown purpose '$1' (lint, diagram, vm, https, bench or all; --help)" >&2
       exit 2
       ;;
   esac

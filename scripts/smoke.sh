@@ -12,6 +12,11 @@
 #   SMOKE_ATTEMPTS  default 30; SMOKE_FIRST_WAIT seconds, doubled per try up to SMOKE_MAX_WAIT
 #   (defaults 2 and 20: about 8 minutes in all); SMOKE_PATH default /.
 #   SMOKE_VERSION   the version to wait for; default: computed from this checkout.
+#   HTTPS (SMOKE_HTTPS=0 skips it): http://ADDRESS/ must redirect to https://HOST/, which must
+#   answer the greeting with a certificate curl verifies for the IP. SMOKE_CACERT: the root to
+#   trust instead of the system's (pebble's, locally); SMOKE_HTTPS_PORT: where HOST's 443 really
+#   is (the forwarded port, locally). A fresh VM serves HTTP before its certificate arrives, so
+#   these retry like the HTTP check.
 # Exit codes: 0 the app answered as expected; 1 it never did; 2 usage.
 set -euo pipefail
 
@@ -53,17 +58,49 @@ expected_version=${SMOKE_VERSION:-$(
     xargs bash app/startup.sh version
 )}
 
+host=${target%:*}
+# curl's view of HOST's port 443, and the root it verifies the certificate against.
+tls=(--connect-to "$host:443:$host:${SMOKE_HTTPS_PORT:-443}")
+if [[ -n ${SMOKE_CACERT:-} ]]; then
+  tls+=(--cacert "$SMOKE_CACERT")
+fi
+
+# Prints why HTTPS is not right yet, or nothing when the redirect and the greeting are.
+https_problem() {
+  local redirect body
+  [[ ${SMOKE_HTTPS:-1} == 0 ]] && return 0
+  redirect=$(curl --silent --max-time 5 --output /dev/null \
+    --write-out '%{http_code} %{redirect_url}' "http://$target/" 2>&1) || true
+  if [[ $redirect != "301 https://$host/" ]]; then
+    echo "http://$target/ answered \"$redirect\", not a redirect to https://$host/"
+    return 0
+  fi
+  body=$(curl --silent --show-error --max-time 5 --fail "${tls[@]}" "https://$host/" 2>&1) ||
+    true
+  [[ $body == "$EXPECTED" ]] || echo "https://$host/: ${body:0:120}"
+}
+
 for ((try = 1; try <= attempts; try++)); do
   status=0
-  body=$(curl --silent --show-error --max-time 5 --fail "$url" 2>&1) || status=$?
+  body=$(curl --silent --show-error --max-time 5 --fail --location "${tls[@]}" "$url" 2>&1) ||
+    status=$?
   if ((status == 0)) && [[ $body == "$EXPECTED" ]]; then
-    health=$(curl --silent --max-time 5 --fail "http://$target/healthz" 2>&1) || true
+    health=$(curl --silent --max-time 5 --fail --location "${tls[@]}" "http://$target/healthz" 2>&1) ||
+      true
     version=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' <<<"$health")
-    if [[ $version == "$expected_version" ]]; then
+    problem=$(https_problem)
+    if [[ $version == "$expected_version" && -z $problem ]]; then
       echo "smoke: $url answered \"$body\", version $version (try $try)"
+      if [[ ${SMOKE_HTTPS:-1} != 0 ]]; then
+        echo "smoke: http://$target/ redirects to https://$host/, verified, with the same greeting"
+      fi
       exit 0
     fi
-    reason="serving version ${version:-unknown}, not the deployed $expected_version (not converged)"
+    if [[ $version != "$expected_version" ]]; then
+      reason="serving version ${version:-unknown}, not the deployed $expected_version (not converged)"
+    else
+      reason="HTTPS: $problem"
+    fi
   elif ((status == 0)); then
     reason="unexpected body: ${body:0:80}"
   else

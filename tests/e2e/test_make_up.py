@@ -1,7 +1,8 @@
-"""`make up` as a person types it: steps in order, one line about the emulated IP, the URL last.
+"""`make up` as a person types it: steps in order, one line about the emulated IP, the URLs last.
 
 Real: make, localvm, the real gcloud deploying through scripts/deploy.sh, the cached Debian 12
-image booted under qemu, the app answering on the forwarded port. Emulated: Google's Deployment
+image booted under qemu, the app answering on the forwarded ports, pebble (Debian's, the ACME CA
+the guest's certbot gets its certificate from). Emulated: Google's Deployment
 Manager API, token endpoint and metadata server. Runs before test_vm.py (file order), so only
 one VM is up at a time.
 """
@@ -30,7 +31,7 @@ def make(target: str, timeout: float) -> subprocess.CompletedProcess:
     )
 
 
-def test_make_up_prints_each_step_once_in_order_and_ends_with_the_url():
+def test_make_up_prints_each_step_once_in_order_and_ends_with_the_urls():
     if STATE_FILE.exists():
         pytest.skip("a `make up` stack is already running in this clone; `make down` first")
     try:
@@ -40,8 +41,11 @@ def test_make_up_prints_each_step_once_in_order_and_ends_with_the_url():
     print(result.stdout)  # shown by `pytest -rP`: what a person sees
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    url = lines[-1]
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), lines[-5:]
+    last = re.fullmatch(
+        r"(https://127\.0\.0\.1:\d+/)  \(HTTP: (http://127\.0\.0\.1:\d+/)\)", lines[-1]
+    )
+    assert last, lines[-5:]
+    https_url, url = last.groups()
 
     def index(text: str) -> int:
         found = [i for i, line in enumerate(lines) if text in line]
@@ -51,8 +55,9 @@ def test_make_up_prints_each_step_once_in_order_and_ends_with_the_url():
     assert (
         index("gcloud: deploy: authenticating")
         < index("gcloud: deploy: deployment hello created")
-        < index(f"its port 80 is forwarded to {url}")
-        < index("serving after")
+        < index(f"its ports 80 and 443 are forwarded to {url} and {https_url}")
+        < index("serving HTTP after")
+        < index("HTTPS verified against")
         < len(lines) - 1
     )
     # The emulated cloud's address appears once, in the line that says where it really is.

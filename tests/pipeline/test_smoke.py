@@ -69,7 +69,14 @@ def converged(tmp_path) -> Path:
 def smoke(target: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [str(SMOKE), target],
-        env={**os.environ, "SMOKE_FIRST_WAIT": "1", "SMOKE_MAX_WAIT": "1", **env},
+        # Plain HTTP here; the HTTPS checks run against nginx in tests/stack/test_https.py.
+        env={
+            **os.environ,
+            "SMOKE_HTTPS": "0",
+            "SMOKE_FIRST_WAIT": "1",
+            "SMOKE_MAX_WAIT": "1",
+            **env,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

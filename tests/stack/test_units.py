@@ -10,10 +10,19 @@ import pytest
 from tests.conftest import REPO
 from vm import METADATA_FILES
 
-SERVICES = ["app/hello.service", "app/hello-metadata-watch.service", "app/hello-converge.service"]
-UNITS = [*SERVICES, "app/hello-converge.path"]
+SERVICES = [
+    "app/hello.service",
+    "app/hello-metadata-watch.service",
+    "app/hello-converge.service",
+    "app/hello-cert.service",
+]
+UNITS = [*SERVICES, "app/hello-converge.path", "app/hello-cert.timer"]
 # Binaries that exist only on the VM, once startup.sh has installed them.
-VM_ONLY = {"/opt/hello/venv/bin/gunicorn", "/usr/local/sbin/hello-startup"}
+VM_ONLY = {
+    "/opt/hello/venv/bin/gunicorn",
+    "/usr/local/sbin/hello-startup",
+    "/usr/local/sbin/hello-tls",
+}
 
 
 def unit(path: str) -> configparser.ConfigParser:
@@ -41,13 +50,15 @@ def test_systemd_accepts_the_unit(path):
     assert complaints == []
 
 
-def test_app_service_runs_unprivileged_on_port_80_and_always_restarts():
+def test_app_service_runs_unprivileged_on_loopback_and_always_restarts():
     service = unit("app/hello.service")["Service"]
     assert service["User"] == "hello"
     assert service["Restart"] == "always"
-    assert service["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
-    assert service["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
-    assert re.search(r"--bind 0\.0\.0\.0:80\b", service["ExecStart"])
+    assert "AmbientCapabilities" not in service
+    assert service["CapabilityBoundingSet"] == ""
+    # nginx (app/nginx-hello.conf) proxies :80 and :443 to this address.
+    assert re.search(r"--bind 127\.0\.0\.1:8080\b", service["ExecStart"])
+    assert "server 127.0.0.1:8080;" in (REPO / "app/nginx-hello.conf").read_text()
     for hardening in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
         assert service[hardening] == "yes", hardening
     assert service["ProtectSystem"] == "strict"

@@ -2,6 +2,7 @@
 
 import pytest
 
+from dmlocal.errors import ConfigError
 from tests.conftest import REPO, by_name, deployment_imports, deployment_properties, render
 
 
@@ -62,10 +63,33 @@ def test_debian_12_family_and_small_machine_type_by_default():
         ("app-watch-service", "app/hello-metadata-watch.service"),
         ("app-converge-service", "app/hello-converge.service"),
         ("app-converge-path", "app/hello-converge.path"),
+        ("tls-script", "app/hello-tls.sh"),
+        ("tls-nginx-site", "app/nginx-hello.conf"),
+        ("tls-nginx-https", "app/nginx-hello-tls.conf"),
+        ("tls-nginx-hardening", "app/nginx-hardening.conf"),
+        ("tls-cert-service", "app/hello-cert.service"),
+        ("tls-cert-timer", "app/hello-cert.timer"),
+        ("tls-acme-requirements", "app/acme-requirements.txt"),
     ],
 )
 def test_metadata_carries_committed_files_byte_for_byte(key, path):
     assert metadata()[key] == (REPO / path).read_text()
+
+
+def test_acme_ca_reaches_the_instance_and_optional_keys_only_when_set():
+    items = metadata()
+    assert items["acme-directory"] == "https://acme-v02.api.letsencrypt.org/directory"
+    assert "acme-email" not in items and "acme-directory-ca" not in items
+    items = metadata(acmeDirectory="", acmeEmail="ops@example.com")
+    assert items["acme-directory"] == ""
+    assert items["acme-email"] == "ops@example.com"
+
+
+def test_a_bad_acme_directory_is_refused_by_the_schema():
+    with pytest.raises(
+        ConfigError, match=r"properties\.acmeDirectory: .* acmeDirectory must be an https:// URL"
+    ):
+        metadata(acmeDirectory="http://insecure.example/directory")
 
 
 def test_os_login_on_and_project_ssh_keys_blocked():

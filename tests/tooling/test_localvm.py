@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from localvm import image
+from localvm.acme import Pebble
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
+from localvm.stack import attributes, without_public_ca
 from localvm.vm import METADATA_IP, NETWORK, LocalVM
 
 
@@ -52,3 +55,25 @@ def test_qemu_forwards_metadata_per_connection_and_port_80_to_loopback(tmp_path,
     assert f"net={METADATA_IP.rsplit('.', 1)[0]}.0/24" in options  # guestfwd must be inside
     assert f"dhcpstart={NETWORK['ip']}" in options
     assert command[command.index("-accel") + 1].startswith("tcg")
+
+
+def test_qemu_forwards_port_443_and_the_gateway_is_where_the_guest_finds_pebble(tmp_path):
+    vm = LocalVM(Image(tmp_path), tmp_path, metadata_port=4242, http_port=5151, https_port=5252)
+    netdev = vm.command()[vm.command().index("-netdev") + 1]
+    assert "hostfwd=tcp:127.0.0.1:5252-:443" in netdev.split(",")
+    # pebble's directory as the guest sees it: qemu maps the gateway to the host's loopback.
+    assert f"host={NETWORK['gateway']}" in netdev.split(",")
+    pebble = Pebble(tmp_path / "pebble", validation_port=5151)
+    assert pebble.guest_directory == f"https://{NETWORK['gateway']}:{pebble.port}/dir"
+    config = json.loads((tmp_path / "pebble/pebble-config.json").read_text())["pebble"]
+    assert config["httpPort"] == 5151  # http-01 goes to the port forwarded to the guest's :80
+
+
+def test_a_local_instance_never_asks_the_public_ca(tmp_path):
+    instance = {"metadata": {"items": [{"key": "acme-directory", "value": "https://le/dir"}]}}
+    without_public_ca(instance)
+    assert attributes(instance)["acme-directory"] == ""
+    pebble = Pebble(tmp_path / "pebble", validation_port=5151)
+    without_public_ca(instance, pebble.attributes())
+    assert attributes(instance)["acme-directory"] == pebble.guest_directory
+    assert attributes(instance)["acme-directory-ca"] == pebble.listener_ca_pem

@@ -33,7 +33,8 @@ def test_deploy_steps_are_in_order_and_said_once():
     assert "Public IP: 203.0.113." in output
     assert "deploy: deployment hello is up to date" in output
     nat_ip = instance["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
-    assert forwarding(instance, "http://127.0.0.1:8080/") == (
+    assert forwarding(instance, "http://127.0.0.1:8080/", "https://127.0.0.1:8443/") == (
         f"public IP {nat_ip} is the emulated cloud's address for hello-vm (not reachable from "
-        "here); its port 80 is forwarded to http://127.0.0.1:8080/"
+        "here); its ports 80 and 443 are forwarded to http://127.0.0.1:8080/ and "
+        "https://127.0.0.1:8443/"
     )

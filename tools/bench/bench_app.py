@@ -67,9 +67,9 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 20)
     raise RuntimeError(f"{url} did not serve the greeting within {timeout} s")
 
 
-def run_wrk(url: str, duration: int, connections: int) -> dict:
+def run_wrk(url: str, duration: int, connections: int, extra: list[str] | None = None) -> dict:
     output = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *(extra or []), url],
         capture_output=True,
         text=True,
         check=True,

@@ -2,7 +2,8 @@
 
 `up` renders deployment.yaml (as `make preview` does), builds or reuses the cached Debian 12
 image, starts the metadata emulator and the VM as background processes, follows the VM's startup
-script on its serial log, and prints the URL of the instance's "public IP" as its last line.
+script on its serial log, and prints the instance's "public IP" URLs as its last line: HTTPS
+(a certificate from pebble, the local ACME CA) and HTTP beside it.
 Everything keeps running until `down`, which powers the VM off cleanly and stops the emulator.
 State (pids, ports, the serial log) lives in .state/localvm/ in the clone.
 """
@@ -15,10 +16,12 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -26,9 +29,10 @@ import yaml
 from app.app import GREETING
 from emulators.metadata import from_expanded_config
 from localvm import deploy
+from localvm.acme import Pebble
 from localvm.image import ensure_image
-from localvm.stack import REPO, render_preview
-from localvm.vm import NETWORK, LocalVM, VMError
+from localvm.stack import REPO, render_preview, without_public_ca
+from localvm.vm import NETWORK, LocalVM, VMError, free_port
 
 STATE = REPO / ".state" / "localvm"
 STATE_FILE = STATE / "state.json"
@@ -117,15 +121,16 @@ def deploy_steps(output: str) -> list[str]:
     ]
 
 
-def forwarding(instance: dict, url: str) -> str:
+def forwarding(instance: dict, url: str, https_url: str) -> str:
     """The one line about the instance's public IP, which only exists in the emulated cloud."""
+    ports = f"its ports 80 and 443 are forwarded to {url} and {https_url}"
     nics = instance.get("networkInterfaces") or [{}]
     nat_ip = ((nics[0].get("accessConfigs") or [{}])[0]).get("natIP")
     if not nat_ip or "$(" in str(nat_ip):
-        return f"the VM's port 80 is forwarded to {url}"
+        return f"the VM's {ports.removeprefix('its ')}"
     return (
         f"public IP {nat_ip} is the emulated cloud's address for {instance['name']} (not reachable "
-        f"from here); its port 80 is forwarded to {url}"
+        f"from here); {ports}"
     )
 
 
@@ -136,7 +141,7 @@ def up(config: str, project: str, from_preview: bool = False, engine: str = "dm"
             state["metadata_pid"], b"emulators.metadata"
         ):
             say("already running (make down stops it)")
-            print(state["url"])
+            print(f"{state['https_url']}  (HTTP: {state['url']})")
             return 0
         say("stale state from an earlier run: cleaning up")
         down()
@@ -153,18 +158,24 @@ def up(config: str, project: str, from_preview: bool = False, engine: str = "dm"
         instance, network_name, output = deploy.deploy(config, project, engine=engine)
         for line in deploy_steps(output):
             say(f"gcloud: {line}")
-        instance_path = STATE / "instance.json"
-        instance_path.write_text(json.dumps(instance, indent=1) + "\n")
-        source = ["--instance-json", str(instance_path), "--network-name", network_name]
         say(f"instance {instance['name']} deployed: booting it from the deployment's resource")
     else:
         say(f"{reason}: booting from `make preview`'s expansion instead of a gcloud deploy")
         expanded = render_preview(config)
-        expanded_path = STATE / "expanded.yaml"
-        expanded_path.write_text(yaml.safe_dump(expanded, sort_keys=False))
-        instance, _ = from_expanded_config(expanded)
-        source = ["--config", str(expanded_path)]
+        (STATE / "expanded.yaml").write_text(yaml.safe_dump(expanded, sort_keys=False))
+        instance, network_name = from_expanded_config(expanded)
         say(f"instance {instance['name']}: {len(expanded['resources'])} resources rendered")
+
+    # The CA: pebble on loopback, validating http-01 on the port forwarded to the guest's :80.
+    http_port = free_port()
+    pebble = Pebble(STATE / "pebble", validation_port=http_port).start()
+    without_public_ca(instance, pebble.attributes())
+    root = STATE / "ca-root.pem"
+    root.write_text(pebble.root_pem())
+    say(f"ACME CA: pebble at {pebble.guest_directory} (the guest's view); its root: {root}")
+    instance_path = STATE / "instance.json"
+    instance_path.write_text(json.dumps(instance, indent=1) + "\n")
+    source = ["--instance-json", str(instance_path), "--network-name", network_name]
 
     say("Debian 12 image (cached by recipe; the first build takes a few minutes)")
     image = ensure_image()
@@ -172,11 +183,15 @@ def up(config: str, project: str, from_preview: bool = False, engine: str = "dm"
 
     metadata, ports = _start_metadata(source, project)
     say(f"metadata emulator on 127.0.0.1:{ports['port']} (the guest's 169.254.169.254)")
-    vm = LocalVM(image, _workdir(), metadata_port=ports["port"], name=instance["name"])
+    vm = LocalVM(
+        image, _workdir(), metadata_port=ports["port"], name=instance["name"], http_port=http_port
+    )
     vm.start(detach=True)
     state = {
         "qemu_pid": vm.pid,
         "metadata_pid": metadata.pid,
+        "pebble_pid": pebble.process.pid,
+        "https_url": vm.https_url,
         "metadata_port": ports["port"],
         "metadata_admin_port": ports["admin_port"],
         "workdir": str(vm.workdir),
@@ -186,16 +201,40 @@ def up(config: str, project: str, from_preview: bool = False, engine: str = "dm"
     }
     STATE_FILE.write_text(json.dumps(state, indent=1) + "\n")
     say(f"booting {instance['name']} under qemu (TCG); serial log: {vm.serial_log}")
-    say(forwarding(instance, vm.url))
+    say(forwarding(instance, vm.url, vm.https_url))
     try:
         _follow_startup(vm, BOOT_TIMEOUT)
     except BaseException:
         say("boot failed: stopping (make down also cleans up)")
         down()
         raise
-    say(f"serving after {time.monotonic() - started:.0f} s; `make down` stops it. Open:")
-    print(vm.url, flush=True)
+    say(f"serving HTTP after {time.monotonic() - started:.0f} s; `make down` stops it")
+    https = _wait_https(vm, root, BOOT_TIMEOUT)
+    say(
+        f"HTTPS {'verified against' if https else 'not up yet (see the serial log); trust'} "
+        f"{root}; smoke: SMOKE_CACERT={root} SMOKE_HTTPS_PORT={vm.https_port} "
+        f"make smoke IP=127.0.0.1:{vm.http_port}. Open:"
+    )
+    print(f"{vm.https_url}  (HTTP: {vm.url})", flush=True)
     return 0
+
+
+def _wait_https(vm: LocalVM, root: Path, timeout: float) -> bool:
+    """Waits for the greeting over HTTPS, verified against the CA's root (the guest installs
+    certbot and asks pebble after it serves HTTP)."""
+    context = ssl.create_default_context(cafile=str(root))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(vm.https_url, context=context, timeout=5) as response,
+        ):
+            if GREETING in response.read().decode():
+                return True
+        if not vm.running():
+            return False
+        time.sleep(2)
+    return False
 
 
 def down() -> int:
@@ -209,6 +248,9 @@ def down() -> int:
         vm = LocalVM.attach(workdir, pid=state["qemu_pid"], http_port=state["http_port"])
         with contextlib.suppress(VMError):
             vm.stop()
+    if _alive(state.get("pebble_pid", 0), b"pebble"):
+        say("stopping pebble")
+        os.kill(state["pebble_pid"], signal.SIGTERM)
     if _alive(state["metadata_pid"], b"emulators.metadata"):
         say("stopping the metadata emulator")
         os.kill(state["metadata_pid"], signal.SIGTERM)

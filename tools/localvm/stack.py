@@ -15,7 +15,7 @@ import yaml
 
 from emulators.metadata import MetadataEmulator, from_expanded_config
 from localvm.image import Image, ensure_image
-from localvm.vm import NETWORK, LocalVM
+from localvm.vm import NETWORK, LocalVM, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "build" / "artifacts"  # gitignored; CI stores it
@@ -37,6 +37,21 @@ def attributes(instance: dict[str, Any]) -> dict[str, str]:
     return {i["key"]: i.get("value", "") for i in instance.get("metadata", {}).get("items", [])}
 
 
+def without_public_ca(instance: dict[str, Any], local_ca: dict[str, str] | None = None) -> None:
+    """Points the instance at `local_ca` (pebble's acme-* attributes), or turns HTTPS off.
+
+    A local VM must never ask Let's Encrypt for a certificate: its "public IP" is a loopback
+    stand-in that no public CA could validate, and nothing here reaches the internet but package
+    registries. On GCE the deployment's acmeDirectory reaches the instance unchanged.
+    """
+    values = {**attributes(instance), "acme-directory": ""}
+    values.pop("acme-directory-ca", None)
+    values.update(local_ca or {})
+    instance.setdefault("metadata", {})["items"] = [
+        {"key": key, "value": value} for key, value in values.items()
+    ]
+
+
 class LocalStack:
     """In-process metadata emulator + one VM; a context manager that always cleans up."""
 
@@ -51,8 +66,11 @@ class LocalStack:
     ) -> None:
         self.workdir = workdir
         self.kernel_args = kernel_args
+        # Chosen now, before the VM exists: a local ACME CA validates http-01 on this port.
+        self.http_port = free_port()
         self.expanded = expanded if expanded is not None else render_preview()
         self.instance, network_name = from_expanded_config(self.expanded)
+        without_public_ca(self.instance)
         self.image = image or ensure_image()
         self.metadata = MetadataEmulator(
             self.instance, project_id=project, network=NETWORK, network_name=network_name
@@ -67,6 +85,7 @@ class LocalStack:
             metadata_port=self.metadata.port,
             name=self.instance["name"],
             kernel_args=self.kernel_args,
+            http_port=self.http_port,
         )
         try:
             self.vm.start()

@@ -6,9 +6,10 @@
   from the same bytes, like a new boot disk from an image; reboots of one run keep the overlay.
 - Network: qemu user networking. The guest's metadata server address, 169.254.169.254:80, is a
   guestfwd that starts one `socat` per connection to the local metadata emulator (a shared
-  connection would serialise the agent's long polls). Guest port 80 is forwarded to a free
-  loopback port: the instance's "public IP". The guest reaches Debian's mirror and PyPI through
-  the user network's NAT, as a GCE VM reaches them through its external IP.
+  connection would serialise the agent's long polls). Guest ports 80 and 443 are forwarded
+  to free loopback ports: the instance's "public IP" (127.0.0.1 stands in for it). The guest
+  reaches Debian's mirror and PyPI through the user network's NAT, as a GCE VM reaches them
+  through its external IP.
 - Console: the serial port is the VM's serial log (what `gcloud compute instances
   get-serial-port-output` shows on GCE).
 - Control: QMP for power (system_powerdown, system_reset, quit) and, for tests only, the qemu
@@ -105,6 +106,7 @@ class LocalVM:
         metadata_port: int,
         name: str = "hello-vm",
         http_port: int | None = None,
+        https_port: int | None = None,
         memory_mb: int = 1024,
         cpus: int = 2,
         kernel_args: tuple[str, ...] = (),
@@ -114,6 +116,7 @@ class LocalVM:
         self.metadata_port = metadata_port
         self.name = name
         self.http_port = http_port or free_port()
+        self.https_port = https_port or free_port()
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.kernel_args = kernel_args
@@ -147,6 +150,10 @@ class LocalVM:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/"
 
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}/"
+
     def command(self) -> list[str]:
         socat = shutil.which("socat") or "socat"
         metadata = self.metadata_port
@@ -162,6 +169,7 @@ class LocalVM:
                 "ipv6=off",
                 f"guestfwd=tcp:{METADATA_IP}:80-cmd:{socat} STDIO TCP:127.0.0.1:{metadata}",
                 f"hostfwd=tcp:127.0.0.1:{self.http_port}-:80",
+                f"hostfwd=tcp:127.0.0.1:{self.https_port}-:443",
             ]
         )
         return [
