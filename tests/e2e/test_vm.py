@@ -291,9 +291,9 @@ def version_of(values: dict[str, str], workdir: Path) -> str:
     return result.stdout.strip()
 
 
-def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIMEOUT) -> None:
+def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIMEOUT) -> str:
     """Until GET /healthz reports the version of `values` (over HTTP: the guest agent channel
-    stalls under load, and a converge records its version only once it completed)."""
+    stalls under load, and a converge records its version only once it completed); returns it."""
     expected = version_of(values, Path(tempfile.mkdtemp(prefix="hello-version-")))
     deadline = time.monotonic() + timeout
     last = ""
@@ -301,7 +301,7 @@ def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIME
         status, body = stack.vm.get("/healthz")
         last = body
         if status == 200 and f'"version":"{expected}"' in body.replace(" ", ""):
-            return
+            return expected
         time.sleep(2)
     raise AssertionError(f"not at version {expected} in {timeout} s (last: {last})")
 
@@ -349,8 +349,10 @@ def test_two_changes_one_second_apart_converge_one_at_a_time(stack):
     stack.set_attributes(second)
     try:
         stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect="Hello from the second change!")
-        wait_converged(stack, second)
-        log = stack.vm.serial_text()[mark:]
+        version = wait_converged(stack, second)
+        # The converge logs its last line just after /healthz starts reporting the version.
+        log = stack.vm.wait_serial(f"hello-startup: serving version {version}", start=mark,
+                                   timeout=RESTART_TIMEOUT)  # fmt: skip
         runs = re.findall(r"hello-startup: (converging|serving version|FAILED)", log)
         assert runs and "FAILED" not in runs, runs
         assert runs == ["converging", "serving version"] * (len(runs) // 2), runs
