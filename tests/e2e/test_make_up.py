@@ -55,7 +55,7 @@ def test_make_up_prints_each_step_once_in_order_and_ends_with_the_urls():
     assert (
         index("gcloud: deploy: authenticating")
         < index("gcloud: deploy: deployment hello created")
-        < index(f"its ports 80 and 443 are forwarded to {url} and {https_url}")
+        < index(f"ports 80 and 443 are forwarded to {url} and {https_url}")
         < index("serving HTTP after")
         < index("HTTPS verified against")
         < len(lines) - 1

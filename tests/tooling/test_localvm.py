@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+from emulators.metadata import instance_tree
 from localvm import image
 from localvm.acme import Pebble
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
-from localvm.stack import attributes, without_public_ca
+from localvm.stack import attributes, with_local_public_ip, without_public_ca
 from localvm.vm import METADATA_IP, NETWORK, LocalVM
 
 
@@ -77,3 +78,16 @@ def test_a_local_instance_never_asks_the_public_ca(tmp_path):
     without_public_ca(instance, pebble.attributes())
     assert attributes(instance)["acme-directory"] == pebble.guest_directory
     assert attributes(instance)["acme-directory-ca"] == pebble.listener_ca_pem
+
+
+def test_a_deployed_instance_is_told_the_address_its_forwards_are_on():
+    """The emulated cloud reserves 203.0.113.x, which leads nowhere here: the CA validating the
+    certificate's IP must reach the VM's port 80, so the VM is told the forwards' 127.0.0.1."""
+    deployed = {
+        "name": "hello-vm",
+        "networkInterfaces": [{"accessConfigs": [{"natIP": "203.0.113.10"}]}],
+    }
+    booted = with_local_public_ip(deployed)
+    tree = instance_tree(booted, project_id="p", project_number=1)
+    assert tree["network-interfaces"][0]["access-configs"][0]["external-ip"] == "127.0.0.1"
+    assert deployed["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "203.0.113.10"

@@ -35,6 +35,6 @@ def test_deploy_steps_are_in_order_and_said_once():
     nat_ip = instance["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
     assert forwarding(instance, "http://127.0.0.1:8080/", "https://127.0.0.1:8443/") == (
         f"public IP {nat_ip} is the emulated cloud's address for hello-vm (not reachable from "
-        "here); its ports 80 and 443 are forwarded to http://127.0.0.1:8080/ and "
-        "https://127.0.0.1:8443/"
+        "here); the VM is told its external IP is 127.0.0.1, where its ports 80 and 443 are "
+        "forwarded to http://127.0.0.1:8080/ and https://127.0.0.1:8443/"
     )

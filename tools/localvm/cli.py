@@ -31,7 +31,7 @@ from emulators.metadata import from_expanded_config
 from localvm import deploy
 from localvm.acme import Pebble
 from localvm.image import ensure_image
-from localvm.stack import REPO, render_preview, without_public_ca
+from localvm.stack import REPO, render_preview, with_local_public_ip, without_public_ca
 from localvm.vm import NETWORK, LocalVM, VMError, free_port
 
 STATE = REPO / ".state" / "localvm"
@@ -123,11 +123,14 @@ def deploy_steps(output: str) -> list[str]:
 
 def forwarding(instance: dict, url: str, https_url: str) -> str:
     """The one line about the instance's public IP, which only exists in the emulated cloud."""
-    ports = f"its ports 80 and 443 are forwarded to {url} and {https_url}"
+    ports = (
+        f"the VM is told its external IP is {NETWORK['external-ip']}, where its ports 80 and 443 "
+        f"are forwarded to {url} and {https_url}"
+    )
     nics = instance.get("networkInterfaces") or [{}]
     nat_ip = ((nics[0].get("accessConfigs") or [{}])[0]).get("natIP")
     if not nat_ip or "$(" in str(nat_ip):
-        return f"the VM's {ports.removeprefix('its ')}"
+        return ports
     return (
         f"public IP {nat_ip} is the emulated cloud's address for {instance['name']} (not reachable "
         f"from here); {ports}"
@@ -174,7 +177,7 @@ def up(config: str, project: str, from_preview: bool = False, engine: str = "dm"
     root.write_text(pebble.root_pem())
     say(f"ACME CA: pebble at {pebble.guest_directory} (the guest's view); its root: {root}")
     instance_path = STATE / "instance.json"
-    instance_path.write_text(json.dumps(instance, indent=1) + "\n")
+    instance_path.write_text(json.dumps(with_local_public_ip(instance), indent=1) + "\n")
     source = ["--instance-json", str(instance_path), "--network-name", network_name]
 
     say("Debian 12 image (cached by recipe; the first build takes a few minutes)")

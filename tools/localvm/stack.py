@@ -6,6 +6,7 @@ as `make preview` renders it (the metadata is read from the expansion, never har
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,20 @@ def without_public_ca(instance: dict[str, Any], local_ca: dict[str, str] | None 
     instance.setdefault("metadata", {})["items"] = [
         {"key": key, "value": value} for key, value in values.items()
     ]
+
+
+def with_local_public_ip(instance: dict[str, Any]) -> dict[str, Any]:
+    """The instance as this machine boots it: its external IP is the host end of qemu's port
+    forwards (NETWORK's external-ip, 127.0.0.1), not the address the emulated cloud reserved.
+
+    On GCE the metadata server reports the reserved static IP, and the ACME CA validates the
+    certificate for it on that address's port 80. Here the emulated cloud's address (203.0.113.x)
+    leads nowhere, so the VM is told the one address where its ports really are reachable.
+    """
+    booted = copy.deepcopy(instance)
+    for access in (booted.get("networkInterfaces") or [{}])[0].get("accessConfigs") or []:
+        access["natIP"] = NETWORK["external-ip"]
+    return booted
 
 
 class LocalStack:
