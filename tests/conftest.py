@@ -30,6 +30,17 @@ STACK_FILES = [
 ]
 
 
+def startup_version(*pairs: str) -> str:
+    """app/startup.sh's version digest of KEY=FILE pairs: what a VM reports in /healthz."""
+    result = subprocess.run(
+        ["bash", str(REPO / "app/startup.sh"), "version", *pairs],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
 def copy_stack(destination: Path) -> Path:
     """A private copy of the stack, for tests that edit it as an operator would."""
     for path in STACK_FILES:

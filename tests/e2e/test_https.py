@@ -16,7 +16,6 @@ import http.client
 import shutil
 import socket
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from app.app import GREETING
 from localvm.acme import Pebble
 from localvm.stack import ARTIFACTS, LocalStack, attributes
 from localvm.vm import NETWORK
+from tests.browser import chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -229,63 +229,17 @@ def test_units_are_sandboxed_and_log_no_errors(tls):
     assert errors == [], errors
 
 
-def chromium_trusting(root_pem: str | None, home: Path, *args: str) -> str:
-    """Headless Chromium with HOME=`home`; Chromium on Linux trusts the roots in the user's NSS
-    database, so `root_pem` goes there (as Let's Encrypt's is in every browser's store)."""
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True)
-    if root_pem:
-        (home / "root.pem").write_text(root_pem)
-        subprocess.run(
-            [
-                "certutil",
-                "-A",
-                "-d",
-                f"sql:{nssdb}",
-                "-n",
-                "ca",
-                "-t",
-                "C,,",
-                "-i",
-                str(home / "root.pem"),
-            ],
-            check=True,
-        )
-    result = subprocess.run(
-        [
-            shutil.which("chromium") or "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=800,200",
-            f"--user-data-dir={home / 'profile'}",
-            *args,
-        ],
-        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return result.stdout
-
-
 @pytest.mark.skipif(
     not (shutil.which("chromium") and shutil.which("certutil")), reason="needs chromium, certutil"
 )
 def test_chromium_trusting_the_ca_root_shows_the_greeting(tls, tmp_path):
     url = tls.vm.https_url
     root = tls.pebble.root_pem()
-    assert GREETING in chromium_trusting(root, tmp_path / "trusting", "--dump-dom", url)
+    assert GREETING in chromium(tmp_path / "trusting", "--dump-dom", url, trusting=root)
     # Without the root the same page is Chromium's certificate interstitial, not the greeting.
-    assert GREETING not in chromium_trusting(None, tmp_path / "untrusting", "--dump-dom", url)
+    assert GREETING not in chromium(tmp_path / "untrusting", "--dump-dom", url)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "hello-vm-https-screenshot.png"
     shot.unlink(missing_ok=True)
-    chromium_trusting(root, tmp_path / "screenshot", f"--screenshot={shot}", url)
+    chromium(tmp_path / "screenshot", f"--screenshot={shot}", url, trusting=root)
     assert shot.stat().st_size > 0

@@ -27,7 +27,8 @@ import pytest
 
 from app.app import GREETING
 from localvm.stack import ARTIFACTS, REPO, attributes
-from tests.conftest import copy_stack
+from tests.browser import chromium
+from tests.conftest import copy_stack, startup_version
 from vm import METADATA_FILES
 
 pytestmark = pytest.mark.e2e
@@ -165,34 +166,6 @@ def _png_pixels(path: Path) -> tuple[int, int, bytes]:
     return width, height, b"".join(rows)
 
 
-def _chromium(*args: str) -> str:
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    try:
-        result = subprocess.run(
-            [
-                shutil.which("chromium") or "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--window-size=800,200",
-                f"--user-data-dir={profile}",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return result.stdout
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 def _serve_text(body: str):
     """A loopback server answering `body` as text/plain: the reference rendering."""
 
@@ -217,9 +190,9 @@ def test_chromium_shows_the_greeting_and_saves_a_screenshot(stack, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "hello-vm-screenshot.png"
     shot.unlink(missing_ok=True)
-    dom = _chromium("--dump-dom", stack.vm.url)
+    dom = chromium(tmp_path / "dom", "--dump-dom", stack.vm.url)
     assert GREETING in dom, dom
-    _chromium(f"--screenshot={shot}", stack.vm.url)
+    chromium(tmp_path / "shot", f"--screenshot={shot}", stack.vm.url)
     # The screenshot must be pixel-identical to Chromium rendering the greeting as plain text,
     # and differ from a rendering of another text (so the comparison can tell them apart).
     renders = {}
@@ -227,7 +200,8 @@ def test_chromium_shows_the_greeting_and_saves_a_screenshot(stack, tmp_path):
         server = _serve_text(text)
         try:
             renders[name] = tmp_path / f"{name}.png"
-            _chromium(f"--screenshot={renders[name]}", f"http://127.0.0.1:{server.server_port}/")
+            url = f"http://127.0.0.1:{server.server_port}/"
+            chromium(tmp_path / name, f"--screenshot={renders[name]}", url)
         finally:
             server.shutdown()
             server.server_close()
@@ -278,17 +252,9 @@ def test_app_change_reaches_the_running_vm_through_metadata(stack):
 
 def version_of(values: dict[str, str], workdir: Path) -> str:
     """The version a VM that applied `values` reports: startup.sh's digest of those files."""
-    pairs = []
     for key in METADATA_FILES:
         (workdir / key).write_text(values[key])
-        pairs.append(f"{key}={workdir / key}")
-    result = subprocess.run(
-        ["bash", str(REPO / "app/startup.sh"), "version", *pairs],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
+    return startup_version(*(f"{key}={workdir / key}" for key in METADATA_FILES))
 
 
 def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIMEOUT) -> str:

@@ -20,7 +20,7 @@ from threading import Thread
 import pytest
 
 from app.app import GREETING
-from tests.conftest import REPO
+from tests.conftest import REPO, startup_version
 
 SMOKE = REPO / "scripts" / "smoke.sh"
 
@@ -29,15 +29,7 @@ def deployed_version() -> str:
     """The digest of this checkout's deployed files, as app/startup.sh defines it."""
     from vm import METADATA_FILES
 
-    pairs = [f"{key}={path}" for key, path in METADATA_FILES.items()]
-    result = subprocess.run(
-        ["bash", "app/startup.sh", "version", *pairs],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
+    return startup_version(*(f"{key}={REPO / path}" for key, path in METADATA_FILES.items()))
 
 
 def free_port() -> int:

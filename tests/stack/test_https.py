@@ -34,8 +34,8 @@ from localvm.acme import Pebble
 from localvm.front import IP, Front, http_get, wait_for
 from localvm.stack import ARTIFACTS
 from localvm.vm import NETWORK, free_port
+from tests.browser import chromium
 from tests.conftest import REPO
-from tests.e2e.test_https import chromium_trusting
 
 pytestmark = [
     pytest.mark.tls_host,
@@ -362,9 +362,9 @@ def test_chromium_trusting_the_ca_root_shows_the_greeting(front, tmp_path):
     """The browser half of tests/e2e/test_https.py, against the same front on the host."""
     url = f"https://{IP}:{front.https_port}/"
     root = front.pebble.root_pem()
-    assert GREETING in chromium_trusting(root, tmp_path / "trusting", "--dump-dom", url)
-    assert GREETING not in chromium_trusting(None, tmp_path / "untrusting", "--dump-dom", url)
+    assert GREETING in chromium(tmp_path / "trusting", "--dump-dom", url, trusting=root)
+    assert GREETING not in chromium(tmp_path / "untrusting", "--dump-dom", url)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "host-https-screenshot.png"
-    chromium_trusting(root, tmp_path / "screenshot", f"--screenshot={shot}", url)
+    chromium(tmp_path / "screenshot", f"--screenshot={shot}", url, trusting=root)
     assert shot.stat().st_size > 0

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, startup_version
 from vm import METADATA_FILES
 
 SERVICES = [
@@ -73,29 +73,18 @@ def test_startup_script_installs_exactly_the_files_vm_py_deploys():
     assert set(re.findall(r"^\s+\[([a-z-]+)\]=", table, re.M)) == set(METADATA_FILES)
 
 
-def version(*pairs: str) -> str:
-    result = subprocess.run(
-        ["bash", "app/startup.sh", "version", *pairs],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
-
-
 def test_version_digest_names_the_files_not_their_order(tmp_path):
     pairs = [f"{key}={path}" for key, path in METADATA_FILES.items()]
-    digest = version(*pairs)
+    digest = startup_version(*pairs)
     assert re.fullmatch(r"[0-9a-f]{16}", digest)
-    assert version(*reversed(pairs)) == digest
+    assert startup_version(*reversed(pairs)) == digest
     edited = tmp_path / "app.py"
     edited.write_text((REPO / "app/app.py").read_text() + "\n")
     changed = [f"app-py={edited}" if p.startswith("app-py=") else p for p in pairs]
-    assert version(*changed) != digest
+    assert startup_version(*changed) != digest
     # Same bytes under another key are another deployment.
     renamed = [p.replace("app-py=", "app-python=") for p in pairs]
-    assert version(*renamed) != digest
+    assert startup_version(*renamed) != digest
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
