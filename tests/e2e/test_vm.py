@@ -283,10 +283,16 @@ def with_greeting(values: dict[str, str], greeting: str) -> dict[str, str]:
 
 
 def smoke(stack, root: Path, attempts: int) -> subprocess.CompletedProcess:
-    """scripts/smoke.sh from the checkout at `root`, against the VM's forwarded port 80."""
+    """scripts/smoke.sh from the checkout at `root`, against the VM's forwarded port 80. This VM
+    has no CA (HTTPS off), so smoke checks HTTP only; tests/e2e/test_https.py checks HTTPS."""
     return subprocess.run(
         ["bash", str(root / "scripts/smoke.sh"), f"127.0.0.1:{stack.vm.http_port}"],
-        env={**os.environ, "SMOKE_ATTEMPTS": str(attempts), "SMOKE_FIRST_WAIT": "2"},
+        env={
+            **os.environ,
+            "SMOKE_ATTEMPTS": str(attempts),
+            "SMOKE_FIRST_WAIT": "2",
+            "SMOKE_HTTPS": "0",
+        },
         capture_output=True,
         text=True,
         timeout=600,
