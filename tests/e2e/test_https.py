@@ -128,7 +128,13 @@ def test_https_comes_up_once_the_ca_is_back(tls):
             last = error
         time.sleep(3)
     assert last == (200, GREETING), f"{last}\n{tls.vm.serial_tail()}"
-    journal = guest(tls, "journalctl -b -o cat -u hello-cert.service")
+    # activate logs this line just after the reload that began serving HTTPS.
+    deadline = time.monotonic() + 60
+    while True:
+        journal = guest(tls, "journalctl -b -o cat -u hello-cert.service")
+        if f"hello-tls: serving https://{IP}/" in journal or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert f"hello-tls: serving https://{IP}/" in journal, journal
 
 
