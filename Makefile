@@ -12,6 +12,8 @@ CONFIG ?= deployment.yaml
 # Which Google service deploys the stack: dm (Deployment Manager) or infra-manager (docs/deploy.md).
 DEPLOY_ENGINE ?= dm
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
+# One pytest worker per core; the VM tests keep to two lanes (tests/conftest.py, VM_LANE_*).
+PYTEST := $(VPY) -m pytest -n auto --dist loadgroup
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
 	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls system-deps \
@@ -43,11 +45,11 @@ test: lint pytest ## lint and every test (what CI runs)
 
 check: lint gcloud ## lint and every test but the VM boot
 	@bash scripts/install-system-deps.sh diagram https
-	$(VPY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)
 
 e2e: $(VENV)/.installed gcloud ## boot the VM under qemu and test it end to end
 	@bash scripts/install-system-deps.sh vm https
-	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
+	$(PYTEST) -m e2e $(PYTEST_ARGS)
 
 preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager would and check it
 	@$(BIN)/dmlocal preview $(CONFIG)
@@ -80,7 +82,7 @@ lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
 
 pytest: $(VENV)/.installed gcloud
 	@bash scripts/install-system-deps.sh diagram vm https
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 image: $(VENV)/.installed ## build the VM image, or reuse the cached one
 	@bash scripts/install-system-deps.sh vm

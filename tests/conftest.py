@@ -29,6 +29,12 @@ STACK_FILES = [
     *(f"{t}{s}" for t in ("network.py", "firewall.py", "vm.py") for s in ("", ".schema")),
 ]
 
+# The Makefile runs pytest with `-n auto --dist loadgroup` (pytest-xdist): each group goes to one
+# worker whole, in file order, while the other tests share out over the rest. The tests that boot
+# a VM (TCG keeps about one core busy each) form two lanes, so two VMs run at once and never more.
+VM_LANE_1 = pytest.mark.xdist_group("vm-lane-1")
+VM_LANE_2 = pytest.mark.xdist_group("vm-lane-2")
+
 
 def startup_version(*pairs: str) -> str:
     """app/startup.sh's version digest of KEY=FILE pairs: what a VM reports in /healthz."""

@@ -29,8 +29,9 @@ from localvm.acme import Pebble
 from localvm.stack import ARTIFACTS, LocalStack, attributes
 from localvm.vm import NETWORK
 from tests.browser import chromium
+from tests.conftest import VM_LANE_2
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
 IP = NETWORK["external-ip"]
 COLD_BOOT_TIMEOUT = 2400  # TCG on a shared 2-core machine that other VMs load too

@@ -3,8 +3,8 @@
 Real: make, localvm, the real gcloud deploying through scripts/deploy.sh, the cached Debian 12
 image booted under qemu, the app answering on the forwarded ports, pebble (Debian's, the ACME CA
 the guest's certbot gets its certificate from). Emulated: Google's Deployment
-Manager API, token endpoint and metadata server. Runs before test_vm.py (file order), so only
-one VM is up at a time.
+Manager API, token endpoint and metadata server. Shares a lane with test_https.py, after it
+(tests/conftest.py), so the two never boot at once.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import subprocess
 import pytest
 
 from localvm.cli import STATE_FILE
-from tests.conftest import REPO
+from tests.conftest import REPO, VM_LANE_2
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
 
 def make(target: str, timeout: float) -> subprocess.CompletedProcess:

@@ -28,10 +28,10 @@ import pytest
 from app.app import GREETING
 from localvm.stack import ARTIFACTS, REPO, attributes
 from tests.browser import chromium
-from tests.conftest import copy_stack, startup_version
+from tests.conftest import VM_LANE_1, copy_stack, startup_version
 from vm import METADATA_FILES
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, VM_LANE_1]
 
 COLD_BOOT_TIMEOUT = 900  # TCG on a busy 2-core CI machine, apt and pip included
 REBOOT_TIMEOUT = 600  # a reset reboot took ~7 min under TCG with host load 10-16
