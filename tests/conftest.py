@@ -10,6 +10,8 @@ them.
 from __future__ import annotations
 
 import importlib.util
+import math
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +36,32 @@ STACK_FILES = [
 # a VM (TCG keeps about one core busy each) form two lanes, so two VMs run at once and never more.
 VM_LANE_1 = pytest.mark.xdist_group("vm-lane-1")
 VM_LANE_2 = pytest.mark.xdist_group("vm-lane-2")
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity, capped by the container's CPU quota. In a
+    container the affinity lists every host CPU; the quota is what the job paid for (CircleCI's
+    Docker executor shows 36 CPUs to a 4-CPU `large` job:
+    https://jahed.dev/2022/11/20/fixing-node-js-multi-threading-on-circleci/). A container sees
+    its own cgroup at the root of /sys/fs/cgroup."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = period = None
+    if (cgroup / "cpu.max").is_file():  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    elif (cgroup / "cpu" / "cpu.cfs_quota_us").is_file():  # cgroup v1: -1 for none
+        quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+        period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+    if quota not in (None, "max", "-1"):
+        cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    return cpus
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: `-p no:xdist` still works
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per usable CPU. PYTEST_XDIST_AUTO_NUM_WORKERS still overrides it."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return usable_cpus()
 
 
 def startup_version(*pairs: str) -> str:

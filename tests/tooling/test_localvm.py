@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 from emulators.metadata import instance_tree
 from localvm import image
@@ -13,7 +11,6 @@ from localvm.acme import Pebble
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
 from localvm.stack import attributes, with_local_public_ip, without_public_ca
 from localvm.vm import METADATA_IP, NETWORK, LocalVM
-from tests.conftest import REPO
 
 
 def test_recipe_key_follows_the_overlay_and_host_cas(tmp_path, monkeypatch):
@@ -94,32 +91,3 @@ def test_a_deployed_instance_is_told_the_address_its_forwards_are_on():
     tree = instance_tree(booted, project_id="p", project_number=1)
     assert tree["network-interfaces"][0]["access-configs"][0]["external-ip"] == "127.0.0.1"
     assert deployed["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "203.0.113.10"
-
-
-LIST_LANES = """
-import pytest
-
-class Lanes:
-    def pytest_collection_finish(self, session):
-        for item in session.items:
-            groups = [mark.args[0] for mark in item.iter_markers("xdist_group")] or ["none"]
-            print("LANE", item.nodeid, *groups)
-
-pytest.main(["--collect-only", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-m", "e2e"],
-            plugins=[Lanes()])
-"""
-
-
-def test_every_vm_test_keeps_to_one_of_two_lanes():
-    """A VM test outside the lanes would boot a third VM beside the two (tests/conftest.py)."""
-    listing = subprocess.run(
-        [sys.executable, "-c", LIST_LANES], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
-    lanes = [line.split()[1:] for line in listing.splitlines() if line.startswith("LANE ")]
-    assert len(lanes) >= 20, listing
-    by_module: dict[str, set[str]] = {}
-    for nodeid, *groups in lanes:
-        assert len(groups) == 1, (nodeid, groups)
-        by_module.setdefault(nodeid.split("::")[0], set()).update(groups)
-    assert all(len(module_lanes) == 1 for module_lanes in by_module.values()), by_module
-    assert set().union(*by_module.values()) == {"vm-lane-1", "vm-lane-2"}, by_module

@@ -1,0 +1,76 @@
+"""How `make test` shares the machine: one pytest worker per usable CPU, the VM tests in two lanes
+(tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tests.conftest as conftest
+from tests.conftest import REPO, usable_cpus
+
+LIST_LANES = """
+import pytest
+
+class Lanes:
+    def pytest_collection_finish(self, session):
+        for item in session.items:
+            groups = [mark.args[0] for mark in item.iter_markers("xdist_group")] or ["none"]
+            print("LANE", item.nodeid, *groups)
+
+pytest.main(["--collect-only", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-m", "e2e"],
+            plugins=[Lanes()])
+"""
+
+
+def test_every_vm_test_keeps_to_one_of_two_lanes():
+    """A VM test outside the lanes would boot a third VM beside the two (tests/conftest.py)."""
+    listing = subprocess.run(
+        [sys.executable, "-c", LIST_LANES], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    lanes = [line.split()[1:] for line in listing.splitlines() if line.startswith("LANE ")]
+    assert len(lanes) >= 20, listing
+    by_module: dict[str, set[str]] = {}
+    for nodeid, *groups in lanes:
+        assert len(groups) == 1, (nodeid, groups)
+        by_module.setdefault(nodeid.split("::")[0], set()).update(groups)
+    assert all(len(module_lanes) == 1 for module_lanes in by_module.values()), by_module
+    assert set().union(*by_module.values()) == {"vm-lane-1", "vm-lane-2"}, by_module
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "max 100000\n"}, "affinity"),
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two workers, each busy part-time
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "affinity"),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({}, "affinity"),
+    ],
+)
+def test_workers_follow_the_cgroup_cpu_quota_not_the_hosts_cpus(
+    tmp_path, monkeypatch, files, expected
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(36)))
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert usable_cpus(tmp_path) == (36 if expected == "affinity" else expected)
+
+
+def test_make_runs_one_worker_per_usable_cpu(pytestconfig, monkeypatch):
+    result = subprocess.run(
+        ["make", "-n", "pytest"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert "-n auto --dist loadgroup" in result.stdout
+    if not pytestconfig.pluginmanager.has_plugin("xdist"):
+        pytest.skip("pytest-xdist is disabled (-p no:xdist): no workers to count")
+    # `-n auto` asks this hook; ours answers before xdist's own, which counts the host's CPUs.
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    monkeypatch.setattr(conftest, "usable_cpus", lambda: 3)
+    assert pytestconfig.hook.pytest_xdist_auto_num_workers(config=pytestconfig) == 3
