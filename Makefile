@@ -12,8 +12,9 @@ CONFIG ?= deployment.yaml
 # Which Google service deploys the stack: dm (Deployment Manager) or infra-manager (docs/deploy.md).
 DEPLOY_ENGINE ?= dm
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
-# One pytest worker per core; the VM tests keep to two lanes (tests/conftest.py, VM_LANE_*).
-PYTEST := $(VPY) -m pytest -n auto --dist loadgroup
+# One pytest worker per core; a module runs whole on one worker, and the VM tests keep to two
+# lanes that start first, in collection order (tests/conftest.py, VM_LANE_*).
+PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
 	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls system-deps \

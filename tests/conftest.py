@@ -38,6 +38,19 @@ VM_LANE_1 = pytest.mark.xdist_group("vm-lane-1")
 VM_LANE_2 = pytest.mark.xdist_group("vm-lane-2")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Every other module is a group of its own. Left ungrouped, loadgroup would share a module's
+    tests out one by one, and each worker would set up the module's fixtures again: a module's
+    tests expect its module-scoped fixtures once, in file order (tests/stack/test_https.py's
+    nginx front has a certificate only after the test that issues it)."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """The CPUs this process may use: its affinity, capped by the container's CPU quota. In a
     container the affinity lists every host CPU; the quota is what the job paid for (CircleCI's
