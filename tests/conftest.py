@@ -32,8 +32,8 @@ STACK_FILES = [
 ]
 
 # The Makefile runs pytest with `-n auto --dist loadgroup` (pytest-xdist): each group goes to one
-# worker whole, in file order, while the other tests share out over the rest. The tests that boot
-# a VM (TCG keeps about one core busy each) form two lanes, so two VMs run at once and never more.
+# worker whole, in file order. The tests that boot a VM (TCG keeps about one core busy each) form
+# two lanes, so two VMs run at once and never more; every other module is a group of its own.
 VM_LANE_1 = pytest.mark.xdist_group("vm-lane-1")
 VM_LANE_2 = pytest.mark.xdist_group("vm-lane-2")
 
