@@ -44,7 +44,11 @@ def pytest_collection_modifyitems(config, items):
     tests out one by one, and each worker would set up the module's fixtures again: a module's
     tests expect its module-scoped fixtures once, in file order (tests/stack/test_https.py's
     nginx front has a certificate only after the test that issues it)."""
-    if getattr(config.option, "dist", "no") != "loadgroup":
+    # A worker sees `dist` as "no" and `loadgroup` set; the controller (and a run without -n)
+    # sees `dist`.
+    if not (
+        getattr(config.option, "loadgroup", False) or config.getoption("dist", "no") == "loadgroup"
+    ):
         return
     for item in items:
         if item.get_closest_marker("xdist_group") is None:

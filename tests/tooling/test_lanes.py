@@ -83,3 +83,18 @@ def test_make_runs_one_worker_per_usable_cpu(pytestconfig, monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
     monkeypatch.setattr(conftest, "usable_cpus", lambda: 3)
     assert pytestconfig.hook.pytest_xdist_auto_num_workers(config=pytestconfig) == 3
+
+
+def test_a_worker_runs_each_module_whole():
+    """In a worker, xdist sets `dist` to "no" and `loadgroup` on: the grouping must happen there,
+    where the test ids get their group suffix, not only in a run without workers."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_AUTO_NUM_WORKERS"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p",
+         "no:cacheprovider", "tests/tooling/test_lanes.py", "-k", "quota"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout
+    passed = [line for line in run.stdout.splitlines() if " PASSED " in line]
+    assert len(passed) == 7, run.stdout
+    assert all(line.rstrip().endswith("@tests/tooling/test_lanes.py") for line in passed), passed
