@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from emulators.metadata import instance_tree
 from localvm import image
 from localvm.acme import Pebble
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
 from localvm.stack import attributes, with_local_public_ip, without_public_ca
-from localvm.vm import METADATA_IP, NETWORK, LocalVM
+from localvm.vm import METADATA_IP, NETWORK, LocalVM, free_port
 
 
 def test_recipe_key_follows_the_overlay_and_host_cas(tmp_path, monkeypatch):
@@ -91,3 +92,12 @@ def test_a_deployed_instance_is_told_the_address_its_forwards_are_on():
     tree = instance_tree(booted, project_id="p", project_number=1)
     assert tree["network-interfaces"][0]["access-configs"][0]["external-ip"] == "127.0.0.1"
     assert deployed["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "203.0.113.10"
+
+
+def test_free_ports_are_outside_the_range_the_kernel_hands_out():
+    """A port from the ephemeral range can be taken by anyone's bind to port 0 before our server
+    binds it (a parallel test worker took the HTTPS front's port that way)."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(20)}
+    assert all(10000 <= port < low for port in ports), (ports, low, high)
+    assert len(ports) > 1  # random, so parallel callers rarely meet

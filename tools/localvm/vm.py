@@ -24,6 +24,7 @@ import ctypes
 import gzip
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -54,7 +55,19 @@ class VMError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free loopback port below the kernel's ephemeral range. A port the kernel hands out itself
+    (a bind to port 0, an outgoing connection's local end) could be taken by another process, such
+    as a parallel test worker, between this check and the server binding it; ports below the
+    range are only ever taken by name. The random pick keeps parallel callers apart."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10000, low), min(200, max(0, low - 10000))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # an unusual ephemeral range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
