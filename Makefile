@@ -16,7 +16,7 @@ SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 # lanes that start first, in collection order (tests/conftest.py, VM_LANE_*).
 PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
-.PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
+.PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke drift repair \
 	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls system-deps \
 	gcloud clean
 
@@ -72,8 +72,19 @@ deploy: $(ENGINE_DEPS) gcloud ## create or update the deployment with gcloud (GC
 deploy-preview: $(VENV)/.installed gcloud ## preview CONFIG on a branch deployment; compare with live
 	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) DMLOCAL=$(BIN)/dmlocal bash scripts/deploy.sh --preview
 
+# The operator targets (smoke, drift, repair) act on production, or with LOCAL=1 on the stack
+# `make up` runs: its gcloud.env points gcloud, the scripts and the API client at it.
+LOCAL_ENV := .state/localvm/gcloud.env
+OPERATOR_ENV := $(if $(filter 1,$(LOCAL)),{ [[ -f $(LOCAL_ENV) ]] || { echo "no local stack: run make up" >&2; exit 2; }; source $(LOCAL_ENV); } &&)
+
 smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), until it greets
-	@bash scripts/smoke.sh $(IP)
+	@$(OPERATOR_ENV) bash scripts/smoke.sh $(IP)
+
+drift: $(VENV)/.installed ## compare the live stack with CONFIG (GCP_PROJECT=...; LOCAL=1: make up's)
+	@$(OPERATOR_ENV) $(BIN)/drift check $(CONFIG) $(if $(JSON),--json)
+
+repair: $(VENV)/.installed ## put the live stack back to CONFIG; never deletes what is not its own
+	@$(OPERATOR_ENV) $(BIN)/drift repair $(CONFIG)
 
 lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
 	$(BIN)/ruff check .

@@ -1,0 +1,168 @@
+"""The live stack, read through the Compute Engine API with google-api-python-client.
+
+The client is built from the compute.v1 discovery document the library ships (the one dmlocal
+validates against), so it sends exactly the requests Google's generated client sends. Where it
+sends them is the document's root, or the same override gcloud reads
+(CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE, a URL ending in /compute/v1/), so whatever points gcloud
+at an emulated cloud points this at it too. Credentials are Application Default Credentials: a
+service-account key or a Workload Identity Federation credential config in
+GOOGLE_APPLICATION_CREDENTIALS, or gcloud's application-default login. Both deploy engines leave
+the same Compute Engine resources, so this reads them the same way for either.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+from dmlocal.compute_api import discovery_path
+from dmlocal.expand import Expansion
+from dmlocal.replacement import _collection as collection_for
+from drift.compare import LiveState
+
+ENDPOINT_OVERRIDE = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+# Scope path parameters of the Compute Engine API, and the declared property each comes from.
+SCOPE_PARAMS = ("zone", "region")
+
+
+class CredentialsMissing(Exception):
+    """No Application Default Credentials, or the token endpoint refused them."""
+
+
+class ApiFailure(Exception):
+    """The Compute Engine API answered with an error other than 404, or could not be reached."""
+
+
+def client(api_root: str | None = None):
+    """A Compute Engine v1 client; raises CredentialsMissing without usable credentials."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+    from googleapiclient.discovery import build_from_document
+
+    try:
+        credentials, _ = google.auth.default(scopes=SCOPES)
+    except DefaultCredentialsError as error:
+        raise CredentialsMissing(str(error).splitlines()[0]) from None
+    root = api_root or os.environ.get(ENDPOINT_OVERRIDE) or None
+    return build_from_document(
+        discovery_path().read_text(),
+        credentials=credentials,
+        client_options={"api_endpoint": root} if root else None,
+    )
+
+
+def call(request):
+    """Executes a request; None for 404, CredentialsMissing for 401/403, ApiFailure else."""
+    from google.auth.exceptions import GoogleAuthError
+    from googleapiclient.errors import HttpError
+
+    try:
+        return request.execute(num_retries=2)
+    except HttpError as error:
+        status = int(error.resp.status)
+        if status == 404:
+            return None
+        message = f"{request.method} {request.uri.split('?')[0]}: HTTP {status} {error.reason}"
+        if status in (401, 403):
+            raise CredentialsMissing(message) from None
+        raise ApiFailure(message) from None
+    except GoogleAuthError as error:
+        raise CredentialsMissing(f"could not get an access token: {error}") from None
+    except OSError as error:
+        raise ApiFailure(f"could not reach the Compute Engine API: {error}") from None
+
+
+def _scope(properties: Mapping) -> dict[str, str]:
+    return {p: str(properties[p]).rsplit("/", 1)[-1] for p in SCOPE_PARAMS if p in properties}
+
+
+def locate(dm_type: str, properties: Mapping) -> tuple[str, dict[str, str]]:
+    """(API collection, its scope parameters) of a declared resource: firewalls, {} or
+    instances, {"zone": "us-central1-a"}."""
+    found = collection_for(dm_type)
+    if found is None:
+        raise ApiFailure(f"{dm_type} is not a Compute Engine v1 type this tool can read")
+    return found[0], _scope(properties)
+
+
+def get(compute, project: str, dm_type: str, name: str, properties: Mapping) -> dict | None:
+    collection, scope = locate(dm_type, properties)
+    methods = getattr(compute, collection)()
+    name_param = collection_for(dm_type)[1]["get"]["parameterOrder"][-1]
+    return call(methods.get(project=project, **scope, **{name_param: name}))
+
+
+def list_all(compute, collection: str, project: str, **scope) -> list[dict]:
+    methods = getattr(compute, collection)()
+    request = methods.list(project=project, **scope)
+    items: list[dict] = []
+    while request is not None:
+        page = call(request) or {}
+        items.extend(page.get("items") or [])
+        request = methods.list_next(request, page)
+    return items
+
+
+def read(compute, project: str, expansion: Expansion) -> LiveState:
+    """Each declared resource as the API holds it, and the firewall rules and instances on the
+    stack's networks (in the zones the config uses) that the deployment does not own."""
+    resources = {}
+    for resource in expansion.resources:
+        properties = resource.get("properties") or {}
+        resources[resource["name"]] = get(
+            compute, project, resource["type"], resource["name"], properties
+        )
+    owned = set(resources)
+    networks = {
+        body["selfLink"]
+        for r in expansion.resources
+        if r["type"] == "compute.v1.network" and (body := resources[r["name"]])
+    }
+    neighbours: list[tuple[str, dict]] = []
+    for rule in list_all(compute, "firewalls", project):
+        if rule.get("network") in networks and rule["name"] not in owned:
+            neighbours.append(("compute.v1.firewall", rule))
+    zones = sorted(
+        {
+            _scope(r.get("properties") or {})["zone"]
+            for r in expansion.resources
+            if "zone" in (r.get("properties") or {})
+        }
+    )
+    for zone in zones:
+        for instance in list_all(compute, "instances", project, zone=zone):
+            nics = instance.get("networkInterfaces") or []
+            if instance["name"] not in owned and any(n.get("network") in networks for n in nics):
+                neighbours.append(("compute.v1.instance", instance))
+    return LiveState(resources, neighbours)
+
+
+def wait(compute, project: str, operation: dict, timeout: float = 600) -> dict:
+    """Polls a Compute Engine operation until DONE; ApiFailure with its errors if it failed."""
+    deadline = time.monotonic() + timeout
+    while operation.get("status") != "DONE":
+        if time.monotonic() > deadline:
+            raise ApiFailure(f"operation {operation.get('name')} not done after {timeout:.0f} s")
+        if operation.get("zone"):
+            request = compute.zoneOperations().wait(
+                project=project,
+                zone=operation["zone"].rsplit("/", 1)[-1],
+                operation=operation["name"],
+            )
+        elif operation.get("region"):
+            request = compute.regionOperations().wait(
+                project=project,
+                region=operation["region"].rsplit("/", 1)[-1],
+                operation=operation["name"],
+            )
+        else:
+            request = compute.globalOperations().wait(project=project, operation=operation["name"])
+        operation = call(request) or {}
+    errors = (operation.get("error") or {}).get("errors") or []
+    if errors:
+        detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+        raise ApiFailure(f"operation {operation.get('operationType')} on "
+                         f"{operation.get('targetLink', '?')} failed: {detail}")  # fmt: skip
+    return operation
