@@ -81,7 +81,8 @@ smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), unti
 	@$(OPERATOR_ENV) bash scripts/smoke.sh $(IP)
 
 drift: $(VENV)/.installed ## compare the live stack with CONFIG (GCP_PROJECT=...; LOCAL=1: make up's)
-	@$(OPERATOR_ENV) $(BIN)/drift check $(CONFIG) $(if $(JSON),--json)
+	@$(OPERATOR_ENV) $(BIN)/drift check $(CONFIG) $(if $(JSON),--json) \
+		$(if $(JSON_OUT),--json-out $(JSON_OUT))
 
 repair: $(VENV)/.installed ## put the live stack back to CONFIG; never deletes what is not its own
 	@$(OPERATOR_ENV) $(BIN)/drift repair $(CONFIG)

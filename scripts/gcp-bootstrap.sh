@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-time GCP setup for the CircleCI pipeline: APIs, the deployer and preview service accounts
-# and their roles, and Workload Identity Federation for CircleCI's OIDC tokens (no keys).
+# One-time GCP setup for the CircleCI pipeline: APIs, the deployer, preview and drift-check
+# service accounts and their roles, and Workload Identity Federation for CircleCI's OIDC tokens
+# (no keys).
 #
 #   scripts/gcp-bootstrap.sh            run it (as a project owner, with gcloud logged in)
 #   scripts/gcp-bootstrap.sh --dry-run  print every gcloud command, run none of them
@@ -24,6 +25,7 @@ DEPLOY_REF=${DEPLOY_REF:-refs/heads/master} # the only ref that may impersonate 
 DEPLOYER=${DEPLOYER:-hello-deployer}         # service account ids (the part before the @)
 PREVIEWER=${PREVIEWER:-hello-previewer}
 INFRA_MANAGER_SA=${INFRA_MANAGER_SA:-hello-infra-manager}
+DRIFT_CHECKER=${DRIFT_CHECKER:-hello-drift-check}
 
 # What the deployer holds on the project. Deployment Manager creates the resources itself (as its
 # service agent); the compute roles let the same identity read and repair what it deployed.
@@ -58,6 +60,12 @@ PREVIEW_PERMISSIONS=(
   deploymentmanager.operations.get
   deploymentmanager.resources.list
 )
+
+# The scheduled drift check (`make drift` in CI, docs/ci.md) compares the live Compute Engine
+# resources with deployment.yaml on master; it reads nothing else, and changes nothing. Compute
+# Viewer is "Read-only access to get and list Compute Engine resources, without being able to
+# read the data stored on them" (cloud.google.com/iam/docs/roles-permissions/compute).
+DRIFT_CHECKER_ROLES=(roles/compute.viewer)
 
 # --- Workload Identity Federation -------------------------------------------------------------
 # google.subject is CircleCI's project id (36 bytes): Google caps it at 127 bytes, and the sub
@@ -128,6 +136,7 @@ fi
 pool_name=projects/$PROJECT_NUMBER/locations/global/workloadIdentityPools/$POOL
 deployer_sa=$DEPLOYER@$PROJECT_ID.iam.gserviceaccount.com
 previewer_sa=$PREVIEWER@$PROJECT_ID.iam.gserviceaccount.com
+drift_checker_sa=$DRIFT_CHECKER@$PROJECT_ID.iam.gserviceaccount.com
 infra_manager_sa=$INFRA_MANAGER_SA@$PROJECT_ID.iam.gserviceaccount.com
 
 # APIs: the two engines and Compute for the stack; IAM, STS and IAM Credentials for WIF.
@@ -168,6 +177,11 @@ exists gcloud iam roles describe "$PREVIEW_ROLE_ID" --project "$PROJECT_ID" ||
     --permissions "$(IFS=,; echo "${PREVIEW_PERMISSIONS[*]}")"
 grant_project_role "serviceAccount:$previewer_sa" "projects/$PROJECT_ID/roles/$PREVIEW_ROLE_ID"
 
+ensure_service_account "$DRIFT_CHECKER" "CircleCI scheduled drift check (read only)"
+for role in "${DRIFT_CHECKER_ROLES[@]}"; do
+  grant_project_role "serviceAccount:$drift_checker_sa" "$role"
+done
+
 # The pool and CircleCI's OIDC provider (issuer and audience as CircleCI documents them: the
 # issuer is per organization, the audience is the organization id).
 exists gcloud iam workload-identity-pools describe "$POOL" --project "$PROJECT_ID" \
@@ -185,10 +199,14 @@ run gcloud iam workload-identity-pools providers "$provider_verb" "$PROVIDER" \
   --attribute-mapping "$ATTRIBUTE_MAPPING" \
   --attribute-condition "$(attribute_condition)"
 
-# Who may become whom: only a token for DEPLOY_REF may impersonate the deployer; any branch of
-# this CircleCI project may impersonate the previewer. (The provider's condition already
+# Who may become whom: only a token for DEPLOY_REF may impersonate the deployer or the drift
+# checker (the schedule runs on it); any branch of this CircleCI project may impersonate the
+# previewer. (The provider's condition already
 # admits only this project, so a vcs_ref principal set holds this project's tokens only.)
 run gcloud iam service-accounts add-iam-policy-binding "$deployer_sa" \
+  --project "$PROJECT_ID" --format=none --role roles/iam.workloadIdentityUser \
+  --member "principalSet://iam.googleapis.com/$pool_name/attribute.vcs_ref/$DEPLOY_REF"
+run gcloud iam service-accounts add-iam-policy-binding "$drift_checker_sa" \
   --project "$PROJECT_ID" --format=none --role roles/iam.workloadIdentityUser \
   --member "principalSet://iam.googleapis.com/$pool_name/attribute.vcs_ref/$DEPLOY_REF"
 run gcloud iam service-accounts add-iam-policy-binding "$previewer_sa" \
@@ -202,6 +220,10 @@ CircleCI contexts (Organization Settings > Contexts):
     GCP_PROJECT=$PROJECT_ID
     GCP_WIF_PROVIDER=$pool_name/providers/$PROVIDER
     GCP_DEPLOYER_SA=$deployer_sa
+  gcp-drift    (restrict to: pipeline.git.branch == "master"; the drift-check schedule)
+    GCP_PROJECT=$PROJECT_ID
+    GCP_WIF_PROVIDER=$pool_name/providers/$PROVIDER
+    GCP_DEPLOYER_SA=$drift_checker_sa
   gcp-preview  (no restriction)
     GCP_PROJECT=$PROJECT_ID
     GCP_WIF_PROVIDER=$pool_name/providers/$PROVIDER

@@ -76,12 +76,16 @@ def test_every_ci_command_is_a_make_target_the_readme_documents():
         assert f"make {target}" in readme, f"{job}: the README never mentions `make {target}`"
 
 
-def test_deploy_runs_on_master_only_after_the_tests_and_the_vm_boot_one_at_a_time():
-    workflow = next(iter(load()["workflows"].values()))
+def workflow_jobs(workflow: dict) -> dict[str, dict]:
     jobs = {}
     for entry in workflow["jobs"]:
         name, settings = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
         jobs[name] = settings or {}
+    return jobs
+
+
+def test_deploy_runs_on_master_only_after_the_tests_and_the_vm_boot_one_at_a_time():
+    jobs = workflow_jobs(load()["workflows"]["test-preview-deploy"])
     deploy = jobs["deploy"]
     assert deploy["requires"] == ["test", "e2e"]
     assert deploy["filters"]["branches"] == {"only": "master"}
@@ -89,6 +93,66 @@ def test_deploy_runs_on_master_only_after_the_tests_and_the_vm_boot_one_at_a_tim
     preview = jobs["preview"]
     assert preview["filters"]["branches"] == {"ignore": "master"}
     assert "test" in jobs and not jobs["test"].get("filters")
+
+
+def holds(condition, values: dict[str, str]) -> bool:
+    """A CircleCI logic statement (`when:`), evaluated as CircleCI documents it
+    (circleci.com/docs/guides/orchestrate/pipeline-variables, "Logic statements"): and, or,
+    not, equal, and a bare value is true unless empty, false or 0. `<< pipeline.X >>` are the
+    pipeline values in `values`."""
+
+    def value(v):
+        if isinstance(v, str):
+            return re.sub(r"<<\s*pipeline\.([\w.]+)\s*>>", lambda m: values.get(m.group(1), ""), v)
+        return v
+
+    if isinstance(condition, dict):
+        ((op, arg),) = condition.items()
+        if op == "and":
+            return all(holds(c, values) for c in arg)
+        if op == "or":
+            return any(holds(c, values) for c in arg)
+        if op == "not":
+            return not holds(arg, values)
+        if op == "equal":
+            return len({str(value(v)) for v in arg}) == 1
+        raise AssertionError(f"unknown logic operator {op}")
+    return value(condition) not in ("", False, 0, None, "false")
+
+
+def running_workflows(trigger_source: str, schedule: str = "") -> set[str]:
+    values = {"trigger_source": trigger_source, "schedule.name": schedule}
+    return {
+        name
+        for name, workflow in load()["workflows"].items()
+        if holds(workflow.get("when", True), values)
+    }
+
+
+def test_the_drift_schedule_runs_the_drift_check_alone_and_pushes_never_run_it():
+    """A schedule trigger runs every workflow unless `when` filters them (CircleCI, "Schedule
+    triggers with multiple workflows"): the drift-check schedule runs the drift check and
+    nothing else, a push or an API trigger runs everything but it, another schedule neither."""
+    assert running_workflows("scheduled_pipeline", "drift-check") == {"drift-check"}
+    for push in ("webhook", "api"):
+        assert running_workflows(push) == {"test-preview-deploy"}
+    assert running_workflows("scheduled_pipeline", "nightly") == set()
+
+
+def test_the_drift_check_is_read_only_and_fails_red_with_its_report():
+    """One job, `make drift` (non-zero on drift, so the job is red), in the gcp-drift context,
+    whose account only reads (tests/pipeline/test_wif.py); nothing repairs or deploys on the
+    schedule, and the JSON report is kept as an artifact."""
+    config = load()
+    jobs = workflow_jobs(config["workflows"]["drift-check"])
+    assert list(jobs) == ["drift"] and jobs["drift"]["context"] == "gcp-drift"
+    commands = [c for job, c in run_commands(config) if job == "drift"]
+    assert [shlex.split(c)[:2] for c in commands] == [["make", "drift"]]
+    (out,) = [w.split("=", 1)[1] for w in shlex.split(commands[0]) if w.startswith("JSON_OUT=")]
+    artifacts = [s["store_artifacts"]["path"] for s in config["jobs"]["drift"]["steps"]
+                 if "store_artifacts" in s]  # fmt: skip
+    assert any(out.startswith(a + "/") for a in artifacts)
+    assert "make drift" in (REPO / "docs" / "ci.md").read_text()
 
 
 def test_test_job_keeps_results_manifest_and_a_pip_cache_keyed_on_requirements():
@@ -134,7 +198,8 @@ def test_ci_gcloud_is_the_version_the_offline_tests_ran():
     uses_gcloud = {
         target
         for _, command in run_commands(load())
-        if (target := shlex.split(command)[1]) not in ("image-key", "image", "preview", "smoke")
+        if (target := shlex.split(command)[1])
+        not in ("image-key", "image", "preview", "smoke", "drift")
     }
     assert uses_gcloud == {"check", "e2e", "deploy-preview", "deploy"}
     for target in uses_gcloud:

@@ -188,6 +188,7 @@ class Federation:
         self.circleci = CircleCI(self.issuer)
         self.deployer = f"hello-deployer@{PROJECT_ID}.iam.gserviceaccount.com"
         self.previewer = f"hello-previewer@{PROJECT_ID}.iam.gserviceaccount.com"
+        self.drift_checker = f"hello-drift-check@{PROJECT_ID}.iam.gserviceaccount.com"
         # The caller's own gcloud config: an operator's account, active, that deploy.sh must
         # neither write to nor switch away from.
         self.caller_config = tmp / "caller-gcloud"
@@ -331,6 +332,51 @@ def test_a_branch_token_may_preview_but_not_deploy(federation):
     assert allowed.returncode == 0, allowed.stderr
 
 
+def test_the_drift_check_account_is_master_only_and_holds_compute_viewer_alone(
+    federation, monkeypatch
+):
+    """The scheduled drift check runs on master: `make drift` (drift.live, google-auth's
+    identity-pool credentials, no gcloud) exchanges master's token at STS and becomes the
+    drift-check account; a branch's token may not. On the project, the bootstrap grants that
+    account one role, roles/compute.viewer (read-only), and no binding lets it act as another
+    account."""
+    from google.auth.exceptions import RefreshError
+    from google.auth.transport.requests import Request
+
+    from drift import live
+
+    monkeypatch.setenv("GCP_DEPLOYER_SA", federation.drift_checker)
+    monkeypatch.setenv("WIF_STS_ENDPOINT", federation.sts_url)
+    monkeypatch.setenv("WIF_IAMCREDENTIALS_ENDPOINT", federation.sts_url)
+    monkeypatch.setenv("CIRCLE_OIDC_TOKEN_V2", federation.circleci.token(2))
+    master = live.federated_credentials(federation.provider)
+    master.refresh(Request())
+    assert master.token and (
+        ("principal://iam.googleapis.com/" + federation.provider.split("/providers/")[0]
+         + f"/subject/{CIRCLE_PROJECT_ID}", federation.drift_checker)
+        in federation.sts.impersonations
+    )  # fmt: skip
+    monkeypatch.setenv("CIRCLE_OIDC_TOKEN_V2", federation.circleci.token(2, ref="refs/heads/x"))
+    with pytest.raises(RefreshError):
+        live.federated_credentials(federation.provider).refresh(Request())
+    assert "iam.serviceAccounts.getAccessToken' denied" in federation.sts.rejections[-1]
+
+    member = f"serviceAccount:{federation.drift_checker}"
+    granted = [
+        flags(c)["role"]
+        for c in federation.commands
+        if c[:3] == ["gcloud", "projects", "add-iam-policy-binding"]
+        and flags(c)["member"] == member
+    ]
+    assert granted == ["roles/compute.viewer"]
+    acts_as = [
+        c for c in federation.commands
+        if c[:4] == ["gcloud", "iam", "service-accounts", "add-iam-policy-binding"]
+        and flags(c)["member"] == member
+    ]  # fmt: skip
+    assert acts_as == []
+
+
 def test_an_ssh_rerun_token_is_refused(federation):
     """A job re-run with SSH (a person holds a shell) gets no credentials, even on master."""
     token = federation.circleci.token(2, **{"oidc.circleci.com/ssh-rerun": True})
@@ -448,7 +494,7 @@ def test_bootstrap_dry_run_runs_nothing_and_every_create_is_described_first(tmp_
         (bin_dir / tool).symlink_to(shutil.which(tool))
     commands = bootstrap_commands(PATH=str(bin_dir))
     creates = [c for c in commands if {"create", "create-oidc"} & set(c)]
-    assert len(creates) == 6  # three service accounts, the preview role, the pool, the provider
+    assert len(creates) == 7  # four service accounts, the preview role, the pool, the provider
     for create in creates:
         before = commands[commands.index(create) - 1]
         assert "describe" in before, f"{shlex.join(create)} is not preceded by a describe"
@@ -478,8 +524,11 @@ def test_branch_jobs_use_the_unrestricted_preview_context():
     assert not contexts["gcp-preview"]["restricted"]
     assert contexts["gcp-preview"]["GCP_DEPLOYER_SA"].startswith("hello-previewer@")
 
+    assert contexts["gcp-drift"]["restricted"]
+    assert contexts["gcp-drift"]["GCP_DEPLOYER_SA"].startswith("hello-drift-check@")
+
     config = yaml.safe_load((REPO / ".circleci" / "config.yml").read_text())
-    (workflow,) = config["workflows"].values()
+    workflow = config["workflows"]["test-preview-deploy"]
     jobs = {
         name: settings
         for entry in workflow["jobs"]

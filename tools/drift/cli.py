@@ -1,6 +1,7 @@
 """Command line: `drift check` (make drift) and `drift repair` (make repair).
 
-  drift check [CONFIG] [--json]   compare the live stack with CONFIG (default deployment.yaml)
+  drift check [CONFIG] [--json] [--json-out FILE]
+                                  compare the live stack with CONFIG (default deployment.yaml)
   drift repair [CONFIG]           undo the drift: recreate, reset; never delete what is not ours
 
 Settings (environment): GCP_PROJECT (or CLOUDSDK_CORE_PROJECT), DEPLOYMENT_NAME (default hello),
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compare the live stack with the config")
     check.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    check.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     fix = commands.add_parser("repair", help="bring the live stack back to the config")
     for command in (check, fix):
         command.add_argument("config", nargs="?", default="deployment.yaml")
@@ -64,22 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         differences = compare.compare(expansion, state)
         explain = explainer(expansion, state)
         header = f"drift: deployment {deployment} in project {project}, against {args.config}"
+        removal = lambda d: removal_command(d, project)  # noqa: E731
         if args.command == "check":
-            if args.json:
-                sys.stdout.write(
-                    report.as_json(
-                        differences,
-                        explain,
-                        lambda d: removal_command(d, project),
-                        project=project,
-                        deployment=deployment,
-                        config=args.config,
-                    )
-                )
-            else:
-                sys.stdout.write(
-                    report.text(differences, explain, lambda d: removal_command(d, project), header)
-                )
+            machine = report.as_json(
+                differences, explain, removal, project=project, deployment=deployment,
+                config=args.config,
+            )  # fmt: skip
+            if args.json_out:
+                args.json_out.parent.mkdir(parents=True, exist_ok=True)
+                args.json_out.write_text(machine)
+            text = report.text(differences, explain, removal, header)
+            sys.stdout.write(machine if args.json else text)
             return EXIT_DRIFT if differences else EXIT_OK
         return run_repair(compute, project, expansion, state, differences, explain, header)
     except live.CredentialsMissing as error:

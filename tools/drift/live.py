@@ -6,7 +6,8 @@ sends them is the document's root, or the same override gcloud reads
 (CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE, a URL ending in /compute/v1/), so whatever points gcloud
 at an emulated cloud points this at it too. Credentials are Application Default Credentials: a
 service-account key or a Workload Identity Federation credential config in
-GOOGLE_APPLICATION_CREDENTIALS, or gcloud's application-default login. Both deploy engines leave
+GOOGLE_APPLICATION_CREDENTIALS, or gcloud's application-default login; in CI, Workload Identity
+Federation from the job's OIDC token (`federated_credentials`). Both deploy engines leave
 the same Compute Engine resources, so this reads them the same way for either.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from dmlocal.compute_api import discovery_path
 from dmlocal.expand import Expansion
@@ -35,16 +37,63 @@ class ApiFailure(Exception):
     """The Compute Engine API answered with an error other than 404, or could not be reached."""
 
 
+class _OidcToken:
+    """CircleCI's OIDC token for the job, handed to google-auth as the subject token."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def get_subject_token(self, context, request) -> str:
+        return self.token
+
+
+def federated_credentials(provider: str):
+    """Workload Identity Federation from a CircleCI job, on the settings deploy.sh reads:
+    GCP_WIF_PROVIDER, GCP_DEPLOYER_SA (here the account to become), and the job's token in
+    CIRCLE_OIDC_TOKEN_V2, CIRCLE_OIDC_TOKEN or the file OIDC_TOKEN_FILE. The token goes to STS
+    and the account is impersonated, as gcloud's create-cred-config file would have it;
+    WIF_STS_ENDPOINT and WIF_IAMCREDENTIALS_ENDPOINT point those two calls elsewhere (tests)."""
+    from google.auth import identity_pool
+
+    account = os.environ.get("GCP_DEPLOYER_SA")
+    if not account:
+        raise CredentialsMissing("GCP_WIF_PROVIDER is set but GCP_DEPLOYER_SA is not")
+    token = os.environ.get("CIRCLE_OIDC_TOKEN_V2") or os.environ.get("CIRCLE_OIDC_TOKEN")
+    if not token and os.environ.get("OIDC_TOKEN_FILE"):
+        token = Path(os.environ["OIDC_TOKEN_FILE"]).read_text().strip()
+    if not token:
+        raise CredentialsMissing("no OIDC token: CIRCLE_OIDC_TOKEN_V2 is empty (is this a "
+                                 "CircleCI job with OIDC?)")  # fmt: skip
+    sts = os.environ.get("WIF_STS_ENDPOINT") or "https://sts.googleapis.com"
+    iam = os.environ.get("WIF_IAMCREDENTIALS_ENDPOINT") or "https://iamcredentials.googleapis.com"
+    return identity_pool.Credentials(
+        audience=f"//iam.googleapis.com/{provider}",
+        subject_token_type="urn:ietf:params:oauth:token-type:jwt",
+        token_url=f"{sts}/v1/token",
+        service_account_impersonation_url=(
+            f"{iam}/v1/projects/-/serviceAccounts/{account}:generateAccessToken"
+        ),
+        subject_token_supplier=_OidcToken(token),
+        scopes=list(SCOPES),
+    )
+
+
 def client(api_root: str | None = None):
-    """A Compute Engine v1 client; raises CredentialsMissing without usable credentials."""
+    """A Compute Engine v1 client; raises CredentialsMissing without usable credentials:
+    Workload Identity Federation when GCP_WIF_PROVIDER is set, else Application Default
+    Credentials."""
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
     from googleapiclient.discovery import build_from_document
 
-    try:
-        credentials, _ = google.auth.default(scopes=SCOPES)
-    except DefaultCredentialsError as error:
-        raise CredentialsMissing(str(error).splitlines()[0]) from None
+    provider = os.environ.get("GCP_WIF_PROVIDER")
+    if provider:
+        credentials = federated_credentials(provider)
+    else:
+        try:
+            credentials, _ = google.auth.default(scopes=SCOPES)
+        except DefaultCredentialsError as error:
+            raise CredentialsMissing(str(error).splitlines()[0]) from None
     root = api_root or os.environ.get(ENDPOINT_OVERRIDE) or None
     return build_from_document(
         discovery_path().read_text(),
