@@ -1,0 +1,247 @@
+"""`make drift` and `make repair` on both engines, each kind of drift made with `gcloud compute`.
+
+Real: the `gcloud` 528 binary making each out-of-band change as a person would in a shell
+(`gcloud compute firewall-rules ...`, `gcloud compute instances ...`), pointed at the emulated
+Compute Engine API by its api_endpoint_overrides/compute property; the drift tool (tools/drift)
+with google-api-python-client built from the compute.v1 discovery document and google-auth
+signing in with a service-account key at the token endpoint; deployment.yaml, the templates and
+dmlocal's expansion; scripts/deploy.sh for the deploys. Emulated: Google's servers only: the
+Deployment Manager v2 and Compute Engine v1 APIs over one state (emulators/deploymentmanager),
+Infrastructure Manager's config v1 API and Cloud Storage for the infra-manager engine, and
+Google's OAuth token endpoint.
+
+Each engine deploys the stack once; then each kind of drift is made, detected with its message
+and exit code, repaired, and checked clean again, in turn, on that one stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from drift import cli
+from tests.pipeline.test_deploy import GCLOUD, NAME, Pipeline
+from tests.pipeline.test_deploy_infra_manager import InfraManagerPipeline, full_name
+
+pytestmark = pytest.mark.skipif(GCLOUD is None, reason="needs the real gcloud on PATH")
+
+ZONE = "us-central1-a"
+VM = "hello-vm"
+
+
+class Stack:
+    """One engine's pipeline with the stack deployed, and the drift tool pointed at it."""
+
+    def __init__(self, engine: str, tmp):
+        self.engine = engine
+        self.project = f"proj-drift-{engine}"
+        kind = Pipeline if engine == "dm" else InfraManagerPipeline
+        self.pipeline = kind(tmp)
+        self.key_file = tmp / "key.json"
+        self.key_file.write_text(json.dumps(self.pipeline.key))
+        activated = self.pipeline.gcloud(
+            self.project, "auth", "activate-service-account", f"--key-file={self.key_file}"
+        )
+        assert activated.returncode == 0, activated.stderr
+        if engine == "dm":
+            self.pipeline.ensure_deployed(self.project)
+        else:
+            result = self.pipeline.deploy(self.project)
+            assert result.returncode == 0, result.stderr
+            assert self.pipeline.im.deployment(full_name(self.project)) is not None
+
+    def env(self) -> dict[str, str]:
+        return self.pipeline.env(
+            self.project,
+            CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE=self.pipeline.dm.compute_url,
+            GOOGLE_APPLICATION_CREDENTIALS=str(self.key_file),
+        )
+
+    def change(self, *args: str) -> None:
+        """`gcloud compute ARGS`, as a person would type it."""
+        result = subprocess.run(
+            [GCLOUD, "compute", *args, "--quiet"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+
+    def drift(self, command: str, monkeypatch, capsys) -> tuple[int, str]:
+        for name in list(os.environ):
+            if name.startswith(("CLOUDSDK_", "GOOGLE_", "GCP_")):
+                monkeypatch.delenv(name)
+        for name, value in self.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(self.pipeline.stack)
+        args = ["check", "deployment.yaml", "--json"] if command == "check" else ["repair"]
+        code = cli.main(args)
+        return code, capsys.readouterr().out
+
+    def live(self, type_: str, name: str) -> dict | None:
+        return self.pipeline.dm.cloud_resources(self.project).get(type_, {}).get(name)
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+@pytest.fixture(scope="module", params=["dm", "infra-manager"])
+def stack(request, tmp_path_factory):
+    stack = Stack(request.param, tmp_path_factory.mktemp(f"drift-{request.param}"))
+    yield stack
+    stack.close()
+
+
+def detect(stack, monkeypatch, capsys) -> list[dict]:
+    code, out = stack.drift("check", monkeypatch, capsys)
+    assert code == cli.EXIT_DRIFT, out
+    return json.loads(out)["differences"]
+
+
+def repaired(stack, monkeypatch, capsys, expect=cli.EXIT_OK) -> str:
+    code, out = stack.drift("repair", monkeypatch, capsys)
+    assert code == expect, out
+    if expect == cli.EXIT_OK:
+        again, report = stack.drift("check", monkeypatch, capsys)
+        assert again == cli.EXIT_OK, report
+        assert json.loads(report)["differences"] == []
+    return out
+
+
+def test_the_deployed_stack_has_no_drift(stack, monkeypatch, capsys):
+    code, out = stack.drift("check", monkeypatch, capsys)
+    assert code == cli.EXIT_OK, out
+    assert json.loads(out) | {"differences": []} == json.loads(out)
+
+
+def test_a_deleted_firewall_rule(stack, monkeypatch, capsys):
+    stack.change("firewall-rules", "delete", "hello-firewall-allow-web")
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["kind"], found["resource"]) == ("deleted", "hello-firewall-allow-web")
+    assert any("tcp:80, tcp:443 from 0.0.0.0/0 (Internet) to hello-vm is now CLOSED" in m
+               for m in found["means"]), found["means"]  # fmt: skip
+    repaired(stack, monkeypatch, capsys)
+    assert stack.live("compute.v1.firewall", "hello-firewall-allow-web")["sourceRanges"] == [
+        "0.0.0.0/0"
+    ]
+
+
+def test_deployment_manager_leaves_a_deleted_rule_deleted(stack, monkeypatch, capsys):
+    """Why repair exists: DM's update does not recreate a resource deleted behind its back
+    (the emulator's model of it: DM only acts on config changes)."""
+    if stack.engine != "dm":
+        pytest.skip("Deployment Manager only")
+    stack.change("firewall-rules", "delete", "hello-firewall-allow-icmp")
+    result = stack.pipeline.deploy(stack.project)
+    assert result.returncode == 0, result.stderr
+    assert stack.live("compute.v1.firewall", "hello-firewall-allow-icmp") is None
+    repaired(stack, monkeypatch, capsys)
+
+
+def test_an_edited_source_range(stack, monkeypatch, capsys):
+    stack.change(
+        "firewall-rules", "update", "hello-firewall-allow-ssh", "--source-ranges=0.0.0.0/0"
+    )
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["field"], found["declared"], found["live"]) == (
+        "sourceRanges", ["104.154.0.0/15"], ["0.0.0.0/0"]
+    )  # fmt: skip
+    assert found["means"] == [
+        "tcp:22 from 0.0.0.0/0 (Internet) to hello-vm is now OPEN (live rule "
+        "hello-firewall-allow-ssh); the config denies it (hello-firewall-deny-ingress)"
+    ]
+    repaired(stack, monkeypatch, capsys)
+
+
+def test_a_disabled_rule(stack, monkeypatch, capsys):
+    stack.change("firewall-rules", "update", "hello-firewall-allow-ssh", "--disabled")
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["resource"], found["field"], found["live"]) == (
+        "hello-firewall-allow-ssh", "disabled", True
+    )  # fmt: skip
+    assert any(m.startswith("tcp:22 from 104.154.0.0/15 (Google SSH range) to hello-vm is now "
+                            "CLOSED") for m in found["means"]), found["means"]  # fmt: skip
+    repaired(stack, monkeypatch, capsys)
+    assert not stack.live("compute.v1.firewall", "hello-firewall-allow-ssh").get("disabled")
+
+
+def test_an_added_rule_is_reported_never_deleted(stack, monkeypatch, capsys):
+    stack.change("firewall-rules", "create", "allow-all-temp", "--network=hello-vpc",
+                 "--allow=all", "--source-ranges=0.0.0.0/0", "--priority=100")  # fmt: skip
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["kind"], found["resource"]) == ("unowned", "allow-all-temp")
+    remove = found["remove_with"]
+    assert (
+        remove == f"gcloud compute firewall-rules delete allow-all-temp --project {stack.project}"
+    )
+    assert any("tcp:22" in m and "from 0.0.0.0/0 (Internet) to hello-vm is now OPEN" in m
+               for m in found["means"]), found["means"]  # fmt: skip
+    out = repaired(stack, monkeypatch, capsys, expect=cli.EXIT_DRIFT)
+    assert "NOT REPAIRED: allow-all-temp (compute.v1.firewall) is not the deployment's" in out
+    assert stack.live("compute.v1.firewall", "allow-all-temp") is not None
+    # The command the report names removes it.
+    stack.change(*remove.split()[1:])
+    code, _ = stack.drift("check", monkeypatch, capsys)
+    assert code == cli.EXIT_OK
+
+
+def test_a_removed_tag(stack, monkeypatch, capsys):
+    stack.change("instances", "remove-tags", VM, f"--zone={ZONE}", "--tags=hello-web")
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["resource"], found["field"], found["declared"]) == (
+        VM, "tags.items", ["hello-web"]
+    )  # fmt: skip
+    assert any(m.startswith("tcp:80, tcp:443 from 0.0.0.0/0 (Internet) to hello-vm is now CLOSED")
+               for m in found["means"]), found["means"]  # fmt: skip
+    repaired(stack, monkeypatch, capsys)
+    assert stack.live("compute.v1.instance", VM)["tags"]["items"] == ["hello-web"]
+
+
+def test_edited_metadata(stack, monkeypatch, capsys):
+    stack.change("instances", "add-metadata", VM, f"--zone={ZONE}",
+                 "--metadata=block-project-ssh-keys=FALSE")  # fmt: skip
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["field"], found["declared"], found["live"]) == (
+        "metadata.items[block-project-ssh-keys]", "TRUE", "FALSE"
+    )  # fmt: skip
+    repaired(stack, monkeypatch, capsys)
+
+
+def test_deletion_protection_off(stack, monkeypatch, capsys):
+    stack.change("instances", "update", VM, f"--zone={ZONE}", "--no-deletion-protection")
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["field"], found["declared"], found["live"]) == ("deletionProtection", True, False)
+    repaired(stack, monkeypatch, capsys)
+    assert stack.live("compute.v1.instance", VM)["deletionProtection"] is True
+
+
+def test_a_deleted_vm_comes_back_with_the_same_static_ip(stack, monkeypatch, capsys):
+    ip = stack.live("compute.v1.address", "hello-vm-ip")["address"]
+    stack.change("instances", "update", VM, f"--zone={ZONE}", "--no-deletion-protection")
+    stack.change("instances", "delete", VM, f"--zone={ZONE}")
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["kind"], found["resource"], found["type"]) == (
+        "deleted", VM, "compute.v1.instance"
+    )  # fmt: skip
+    repaired(stack, monkeypatch, capsys)
+    vm = stack.live("compute.v1.instance", VM)
+    assert vm["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == ip
+    assert vm["deletionProtection"] is True
+
+
+def test_the_engine_updates_the_repaired_stack_as_before(stack):
+    """After the repairs, the engine's next deploy finds every resource by its name: it
+    succeeds and leaves the repaired stack as it is."""
+    before = stack.pipeline.dm.cloud_resources(stack.project)
+    result = stack.pipeline.deploy(stack.project)
+    assert result.returncode == 0, result.stderr
+    after = stack.pipeline.dm.cloud_resources(stack.project)
+    assert {t: sorted(r) for t, r in after.items()} == {t: sorted(r) for t, r in before.items()}
+    ip = stack.live("compute.v1.address", "hello-vm-ip")["address"]
+    assert f"Public IP: {ip}" in result.stdout
+    if stack.engine == "dm":
+        assert stack.pipeline.dm.live_manifest(stack.project, NAME) is not None
