@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -184,7 +185,9 @@ def test_an_added_rule_is_reported_never_deleted(stack, monkeypatch, capsys):
     assert "NOT REPAIRED: allow-all-temp (compute.v1.firewall) is not the deployment's" in out
     assert stack.live("compute.v1.firewall", "allow-all-temp") is not None
     # The command the report names removes it.
-    stack.change(*remove.split()[1:])
+    words = shlex.split(remove)
+    assert words[:2] == ["gcloud", "compute"]
+    stack.change(*words[2:])
     code, _ = stack.drift("check", monkeypatch, capsys)
     assert code == cli.EXIT_OK
 

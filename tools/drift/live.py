@@ -154,6 +154,13 @@ def list_all(compute, collection: str, project: str, **scope) -> list[dict]:
     return items
 
 
+def resource_path(link: str) -> str:
+    """`projects/P/global/networks/N` of a resource URL, whichever host and API root wrote it
+    (a client pointed elsewhere writes its own endpoint into the URLs it builds)."""
+    start = link.find("projects/")
+    return link[start:] if start >= 0 else link
+
+
 def read(compute, project: str, expansion: Expansion) -> LiveState:
     """Each declared resource as the API holds it, and the firewall rules and instances on the
     stack's networks (in the zones the config uses) that the deployment does not own."""
@@ -165,13 +172,17 @@ def read(compute, project: str, expansion: Expansion) -> LiveState:
         )
     owned = set(resources)
     networks = {
-        body["selfLink"]
+        resource_path(body["selfLink"])
         for r in expansion.resources
         if r["type"] == "compute.v1.network" and (body := resources[r["name"]])
     }
+
+    def on_stack(link: object) -> bool:
+        return isinstance(link, str) and resource_path(link) in networks
+
     neighbours: list[tuple[str, dict]] = []
     for rule in list_all(compute, "firewalls", project):
-        if rule.get("network") in networks and rule["name"] not in owned:
+        if on_stack(rule.get("network")) and rule["name"] not in owned:
             neighbours.append(("compute.v1.firewall", rule))
     zones = sorted(
         {
@@ -183,7 +194,7 @@ def read(compute, project: str, expansion: Expansion) -> LiveState:
     for zone in zones:
         for instance in list_all(compute, "instances", project, zone=zone):
             nics = instance.get("networkInterfaces") or []
-            if instance["name"] not in owned and any(n.get("network") in networks for n in nics):
+            if instance["name"] not in owned and any(on_stack(n.get("network")) for n in nics):
                 neighbours.append(("compute.v1.instance", instance))
     return LiveState(resources, neighbours)
 
