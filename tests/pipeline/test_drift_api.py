@@ -24,6 +24,7 @@ import subprocess
 import pytest
 
 from drift import cli
+from tests.conftest import REPO
 from tests.pipeline.test_deploy import GCLOUD, NAME, Pipeline
 from tests.pipeline.test_deploy_infra_manager import InfraManagerPipeline, full_name
 
@@ -248,3 +249,40 @@ def test_the_engine_updates_the_repaired_stack_as_before(stack):
     assert f"Public IP: {ip}" in result.stdout
     if stack.engine == "dm":
         assert stack.pipeline.dm.live_manifest(stack.project, NAME) is not None
+
+
+def test_an_api_that_refuses_the_token_exits_3_and_one_that_is_down_exits_6(
+    tmp_path, monkeypatch, capsys
+):
+    """A real service-account key and token from the OAuth emulator; a Compute Engine API that
+    answers 401 (the emulator's verifier knows no token), then none at all (a closed port)."""
+    import socket
+
+    from emulators.deploymentmanager import DeploymentManagerEmulator
+    from emulators.oauth2 import OAuth2Emulator, new_service_account_key
+
+    oauth = OAuth2Emulator()
+    token_url = oauth.serve()
+    refusing = DeploymentManagerEmulator(verify_token=lambda token: None)
+    refusing.serve()
+    email = "operator@proj.iam.gserviceaccount.com"
+    key, public_pem = new_service_account_key(email, "proj", token_url)
+    oauth.register_key(email, key["private_key_id"], public_pem)
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    for name in list(os.environ):
+        if name.startswith(("CLOUDSDK_", "GOOGLE_", "GCP_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    monkeypatch.setenv("GCP_PROJECT", "proj")
+    monkeypatch.chdir(REPO)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/compute/v1/"
+    try:
+        assert cli.main(["check", "--api-root", refusing.compute_url]) == cli.EXIT_AUTH
+        assert "HTTP 401" in capsys.readouterr().err
+        assert cli.main(["check", "--api-root", closed]) == cli.EXIT_API
+        assert "could not reach the Compute Engine API" in capsys.readouterr().err
+    finally:
+        refusing.shutdown()
+        oauth.shutdown()

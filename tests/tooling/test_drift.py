@@ -263,3 +263,45 @@ def test_meaning_of_a_changed_rule_beside_other_rules_uses_priorities():
         "tcp:80 from 198.51.100.0/24 to vm is now CLOSED (live: deny); "
         "the config allows it (rule allow)"
     ]
+
+
+# --- the command line: usage, credentials and API errors, each with its exit code ------------
+
+
+@pytest.fixture
+def bare_env(monkeypatch, tmp_path):
+    """No Google settings from the caller's shell; the repository as the working directory."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("CLOUDSDK_", "GOOGLE_", "GCP_", "CIRCLE_OIDC")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    return monkeypatch
+
+
+def test_usage_errors_exit_2(bare_env, capsys):
+    with pytest.raises(SystemExit) as help_:
+        cli.main(["check", "--help"])
+    assert help_.value.code == 0 and "--json" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as unknown:
+        cli.main(["check", "--no-such-flag"])
+    assert unknown.value.code == cli.EXIT_USAGE
+    assert cli.main(["check"]) == cli.EXIT_USAGE
+    assert "GCP_PROJECT is not set" in capsys.readouterr().err
+    bare_env.setenv("GCP_PROJECT", PROJECT)
+    assert cli.main(["check", "missing.yaml"]) == cli.EXIT_USAGE
+    assert "config not found: missing.yaml" in capsys.readouterr().err
+
+
+def test_no_credentials_exit_3(bare_env, capsys):
+    """Real google-auth: a key file that is not there, and WIF settings without a token."""
+    bare_env.setenv("GCP_PROJECT", PROJECT)
+    assert cli.main(["check"]) == cli.EXIT_AUTH
+    assert "no usable credentials" in capsys.readouterr().err
+    provider = "projects/1/locations/global/workloadIdentityPools/p/providers/p"
+    bare_env.setenv("GCP_WIF_PROVIDER", provider)
+    bare_env.setenv("GCP_DEPLOYER_SA", "drift@p.iam.gserviceaccount.com")
+    assert cli.main(["check"]) == cli.EXIT_AUTH
+    assert "no OIDC token: CIRCLE_OIDC_TOKEN_V2 is empty" in capsys.readouterr().err
