@@ -74,7 +74,7 @@ deploy-preview: $(VENV)/.installed gcloud ## preview CONFIG on a branch deployme
 
 # The operator targets (smoke, drift, repair) act on production, or with LOCAL=1 on the stack
 # `make up` runs: its gcloud.env points gcloud, the scripts and the API client at it.
-LOCAL_ENV := .state/localvm/gcloud.env
+LOCAL_ENV ?= .state/localvm/gcloud.env
 OPERATOR_ENV := $(if $(filter 1,$(LOCAL)),{ [[ -f $(LOCAL_ENV) ]] || { echo "no local stack: run make up" >&2; exit 2; }; source $(LOCAL_ENV); } &&)
 
 smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), until it greets

@@ -286,3 +286,37 @@ def test_an_api_that_refuses_the_token_exits_3_and_one_that_is_down_exits_6(
     finally:
         refusing.shutdown()
         oauth.shutdown()
+
+
+def test_make_drift_and_repair_with_local_1_read_the_local_stacks_gcloud_env(stack, tmp_path):
+    """`make drift LOCAL=1` and `make repair LOCAL=1` through make, as a person types them: the
+    settings come from the gcloud.env file (here one written as `make up` writes it, export
+    lines, pointing at this test's emulators), and without it make says to run make up."""
+    if stack.engine != "dm":
+        pytest.skip("one engine is enough for the make plumbing")
+    env_file = tmp_path / "gcloud.env"
+    names = ("GCP_PROJECT", "DEPLOYMENT_NAME", "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE",
+             "GOOGLE_APPLICATION_CREDENTIALS")  # fmt: skip
+    settings = stack.env()
+    env_file.write_text("".join(f"export {n}={shlex.quote(settings[n])}\n" for n in names))
+    shell = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSDK_", "GCP_"))}
+
+    def make(*args: str, local_env=env_file):
+        return subprocess.run(
+            ["make", "-s", *args, "LOCAL=1", f"LOCAL_ENV={local_env}"],
+            cwd=REPO, env=shell, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    missing = make("drift", local_env=tmp_path / "none.env")
+    assert missing.returncode == 2 and "no local stack: run make up" in missing.stderr
+    clean = make("drift")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no drift: every resource matches the config" in clean.stdout
+    stack.change("instances", "update", VM, f"--zone={ZONE}", "--no-deletion-protection")
+    drifted = make("drift")
+    assert drifted.returncode == 2, drifted.stdout  # make's own code for a failed recipe
+    assert "  deletionProtection: declared True, live False" in drifted.stdout.splitlines()
+    fixed = make("repair")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "repair: reset hello-vm: deletionProtection" in fixed.stdout
+    assert make("drift").returncode == 0
