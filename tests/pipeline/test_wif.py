@@ -336,14 +336,15 @@ def test_the_drift_check_account_is_master_only_and_holds_compute_viewer_alone(
     federation, monkeypatch
 ):
     """The scheduled drift check runs on master: `make drift` (drift.live, google-auth's
-    identity-pool credentials, no gcloud) exchanges master's token at STS and becomes the
-    drift-check account; a branch's token may not. On the project, the bootstrap grants that
-    account one role, roles/compute.viewer (read-only), and no binding lets it act as another
-    account."""
+    identity-pool credentials, no gcloud) exchanges master's token at STS, becomes the
+    drift-check account and reads the deployed stack with it; a branch's token may not. On the
+    project, the bootstrap grants that account one role, roles/compute.viewer (read-only), and
+    no binding lets it act as another account. Not checked here: that Compute Engine refuses
+    its writes (the emulated Compute Engine API does not check permissions)."""
     from google.auth.exceptions import RefreshError
     from google.auth.transport.requests import Request
 
-    from drift import live
+    from drift import cli, live
 
     monkeypatch.setenv("GCP_DEPLOYER_SA", federation.drift_checker)
     monkeypatch.setenv("WIF_STS_ENDPOINT", federation.sts_url)
@@ -356,6 +357,15 @@ def test_the_drift_check_account_is_master_only_and_holds_compute_viewer_alone(
          + f"/subject/{CIRCLE_PROJECT_ID}", federation.drift_checker)
         in federation.sts.impersonations
     )  # fmt: skip
+    # And reads the stack with it: `drift check` through the emulated Compute Engine API.
+    project = "proj-drift-check"
+    federation.pipeline.ensure_deployed(project)
+    monkeypatch.setenv("GCP_WIF_PROVIDER", federation.provider)
+    monkeypatch.setenv("GCP_PROJECT", project)
+    monkeypatch.chdir(REPO)
+    api = federation.pipeline.dm.compute_url
+    assert cli.main(["check", "--api-root", api]) == cli.EXIT_OK
+
     monkeypatch.setenv("CIRCLE_OIDC_TOKEN_V2", federation.circleci.token(2, ref="refs/heads/x"))
     with pytest.raises(RefreshError):
         live.federated_credentials(federation.provider).refresh(Request())
