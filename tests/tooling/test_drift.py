@@ -188,11 +188,13 @@ def test_a_deleted_vm_is_drift_and_nothing_else_is(expansion):
 def test_a_deleted_network_does_not_report_its_dependants_fields(expansion):
     """References into a deleted resource are unknown, not drift: the deletion is the news."""
 
-    def delete(state):
-        state.resources["hello-vpc"] = None
+    for gone in ("hello-vpc", "hello-vpc-subnet"):
 
-    _state, found = live_after(expansion, delete)
-    assert [(d.kind, d.resource) for d in found] == [(DELETED, "hello-vpc")]
+        def delete(state, gone=gone):
+            state.resources[gone] = None
+
+        _state, found = live_after(expansion, delete)
+        assert [(d.kind, d.resource) for d in found] == [(DELETED, gone)]
 
 
 def test_output_only_and_defaults_come_from_the_discovery_document():

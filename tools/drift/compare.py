@@ -190,7 +190,7 @@ def _keyed(items: list) -> bool:
 
 def _diff(declared: Any, live: Any, spec: Mapping, path: str) -> Iterator[tuple[str, Any, Any]]:
     """(field path, declared, live) for each declared value the live one does not match."""
-    if declared is UNKNOWN:
+    if declared is UNKNOWN or (isinstance(declared, list) and UNKNOWN in declared):
         return
     spec = _spec(spec)
     if live is _MISSING or live is None:
