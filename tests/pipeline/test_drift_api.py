@@ -223,6 +223,30 @@ def test_deletion_protection_off(stack, monkeypatch, capsys):
     assert stack.live("compute.v1.instance", VM)["deletionProtection"] is True
 
 
+def test_edited_labels_on_the_address(stack, monkeypatch, capsys):
+    """Not one of the console incidents above, so made straight through the API (setLabels,
+    the call `gcloud compute addresses update --update-labels` makes), to keep this quick."""
+    if stack.engine != "dm":
+        pytest.skip("one engine is enough for a field the engines treat alike")
+    from drift import live
+
+    for name, value in stack.env().items():
+        monkeypatch.setenv(name, value)
+    compute = live.client()
+    address = live.get(compute, stack.project, "compute.v1.address", "hello-vm-ip",
+                       {"region": "us-central1"})  # fmt: skip
+    labels = {**address["labels"], "managed-by": "someone"}
+    live.wait(compute, stack.project, live.call(compute.addresses().setLabels(
+        project=stack.project, region="us-central1", resource="hello-vm-ip",
+        body={"labels": labels, "labelFingerprint": address["labelFingerprint"]},
+    )))  # fmt: skip
+    (found,) = detect(stack, monkeypatch, capsys)
+    assert (found["resource"], found["field"], found["declared"], found["live"]) == (
+        "hello-vm-ip", "labels.managed-by", "deployment-manager", "someone"
+    )  # fmt: skip
+    repaired(stack, monkeypatch, capsys)
+
+
 def test_a_deleted_vm_comes_back_with_the_same_static_ip(stack, monkeypatch, capsys):
     ip = stack.live("compute.v1.address", "hello-vm-ip")["address"]
     stack.change("instances", "update", VM, f"--zone={ZONE}", "--no-deletion-protection")

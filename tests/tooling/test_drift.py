@@ -307,3 +307,24 @@ def test_no_credentials_exit_3(bare_env, capsys):
     bare_env.setenv("GCP_DEPLOYER_SA", "drift@p.iam.gserviceaccount.com")
     assert cli.main(["check"]) == cli.EXIT_AUTH
     assert "no OIDC token: CIRCLE_OIDC_TOKEN_V2 is empty" in capsys.readouterr().err
+
+
+def test_repair_reports_a_field_the_api_cannot_change_in_place_and_calls_nothing(expansion):
+    """A subnet's range is set at creation (the discovery document says so): repair names it and
+    what to do, and makes no API call (no client is given)."""
+    from drift.repair import repair
+
+    state = as_created(expansion)
+    state.resources["hello-vpc-subnet"]["ipCidrRange"] = "10.20.0.0/24"
+    found = compare.compare(expansion, state)
+    # The internal rule declares the subnet's range by reference, so it follows the live one.
+    assert [(d.resource, d.field) for d in found] == [
+        ("hello-vpc-subnet", "ipCidrRange"),
+        ("hello-firewall-allow-internal", "sourceRanges"),
+    ]
+    left = repair(None, PROJECT, expansion, state, found[:1], log=print)
+    assert left == [
+        "hello-vpc-subnet (compute.v1.subnetwork): ipCidrRange cannot change on a live resource "
+        "(the Compute Engine API says of Subnetwork.ipCidrRange: 'This field is set at resource "
+        "creation time.'); delete it and run make repair to recreate it from the config"
+    ]

@@ -11,8 +11,10 @@ both engines find them again by name on their next update (docs/deploy-failures.
     the reserved static address the address resource still holds, so the IP is the same;
   * an edited firewall rule is patched back (firewalls.patch with the declared fields; a field
     set out of band to true, such as `disabled`, is patched back to false);
-  * an instance's tags, metadata, labels and deletion protection are reset through their set*
-    methods with the fingerprint read just before, as the API requires;
+  * an instance's tags, metadata, labels and deletion protection (an address's labels) are reset
+    through their set* methods with the fingerprint read just before, as the API requires;
+  * a field the API cannot change on a live resource (dmlocal.replacement reads which from the
+    discovery document) is reported, not forced: deleting the resource is a person's call;
   * a resource on the stack's network that the deployment does not own is never touched: the
     report names the command that would remove it, and removing it stays a person's decision.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 from dmlocal.expand import Expansion
 from dmlocal.replacement import _collection as collection_for
+from dmlocal.replacement import replacement_reason
 from drift import live as api
 from drift.compare import CHANGED, DELETED, UNKNOWN, UNOWNED, Difference, resolve
 
@@ -130,6 +133,13 @@ def repair(
 def _reset(compute, project, resource, declared, have, group, log) -> None:
     name, type_ = resource["name"], resource["type"]
     fields = sorted({d.field.split(".")[0].split("[")[0] for d in group})
+    for field in fields:
+        reason = replacement_reason(type_, field)
+        if reason:
+            raise NotRepairable(
+                f"{name} ({type_}): {field} cannot change on a live resource ({reason}); "
+                "delete it and run make repair to recreate it from the config"
+            )
     collection, scope = api.locate(type_, resource.get("properties") or {})
     methods = getattr(compute, collection)()
     if type_ == "compute.v1.firewall":
@@ -139,23 +149,25 @@ def _reset(compute, project, resource, declared, have, group, log) -> None:
             compute, project, api.call(methods.patch(project=project, firewall=name, body=body))
         )
         return
-    if type_ == "compute.v1.instance":
-        for field in fields:
-            if field not in INSTANCE_SETTERS:
-                raise NotRepairable(_no_method(name, type_, field))
-            log(f"reset {name}: {field}")
+    for field in fields:
+        setter = collection_for(type_)[1].get("setLabels")
+        if field == "labels" and setter:
+            where = {**scope, "project": project, setter["parameterOrder"][-1]: name}
+            body = {"labels": declared.get("labels") or {},
+                    "labelFingerprint": have.get("labelFingerprint")}  # fmt: skip
+            request = methods.setLabels(**where, body=body)
+        elif type_ == "compute.v1.instance" and field in INSTANCE_SETTERS:
             request = _instance_request(
                 methods, project, scope["zone"], name, field, declared.get(field), have.get(field)
             )
-            api.wait(compute, project, api.call(request))
-        return
-    raise NotRepairable(_no_method(name, type_, fields[0]))
+        else:
+            raise NotRepairable(_no_method(name, type_, field))
+        log(f"reset {name}: {field}")
+        api.wait(compute, project, api.call(request))
 
 
 def _no_method(name: str, type_: str, field: str) -> str:
-    found = collection_for(type_)
-    collection = found[0] if found else type_
     return (
-        f"{name} ({type_}): {field} has no in-place reset here; recreate it: remove it from "
-        f"the config, deploy, put it back and deploy again ({collection}.{field})"
+        f"{name} ({type_}): make repair has no in-place reset for {field}; reset it by hand "
+        "(or delete the resource and run make repair to recreate it from the config)"
     )
