@@ -98,6 +98,8 @@ def test_every_schema_problem_in_one_run_each_with_its_line_and_in_words(tmp_pat
         "error: deployment.yaml: resources[hello-vm].properties.deletionProtection: 'yes' is "
         "text, not a boolean: write true or false, without quotes "
         f"[set at deployment.yaml:{line_of(config, 'deletionProtection:')}]",
+        "note: the expansion and the Compute Engine and firewall checks did not run: "
+        "hello-vpc.subnetCidr has no default to check the rest with; fix it and preview again",
     ]
 
 
