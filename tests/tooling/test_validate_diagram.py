@@ -92,7 +92,7 @@ def test_diagram_shows_what_runs_on_the_vm(generated):
     assert nodes["vm_hello_vm_nginx"] == "nginx\\nlistens on 80, 443 (TLS)"
     assert (
         nodes["vm_hello_vm_gunicorn"]
-        == "gunicorn: the Flask app\\non 127.0.0.1:8080 (hello.service)"
+        == "gunicorn: the Flask app\\non 127.0.0.1:8081 or 127.0.0.1:8082\\n(hello@.service)"
     )
     assert "hello-cert.timer: renew when due (00/6:00)" in nodes["vm_hello_vm_cert"]
     assert nodes["ca_acme_v02_api_letsencrypt_org"] == "ACME CA\\nacme-v02.api.letsencrypt.org"
@@ -101,6 +101,7 @@ def test_diagram_shows_what_runs_on_the_vm(generated):
     assert ("vm_hello_vm_cert", "vm_hello_vm_nginx") in arrows
     assert ("ca_acme_v02_api_letsencrypt_org", "vm_hello_vm_cert") in arrows
     assert ("vm_hello_vm_converge", "vm_hello_vm_gunicorn") in arrows
+    assert ("vm_hello_vm_converge", "vm_hello_vm_nginx") in arrows  # the switch between slots
 
 
 def test_diagram_shows_how_a_change_arrives(generated):

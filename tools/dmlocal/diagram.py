@@ -121,9 +121,15 @@ def _setting(pattern: str, text: str) -> str | None:
 
 def _vm_inside(model: Model, cluster: Cluster, vm_id: str, metadata: dict[str, str]) -> None:
     """Nodes for what the VM's metadata installs; traffic from outside enters at the anchor."""
+    startup = metadata.get("startup-script", "")
     bind = _setting(r"--bind\s+(\S+)", metadata.get("app-service", ""))
+    # A templated unit (hello@PORT) runs one release per slot the startup script names.
+    slots = (_setting(r"^readonly SLOTS=\(([^)]*)\)", startup) or "").split()
+    unit = _setting(r"\[app-service\]=\S*/([\w@.-]+)", startup) or "the app's unit"
     if bind:
-        label = ["gunicorn: the Flask app", f"on {bind} (hello.service)"]
+        if "%i" in bind and slots:
+            bind = " or ".join(bind.replace("%i", slot) for slot in slots)
+        label = ["gunicorn: the Flask app", f"on {bind}", f"({unit})"]
         app = model.add(Node(vm_id + "_gunicorn", label, "process"))
         cluster.nodes.append(app)
         cluster.anchor = app
@@ -149,15 +155,13 @@ def _vm_inside(model: Model, cluster: Cluster, vm_id: str, metadata: dict[str, s
             model.edges.append(Edge(ca, cert, ["issues it, checks port 80"], "flow"))
             model.edges.append(Edge(cert, nginx, ["reload, no restart"], "flow"))
     if "app-watch-service" in metadata:
-        label = [
-            "hello-metadata-watch",
-            "converge: rewrite what changed,",
-            "restart only if needed",
-        ]
+        label = ["hello-metadata-watch", "converge: rewrite what changed"]
         converge = model.add(Node(vm_id + "_converge", label, "process"))
         cluster.nodes.append(converge)
         if bind:
-            model.edges.append(Edge(converge, app, ["install, restart"], "flow"))
+            model.edges.append(Edge(converge, app, ["start the new release"], "flow"))
+        if bind and site is not None and len(slots) > 1:
+            model.edges.append(Edge(converge, nginx, ["switch once healthy"], "flow"))
     if not cluster.nodes:
         cluster.nodes.append(model.add(Node(vm_id + "_os", ["no app in its metadata"], "process")))
     cluster.anchor = cluster.anchor or cluster.nodes[0]
