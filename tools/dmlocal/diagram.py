@@ -15,8 +15,9 @@ account, the engine, and the instance metadata the converge reads.
 
 `make docs` writes docs/architecture.dot, docs/architecture.svg (via Graphviz `dot`, with the
 DOT's sha256 embedded so a test can tell the SVG was produced from the current DOT) and
-docs/architecture.mmd (the Mermaid block for the README). Output is deterministic: same
-expansion, same bytes (for the SVG: same bytes for the same Graphviz version).
+docs/architecture.mmd (the same picture in Mermaid, which GitHub renders inline). Output is
+deterministic: same expansion, same bytes (for the SVG: same bytes for the same Graphviz
+version).
 """
 
 from __future__ import annotations
@@ -469,7 +470,7 @@ def _m(lines: list[str]) -> str:
 
 
 def to_mermaid(model: Model) -> str:
-    """A Mermaid flowchart of `model` (GitHub renders it inline in the README)."""
+    """A Mermaid flowchart of `model` (GitHub renders it inline in Markdown)."""
     out = ["flowchart TB"]
     placed = {nid for top in model.clusters for c in top.walk() for nid in c.nodes}
 
