@@ -73,7 +73,10 @@ def test_the_docs_have_preview_examples():
     assert len(examples()) >= 4
 
 
-@pytest.mark.parametrize(("doc", "edits", "block"), examples())
+@pytest.mark.parametrize(
+    ("doc", "edits", "block"),
+    [pytest.param(*example, id=f"{example[0]}-{n}") for n, example in enumerate(examples(), 1)],
+)
 def test_preview_example_is_what_preview_prints(tmp_path, doc, edits, block):
     stack = copy_stack(tmp_path)
     shutil.copytree(REPO / "docs", stack / "docs")
