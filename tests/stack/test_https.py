@@ -11,6 +11,7 @@ nginx's listen ports and gunicorn's bind move to free loopback ports. Loopback o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import json
@@ -449,19 +450,32 @@ def test_failed_attempts_are_paced_within_the_cas_hourly_limit(front):
 LIFETIME, LEAD = 30, 20
 
 
-def served_expiry(front) -> float:
-    """When the certificate activate installed for nginx expires, checking it was a short one."""
-    pem = front.path("/etc/hello-tls/fullchain.pem").read_bytes()
-    expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
-    assert expires < time.time() + LIFETIME
-    return expires
-
-
 def serve_the_fronts_own_certificate(front):
     """Back to the certificate of the front's CA, still valid, so no new one is issued."""
     assert front.tls("obtain").returncode == 0
     assert front.tls("activate").returncode == 0
     wait_for(lambda: http_get(front.http_port, "/")[0] == 301, ":80 redirecting again")
+
+
+@contextlib.contextmanager
+def serving_a_short_lived_certificate(front, workdir: Path):
+    """Serves a certificate from a second pebble that issues them for LIFETIME seconds; yields
+    its metadata server, the pebble and when the certificate expires (epoch seconds)."""
+    short = Pebble(workdir, validation_port=front.http_port, certificate_lifetime=LIFETIME)
+    short.start()
+    metadata = front.metadata(pebble=short)
+    try:
+        assert front.tls("obtain", metadata, HELLO_TLS_LEAD=str(LEAD)).returncode == 0
+        activated = front.tls("activate", metadata, HELLO_TLS_LEAD=str(LEAD))
+        assert "serving https://" in activated.stdout, activated.stderr
+        pem = front.path("/etc/hello-tls/fullchain.pem").read_bytes()
+        expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+        assert expires < time.time() + LIFETIME
+        wait_for(lambda: http_get(front.http_port, "/")[0] == 301, ":80 redirecting")
+        yield metadata, short, expires
+    finally:
+        metadata.stop()
+        short.stop()
 
 
 def test_a_certificate_is_not_served_in_its_last_hours_while_the_ca_refuses(front, tmp_path):
@@ -471,25 +485,15 @@ def test_a_certificate_is_not_served_in_its_last_hours_while_the_ca_refuses(fron
     ExecStopPost, run here by the test as systemd does once obtain exits) turns HTTPS off, so
     :80 serves the greeting before the certificate expires. Real: pebble issuing 30-second
     certificates (its certificateValidityPeriod), certbot, nginx; only the lead is scaled."""
-    short = Pebble(
-        tmp_path / "pebble", validation_port=front.http_port, certificate_lifetime=LIFETIME
-    )
-    short.start()
-    metadata = front.metadata(pebble=short)
-    lead = {"HELLO_TLS_LEAD": str(LEAD)}
-    try:
-        assert front.tls("obtain", metadata, **lead).returncode == 0
-        assert "serving https://" in front.tls("activate", metadata, **lead).stdout
-        expires = served_expiry(front)
+    with serving_a_short_lived_certificate(front, tmp_path / "pebble") as (metadata, ca, expires):
         wait_for(
             lambda: served_certificate(front.https_port).not_valid_after_utc.timestamp() == expires,
             "nginx to serve the short-lived certificate",
         )
-        assert http_get(front.http_port, "/")[0] == 301
-        short.stop()
+        ca.stop()
         retrying = subprocess.run(
             ["bash", str(REPO / "app/hello-tls.sh"), "obtain"],
-            env=front.env(metadata, HELLO_TLS_FORCE_RENEWAL="1", **lead),
+            env=front.env(metadata, HELLO_TLS_FORCE_RENEWAL="1", HELLO_TLS_LEAD=str(LEAD)),
             capture_output=True,
             text=True,
             timeout=LIFETIME,
@@ -500,15 +504,12 @@ def test_a_certificate_is_not_served_in_its_last_hours_while_the_ca_refuses(fron
             retrying.stderr
         )
         assert expires - LEAD - 2 <= ended < expires
-        off = front.tls("activate", metadata, **lead)
+        off = front.tls("activate", metadata, HELLO_TLS_LEAD=str(LEAD))
         assert off.returncode == 0, off.stderr
         assert f"no valid certificate for {IP} (one valid for more than 20 s)" in off.stdout
         wait_for(lambda: http_get(front.http_port, "/")[:2] == (200, GREETING), ":80 serving")
         wait_for(lambda: not port_open(front.https_port), ":443 closed")
         assert time.time() < expires
-    finally:
-        metadata.stop()
-        short.stop()
     serve_the_fronts_own_certificate(front)
 
 
@@ -517,20 +518,8 @@ def test_nginx_starts_without_https_after_the_certificate_expired_while_stopped(
     starts again as nginx.service does with the drop-in the VM installs: its ExecStartPre
     commands (app/nginx-hardening.conf) first. :80 serves the greeting and :443 stays closed,
     without the metadata server or the CA (both may be unreachable at boot)."""
-    short = Pebble(
-        tmp_path / "pebble", validation_port=front.http_port, certificate_lifetime=LIFETIME
-    )
-    short.start()
-    metadata = front.metadata(pebble=short)
-    lead = {"HELLO_TLS_LEAD": str(LEAD)}
-    try:
-        assert front.tls("obtain", metadata, **lead).returncode == 0
-        assert "serving https://" in front.tls("activate", metadata, **lead).stdout
-        expires = served_expiry(front)
-    finally:
-        metadata.stop()
-        short.stop()
-    subprocess.run([*front.nginx, "-s", "stop"], check=True)
+    with serving_a_short_lived_certificate(front, tmp_path / "pebble") as (_, _, expires):
+        subprocess.run([*front.nginx, "-s", "stop"], check=True)
     try:
         wait_for(lambda: not port_open(front.http_port), "nginx to stop")
         time.sleep(max(0.0, expires - LEAD + 1 - time.time()))
@@ -542,7 +531,9 @@ def test_nginx_starts_without_https_after_the_certificate_expired_while_stopped(
                 subprocess.run(
                     ["bash", REPO / "app/hello-tls.sh", *argv[1:]],
                     # No metadata server answers here: the check must not need one.
-                    env={**front.env(**lead), "HELLO_TLS_METADATA": "http://127.0.0.1:9"},
+                    env=front.env(
+                        HELLO_TLS_LEAD=str(LEAD), HELLO_TLS_METADATA="http://127.0.0.1:9"
+                    ),
                     check=True,
                 )
         subprocess.run([*front.nginx, "-q"], check=True)
