@@ -23,6 +23,7 @@ import subprocess
 
 import pytest
 
+from dmlocal.reachability import GOOGLE_SSH_RANGE, KNOWN_RANGES
 from drift import cli
 from tests.conftest import REPO
 from tests.pipeline.test_deploy import GCLOUD, Pipeline, copy_stack, edit_config
@@ -31,6 +32,8 @@ from tests.pipeline.test_deploy_infra_manager import InfraManagerPipeline, full_
 pytestmark = pytest.mark.skipif(GCLOUD is None, reason="needs the real gcloud on PATH")
 
 ZONE = "us-central1-a"
+INTERNET = f"0.0.0.0/0 ({KNOWN_RANGES['0.0.0.0/0']})"
+SSH = f"{GOOGLE_SSH_RANGE} ({KNOWN_RANGES[GOOGLE_SSH_RANGE]})"
 VM = "hello-vm"
 
 
@@ -124,7 +127,7 @@ def test_a_deleted_firewall_rule(stack, monkeypatch, capsys):
     stack.change("firewall-rules", "delete", "hello-firewall-allow-web")
     (found,) = detect(stack, monkeypatch, capsys)
     assert (found["kind"], found["resource"]) == ("deleted", "hello-firewall-allow-web")
-    assert any("tcp:80, tcp:443 from 0.0.0.0/0 (Internet) to hello-vm is now CLOSED" in m
+    assert any(f"tcp:80, tcp:443 from {INTERNET} to hello-vm is now CLOSED" in m
                for m in found["means"]), found["means"]  # fmt: skip
     repaired(stack, monkeypatch, capsys)
     assert stack.live("compute.v1.firewall", "hello-firewall-allow-web")["sourceRanges"] == [
@@ -153,7 +156,7 @@ def test_an_edited_source_range(stack, monkeypatch, capsys):
         "sourceRanges", ["104.154.0.0/15"], ["0.0.0.0/0"]
     )  # fmt: skip
     assert found["means"] == [
-        "tcp:22 from 0.0.0.0/0 (Internet) to hello-vm is now OPEN (live rule "
+        f"tcp:22 from {INTERNET} to hello-vm is now OPEN (live rule "
         "hello-firewall-allow-ssh); the config denies it (hello-firewall-deny-ingress)"
     ]
     repaired(stack, monkeypatch, capsys)
@@ -165,7 +168,7 @@ def test_a_disabled_rule(stack, monkeypatch, capsys):
     assert (found["resource"], found["field"], found["live"]) == (
         "hello-firewall-allow-ssh", "disabled", True
     )  # fmt: skip
-    assert any(m.startswith("tcp:22 from 104.154.0.0/15 (Google SSH range) to hello-vm is now "
+    assert any(m.startswith(f"tcp:22 from {SSH} to hello-vm is now "
                             "CLOSED") for m in found["means"]), found["means"]  # fmt: skip
     repaired(stack, monkeypatch, capsys)
     assert not stack.live("compute.v1.firewall", "hello-firewall-allow-ssh").get("disabled")
@@ -180,7 +183,7 @@ def test_an_added_rule_is_reported_never_deleted(stack, monkeypatch, capsys):
     assert (
         remove == f"gcloud compute firewall-rules delete allow-all-temp --project {stack.project}"
     )
-    assert any("tcp:22" in m and "from 0.0.0.0/0 (Internet) to hello-vm is now OPEN" in m
+    assert any("tcp:22" in m and f"from {INTERNET} to hello-vm is now OPEN" in m
                for m in found["means"]), found["means"]  # fmt: skip
     out = repaired(stack, monkeypatch, capsys, expect=cli.EXIT_DRIFT)
     assert "NOT REPAIRED: allow-all-temp (compute.v1.firewall) is not the deployment's" in out
@@ -199,7 +202,7 @@ def test_a_removed_tag(stack, monkeypatch, capsys):
     assert (found["resource"], found["field"], found["declared"]) == (
         VM, "tags.items", ["hello-web"]
     )  # fmt: skip
-    assert any(m.startswith("tcp:80, tcp:443 from 0.0.0.0/0 (Internet) to hello-vm is now CLOSED")
+    assert any(m.startswith(f"tcp:80, tcp:443 from {INTERNET} to hello-vm is now CLOSED")
                for m in found["means"]), found["means"]  # fmt: skip
     repaired(stack, monkeypatch, capsys)
     assert stack.live("compute.v1.instance", VM)["tags"]["items"] == ["hello-web"]

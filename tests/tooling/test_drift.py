@@ -16,11 +16,15 @@ import json
 import pytest
 
 from dmlocal.expand import default_env, expand_path
+from dmlocal.reachability import GOOGLE_SSH_RANGE, KNOWN_RANGES
 from drift import cli, compare, meaning, report
 from drift.compare import CHANGED, DELETED, UNOWNED, LiveState
 from tests.conftest import REPO
 
 PROJECT = "drift-project"
+# How the report names the two source ranges it meets most (the dry run's labels).
+INTERNET = f"0.0.0.0/0 ({KNOWN_RANGES['0.0.0.0/0']})"
+SSH = f"{GOOGLE_SSH_RANGE} ({KNOWN_RANGES[GOOGLE_SSH_RANGE]})"
 BASE = f"https://compute.googleapis.com/compute/v1/projects/{PROJECT}"
 
 
@@ -92,7 +96,7 @@ def test_a_deleted_firewall_rule_is_drift_and_says_what_closes(expansion):
     assert [(d.kind, d.resource) for d in found] == [(DELETED, "hello-firewall-allow-web")]
     means = cli.explainer(expansion, state)(found[0])
     assert any(
-        line.startswith("tcp:80, tcp:443 from 0.0.0.0/0 (Internet) to hello-vm is now CLOSED")
+        line.startswith(f"tcp:80, tcp:443 from {INTERNET} to hello-vm is now CLOSED")
         for line in means
     ), means
 
@@ -107,7 +111,7 @@ def test_a_widened_ssh_range_is_drift_and_opens_ssh_to_the_internet(expansion):
     ]
     means = cli.explainer(expansion, state)(found[0])
     assert means == [
-        "tcp:22 from 0.0.0.0/0 (Internet) to hello-vm is now OPEN (live rule "
+        f"tcp:22 from {INTERNET} to hello-vm is now OPEN (live rule "
         "hello-firewall-allow-ssh); the config denies it (hello-firewall-deny-ingress)"
     ]
 
@@ -121,7 +125,7 @@ def test_a_disabled_rule_is_drift_though_the_config_never_sets_disabled(expansio
         (CHANGED, "disabled", None, True)
     ]
     means = cli.explainer(expansion, state)(found[0])
-    assert any(m.startswith("tcp:22 from 104.154.0.0/15 (Google SSH range) to hello-vm is now "
+    assert any(m.startswith(f"tcp:22 from {SSH} to hello-vm is now "
                             "CLOSED") for m in means), means  # fmt: skip
 
 
@@ -135,7 +139,7 @@ def test_an_added_allow_all_rule_is_reported_as_not_ours_with_what_it_opens(expa
     state, found = live_after(expansion, add)
     assert [(d.kind, d.resource) for d in found] == [(UNOWNED, "allow-all-temp")]
     means = cli.explainer(expansion, state)(found[0])
-    opened = [m for m in means if "from 0.0.0.0/0 (Internet) to hello-vm is now OPEN" in m]
+    opened = [m for m in means if f"from {INTERNET} to hello-vm is now OPEN" in m]
     assert opened and "tcp:22" in opened[0] and "allow-all-temp" in opened[0], means
 
 
@@ -148,7 +152,7 @@ def test_a_removed_tag_is_drift_and_closes_the_public_ports(expansion):
         (CHANGED, "tags.items", ["hello-web"], None)
     ]
     means = cli.explainer(expansion, state)(found[0])
-    assert any(m.startswith("tcp:80, tcp:443 from 0.0.0.0/0 (Internet) to hello-vm is now CLOSED")
+    assert any(m.startswith(f"tcp:80, tcp:443 from {INTERNET} to hello-vm is now CLOSED")
                for m in means), means  # fmt: skip
 
 
