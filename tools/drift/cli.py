@@ -17,6 +17,7 @@ Compute Engine API failed.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         differences = compare.compare(expansion, state)
         explain = explainer(expansion, state)
         header = f"drift: deployment {deployment} in project {project}, against {args.config}"
-        removal = lambda d: removal_command(d, project)  # noqa: E731
+        removal = functools.partial(removal_command, project=project)
         if args.command == "check":
             machine = report.as_json(
                 differences, explain, removal, project=project, deployment=deployment,
@@ -99,7 +100,12 @@ def run_repair(compute, project, expansion, state, differences, explain, header)
     still = [d for d in after if d.kind != compare.UNOWNED]
     if still:
         sys.stdout.write(
-            report.text(still, explain, lambda d: removal_command(d, project), "still drifted:")
+            report.text(
+                still,
+                explain,
+                functools.partial(removal_command, project=project),
+                "still drifted:",
+            )  # fmt: skip
         )
     if left or still:
         return EXIT_DRIFT
