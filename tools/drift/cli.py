@@ -105,7 +105,7 @@ def run_repair(compute, project, expansion, state, differences, explain, header)
                 explain,
                 functools.partial(removal_command, project=project),
                 "still drifted:",
-            )  # fmt: skip
+            )
         )
     if left or still:
         return EXIT_DRIFT
