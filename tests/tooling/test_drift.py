@@ -169,6 +169,14 @@ def test_edited_and_added_metadata_are_drift_by_key(expansion):
     ]
 
 
+def test_labels_a_person_adds_are_drift_and_googles_own_are_not(expansion):
+    def label(state):
+        state.resources["hello-vm"]["labels"].update({"goog-dm": "hello", "owner": "mallory"})
+
+    _state, found = live_after(expansion, label)
+    assert [(d.field, d.declared, d.live) for d in found] == [("labels.owner", None, "mallory")]
+
+
 def test_deletion_protection_off_is_drift(expansion):
     def unprotect(state):
         state.resources["hello-vm"]["deletionProtection"] = False

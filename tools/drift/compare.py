@@ -17,7 +17,7 @@ hand:
     equals the full URL the API returns for it;
   * inside a declared object only the declared fields count (the API fills in the rest, e.g. a
     NIC's `network`), except maps (labels) and `key`-indexed lists (metadata items), where an
-    added entry is drift too;
+    added entry is drift too (but for labels Google's services add under `goog-`);
   * a top-level boolean the config leaves unset is drift when it is live true: a proto3 boolean
     defaults to false, so true was set by someone (a disabled firewall rule, IP forwarding on).
 """
@@ -184,6 +184,14 @@ def _walk(value: Any, path: str) -> Any:
     return value
 
 
+def google_labels(labels: Mapping) -> dict:
+    """The labels Google's services add under their reserved `goog-` prefix (Deployment
+    Manager's goog-dm, the Terraform provider's goog-terraform-provisioned): not a person's
+    edit, so not drift, and kept by repair. (From the services' behaviour, not verified on a
+    live project.)"""
+    return {k: v for k, v in labels.items() if str(k).startswith("goog-")}
+
+
 def _keyed(items: list) -> bool:
     return bool(items) and all(isinstance(i, Mapping) and "key" in i for i in items)
 
@@ -201,8 +209,8 @@ def _diff(declared: Any, live: Any, spec: Mapping, path: str) -> Iterator[tuple[
         if not isinstance(live, Mapping):
             yield path, declared, live
             return
-        if "additionalProperties" in spec:  # a map: every key counts
-            for key in sorted(declared.keys() | live.keys()):
+        if "additionalProperties" in spec:  # a map: every key counts but Google's own
+            for key in sorted(declared.keys() | (live.keys() - google_labels(live).keys())):
                 if not same_scalar(declared.get(key), live.get(key)):
                     yield f"{path}.{key}", declared.get(key), live.get(key)
             return

@@ -28,7 +28,15 @@ from dmlocal.expand import Expansion
 from dmlocal.replacement import _collection as collection_for
 from dmlocal.replacement import replacement_reason
 from drift import live as api
-from drift.compare import CHANGED, DELETED, UNKNOWN, UNOWNED, Difference, resolve
+from drift.compare import (
+    CHANGED,
+    DELETED,
+    UNKNOWN,
+    UNOWNED,
+    Difference,
+    google_labels,
+    resolve,
+)
 
 # Instance fields with a method of their own (instances.setTags, setMetadata, ...).
 INSTANCE_SETTERS = ("tags", "metadata", "deletionProtection")
@@ -153,8 +161,8 @@ def _reset(compute, project, resource, declared, have, group, log) -> None:
         setter = collection_for(type_)[1].get("setLabels")
         if field == "labels" and setter:
             where = {**scope, "project": project, setter["parameterOrder"][-1]: name}
-            body = {"labels": declared.get("labels") or {},
-                    "labelFingerprint": have.get("labelFingerprint")}  # fmt: skip
+            labels = {**google_labels(have.get("labels") or {}), **(declared.get("labels") or {})}
+            body = {"labels": labels, "labelFingerprint": have.get("labelFingerprint")}
             request = methods.setLabels(**where, body=body)
         elif type_ == "compute.v1.instance" and field in INSTANCE_SETTERS:
             request = _instance_request(
