@@ -245,7 +245,7 @@ def test_text_report_lines_and_json(expansion):
     assert '  sourceRanges: declared ["104.154.0.0/15"], live ["0.0.0.0/0"]' in lines
     script = next(line for line in lines if "metadata.items[startup-script]" in line)
     assert "bytes, sha256" in script and "echo owned" not in script
-    assert lines[-1] == "drift: 2 difference(s) in 2 resource(s)"
+    assert lines[-1].startswith("drift: 2 difference(s) in 2 resource(s); `make repair` puts")
     data = json.loads(report.as_json(found, explain, lambda d: "rm", project=PROJECT))
     assert data["drift"] is True and data["project"] == PROJECT
     assert [d["field"] for d in data["differences"]] == [

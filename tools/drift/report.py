@@ -65,7 +65,10 @@ def text(
                 )
         lines.extend(f"  means: {sentence}" for sentence in meanings(group[0]))
     resources = len(_grouped(differences))
-    lines.append(f"drift: {len(differences)} difference(s) in {resources} resource(s)")
+    lines.append(
+        f"drift: {len(differences)} difference(s) in {resources} resource(s); `make repair` puts "
+        "the deployment's back and leaves the rest to you (docs/deploy-failures.md)"
+    )
     return "\n".join(lines) + "\n"
 
 
