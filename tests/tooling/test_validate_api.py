@@ -355,11 +355,11 @@ def test_integers_where_the_api_declares_strings_are_a_warning_as_deployment_man
     findings = [f for r in (firewall, rule, vm) for f in check_resource(r, "c.yaml")]
     assert {f.severity for f in findings} == {"warning"}
     assert messages(findings) == [
-        'fw.allowed[0].ports[0]: is a string in the API; Deployment Manager accepts the '
+        "fw.allowed[0].ports[0]: is a string in the API; Deployment Manager accepts the "
         'integer 80 as "80", quote it to say so',
-        'fr.portRange: is a string in the API; Deployment Manager accepts the integer 80 as '
+        "fr.portRange: is a string in the API; Deployment Manager accepts the integer 80 as "
         '"80", quote it to say so',
-        'vm.metadata.items[0].value: is a string in the API; Deployment Manager accepts the '
+        "vm.metadata.items[0].value: is a string in the API; Deployment Manager accepts the "
         'integer 88 as "88", quote it to say so',
     ]
     assert semantic_checks([firewall]) == []  # 80 is a port either way
