@@ -34,7 +34,9 @@ import contextlib
 import copy
 import itertools
 import json
+import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -64,6 +66,11 @@ Listener = Callable[[str, str, str, dict | None, dict | None], None]
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def operation_name() -> str:
+    """A new operation's name, in the form both APIs use: operation-MILLIS-RANDOM."""
+    return f"operation-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
 
 
 class TestNetAddresses:

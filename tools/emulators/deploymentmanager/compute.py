@@ -43,8 +43,6 @@ import base64
 import copy
 import hashlib
 import json
-import os
-import time
 from http import HTTPStatus
 
 from emulators.deploymentmanager.cloud import (
@@ -53,6 +51,7 @@ from emulators.deploymentmanager.cloud import (
     Cloud,
     ComputeError,
     now,
+    operation_name,
     parse_link,
 )
 from emulators.deploymentmanager.errors import ApiError
@@ -145,21 +144,22 @@ class ComputeApi:
         return op
 
     def record(self, project, scope, op_type, target, principal, refusal=None) -> dict:
-        name = f"operation-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
+        name = operation_name()
+        moment = now()
         op = {
             "kind": "compute#operation",
             "id": str(next(self._ids)),
             "name": name,
+            "selfLink": f"{COMPUTE_ROOT}{project}/{scope}/operations/{name}",
             "operationType": op_type,
             "targetLink": target.get("selfLink", ""),
             "targetId": target.get("id", "0"),
-            "status": "DONE",
             "user": principal,
+            "status": "DONE",
             "progress": 100,
-            "insertTime": now(),
-            "startTime": now(),
-            "endTime": now(),
-            "selfLink": f"{COMPUTE_ROOT}{project}/{scope}/operations/{name}",
+            "insertTime": moment,
+            "startTime": moment,
+            "endTime": moment,
         }
         if scope != "global":
             op[scope.split("/")[0][:-1]] = f"{COMPUTE_ROOT}{project}/{scope}"
@@ -347,6 +347,11 @@ def view(cloud: Cloud, project: str, type_: str, resource: dict) -> dict:
     if type_ in ("compute.v1.address", "compute.v1.instance"):
         shown["labelFingerprint"] = fingerprint(resource.get("labels") or {})
     if type_ == "compute.v1.instance":
+        for nic in shown.get("networkInterfaces") or []:
+            subnet = parse_link(nic.get("subnetwork"))
+            held = cloud.get(subnet[0], "compute.v1.subnetwork", subnet[2]) if subnet else None
+            if held and "network" not in nic:
+                nic["network"] = held.get("network")  # the API fills it from the subnetwork
         for part in ("tags", "metadata"):
             items = (resource.get(part) or {}).get("items") or []
             shown[part] = {**(shown.get(part) or {}), "fingerprint": fingerprint(items)}
