@@ -305,6 +305,15 @@ def test_listeners_hear_the_instance_created_changed_and_deleted(stack):
     assert stack.changes[-1][1:3] == ("compute.v1.instance", "hello-vm")
     assert stack.changes[-1][4] is None
 
+    # Infrastructure Manager's emulator plans on a copy and commits it whole: the listeners
+    # hear what the commit changed, and only that.
+    stack.changes.clear()
+    committed = stack.emulator.cloud_resources(project)
+    del committed["compute.v1.firewall"]["hello-firewall-allow-web"]
+    with stack.emulator.lock:
+        stack.emulator.cloud.replace(project, committed)
+    assert [c[1:3] for c in stack.changes] == [("compute.v1.firewall", "hello-firewall-allow-web")]
+
 
 # -- the real gcloud ---------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ from emulators import terraform_plan
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
 from emulators.deploymentmanager.api import TokenVerifier, authenticate
 from emulators.deploymentmanager.api import _Handler as JsonApiHandler
-from emulators.deploymentmanager.cloud import COMPUTE_ROOT
+from emulators.deploymentmanager.cloud import COMPUTE_ROOT, ComputeError
 from emulators.deploymentmanager.cloud import now as _now
 from emulators.deploymentmanager.state import DEPLOYMENT_NAME
 from emulators.loopback import LoopbackService
@@ -301,7 +301,13 @@ class InfraManagerEmulator(LoopbackService):
 
         def materialize(dm_type, name, properties, existing):
             if apply:
-                return self.compute.materialize(project, dm_type, name, properties, existing)
+                try:
+                    return self.compute.materialize(project, dm_type, name, properties, existing)
+                except ComputeError as refusal:  # as the provider reports the API's answer
+                    raise terraform_plan.TerraformError(
+                        f"Error {'updating' if existing else 'creating'} {dm_type} {name}: "
+                        f"googleapi: Error {refusal.code}: {refusal.message}, {refusal.reason}"
+                    ) from None
             planned = {**(existing or {}), **properties, "name": name}
             planned.setdefault("selfLink", f"{COMPUTE_ROOT}{project}/(known after apply)/{name}")
             planned.setdefault("address", "(known after apply)")
@@ -346,7 +352,7 @@ class InfraManagerEmulator(LoopbackService):
                     stateDetail=f"{revision['name']} failed: terraform error: {error}",
                 )
                 return "Deployment", self._view(record)
-            self.compute.cloud.projects[project] = cloud
+            self.compute.cloud.replace(project, cloud)
             record["tf_state"] = new_state
             record["tf_version"] = version
             record.update(state="ACTIVE", errorCode=None, stateDetail="")
@@ -418,7 +424,8 @@ class InfraManagerEmulator(LoopbackService):
                 except terraform_plan.TerraformError as error:
                     record.update(state="FAILED", stateDetail=f"delete failed: {error}")
                     return None, {"code": 9, "message": f"terraform destroy failed: {error}"}
-                self.compute.cloud.projects.update(clouds)
+                for project, cloud in clouds.items():
+                    self.compute.cloud.replace(project, cloud)
             del self.deployments[name]
             return "Deployment", {**self._view(record), "state": "DELETED"}
 

@@ -126,8 +126,10 @@ class DeploymentManagerEmulator(LoopbackService):
 
     def materialize(self, project: str, type_: str, name: str, properties: dict, existing):
         """Creates or updates one resource in the emulated cloud; the Infrastructure Manager
-        emulator creates its resources through this too, so both engines share one cloud."""
+        emulator creates its resources through this too, so both engines share one cloud.
+        Raises cloud.ComputeError for a body Compute Engine rejects."""
         with self.lock:
+            self.cloud.check_body(project, type_, name, properties)
             return self.cloud.store(project, type_, name, properties, existing)
 
     def forget_cloud(self, project: str) -> None:

@@ -283,6 +283,17 @@ class Cloud:
         self.put(project, type_, name, actual)
         return copy.deepcopy(actual)
 
+    def replace(self, project: str, resources: dict[str, dict[str, dict]]) -> None:
+        """Makes `project` hold exactly `resources` (type -> name -> resource), as an engine that
+        planned on a copy commits it; the listeners hear each resource that changed."""
+        old = self.projects.get(project, {})
+        self.projects[project] = resources
+        for type_ in sorted(old.keys() | resources.keys()):
+            before, after = old.get(type_, {}), resources.get(type_, {})
+            for name in sorted(before.keys() | after.keys()):
+                if before.get(name) != after.get(name):
+                    self._notify(project, type_, name, before.get(name), after.get(name))
+
     def put(self, project: str, type_: str, name: str, resource: dict) -> None:
         before = self.get(project, type_, name)
         self.projects.setdefault(project, {}).setdefault(type_, {})[name] = resource
