@@ -338,6 +338,10 @@ def test_gcloud_firewall_rules_list_create_update_delete_and_a_refusal(stack):
         "--allow=tcp,udp", "--source-ranges=0.0.0.0/0",
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
+    # gcloud names the network with the endpoint it talks to; the API stores its own URL.
+    assert stack.resource(project, "firewall", "allow-all")["network"] == (
+        f"https://www.googleapis.com/compute/v1/projects/{project}/global/networks/hello-vpc"
+    )
     widened = stack.gcloud(
         project, "compute", "firewall-rules", "update", "hello-firewall-allow-ssh",
         "--source-ranges=0.0.0.0/0",

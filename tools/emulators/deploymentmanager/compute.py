@@ -43,6 +43,7 @@ import base64
 import copy
 import hashlib
 import json
+import re
 from http import HTTPStatus
 
 from emulators.deploymentmanager.cloud import (
@@ -63,7 +64,20 @@ TYPES = {(SCOPES[scope], collection): t for t, (scope, collection) in COLLECTION
 # Fields the server sets; a body that echoes them back (gcloud's update sends what it read)
 # does not change them.
 SERVER_FIELDS = ("id", "kind", "selfLink", "creationTimestamp", "status", "users", "fingerprint")
+ENDPOINT = re.compile(r"^https?://[^/]+/compute/v1/")
 FIREWALL_DEFAULTS = {"direction": "INGRESS", "priority": 1000, "disabled": False}
+
+
+def canonical(value):
+    """URLs in a request body as Compute Engine stores them: gcloud builds them from the endpoint
+    it talks to (here, loopback), the API answers with https://www.googleapis.com/compute/v1/."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, str):
+        return ENDPOINT.sub(COMPUTE_ROOT.removesuffix("projects/"), value)
+    return value
 
 
 def fingerprint(value: object) -> str:
@@ -105,6 +119,7 @@ class ComputeApi:
         if type_ is None:
             raise _error(404, "notFound", f"no such collection: {scope}/{collection}")
         call = Call(self, project, scope, collection, type_, principal)
+        body = canonical(body)
         try:
             if not rest:
                 if method == "GET":
