@@ -17,6 +17,7 @@ import pytest
 from emulators import monitoring
 from tests.pipeline.test_deploy import Pipeline, edit_config
 from tests.pipeline.test_deploy_infra_manager import InfraManagerPipeline
+from tests.pipeline.test_wif import bootstrap_commands, flags
 
 EMAIL = "oncall@example.com"
 
@@ -120,3 +121,23 @@ def test_a_channel_an_alert_uses_cannot_be_deleted():
     with pytest.raises(monitoring.Refused, match="used by alert policies"):
         monitoring.check_delete(monitoring.CHANNEL, channel, objects)
     monitoring.check_delete(monitoring.CHANNEL, channel, {monitoring.CHANNEL: {"mail": channel}})
+
+
+def test_the_bootstrap_grants_exactly_the_three_monitoring_editor_roles():
+    """Both identities that create the objects (the deployer, and the account Infrastructure
+    Manager runs Terraform as) get the three per-object editor roles Google names for API users,
+    and no broader Monitoring role. Real: scripts/gcp-bootstrap.sh --dry-run."""
+    granted: dict[str, set[str]] = {}
+    for argv in bootstrap_commands():
+        if "add-iam-policy-binding" in argv and argv[1] == "projects":
+            member = flags(argv)["member"].split("@")[0].removeprefix("serviceAccount:")
+            granted.setdefault(member, set()).add(flags(argv)["role"])
+    wanted = {
+        "roles/monitoring.uptimeCheckConfigEditor",
+        "roles/monitoring.notificationChannelEditor",
+        "roles/monitoring.alertPolicyEditor",
+    }
+    for member in ("hello-deployer", "hello-infra-manager"):
+        monitoring_roles = {r for r in granted[member] if r.startswith("roles/monitoring.")}
+        assert monitoring_roles == wanted, member
+    assert not any(r.startswith("roles/monitoring.") for r in granted["hello-previewer"])
