@@ -15,6 +15,7 @@ import json
 import pytest
 
 from emulators import monitoring
+from tests.conftest import copy_stack
 from tests.pipeline.test_deploy import Pipeline, edit_config
 from tests.pipeline.test_deploy_infra_manager import InfraManagerPipeline
 from tests.pipeline.test_wif import bootstrap_commands, flags
@@ -75,13 +76,7 @@ def test_the_check_and_the_alert_exist_and_point_at_the_public_ip(pipeline, engi
 def test_monitoring_refuses_too_few_checker_locations(pipeline, tmp_path, engine):
     """Two one-location regions are fewer than the three checker locations Monitoring demands:
     the deploy fails with Monitoring's reason, and no uptime check exists."""
-    stack = tmp_path / "stack"
-    (tmp_path / "stack").mkdir()
-    for path in pipeline.stack.rglob("*"):
-        if path.is_file():
-            target = stack / path.relative_to(pipeline.stack)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
+    stack = copy_stack(tmp_path)
     vm = stack / "vm.py"
     text = vm.read_text()
     assert 'UPTIME_REGIONS = ["USA", "EUROPE", "ASIA_PACIFIC"]' in text
