@@ -25,6 +25,8 @@ EMAIL = "oncall@example.com"
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
+    """Both engines' emulators, as test_deploy_infra_manager.py sets them up, with a stack that
+    mails EMAIL: the check, the channel and the alert are all deployed."""
     pipeline = InfraManagerPipeline(tmp_path_factory.mktemp("monitoring-pipeline"))
     key_file = pipeline.tmp / "key.json"
     key_file.write_text(json.dumps(pipeline.key))

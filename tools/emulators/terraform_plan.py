@@ -20,8 +20,9 @@ strict as the parts of Terraform it replaces that this stack uses:
     delete-then-create; everything else is an in-place update; a resource no longer in the
     configuration is destroyed; an instance with deletion_protection is never deleted;
   * Cloud Monitoring objects are named by the server, so a create never conflicts and has no
-    import ID; the emulated cloud applies Monitoring's rules to them (emulators/monitoring.py),
-    and its refusal fails the apply as the provider's googleapi error does.
+    import ID (an object DM or an abandoned deployment left stays beside the new one); the
+    emulated cloud applies Monitoring's rules to them (emulators/monitoring.py), and its refusal
+    fails the apply as the provider's googleapi error does.
 
 The resources live in the emulated Compute Engine of the Deployment Manager emulator, in the
 compute.v1 API shape (the shape DM writes there), so one state serves both engines.
@@ -548,7 +549,9 @@ def run(
                 raise TerraformError(
                     f"{address}: Cannot import non-existent remote object ({importing})"
                 )
-        elif not server_named:
+        elif server_named:
+            name = _free_key(cloud.get(dm_type, {}), label)
+        else:
             taken = cloud.get(dm_type, {}).get(name)
             if taken is not None and import_existing:
                 existing, importing = taken, import_id_of(tf_type, taken)
@@ -598,6 +601,17 @@ def run(
         plan.changes.append(Change(address, ["delete"], before=copy.deepcopy(existing)))
     plan.outputs = {name: scope.evaluate(value) for name, value in module.outputs.items()}
     return plan, new_state
+
+
+def _free_key(objects: dict, label: str) -> str:
+    """Where a new Monitoring object goes in the emulated cloud: under its label, or beside an
+    object already there (one DM made, or an abandoned deployment left) as LABEL-2, -3, ...:
+    Monitoring keeps both, each under its own server-assigned name."""
+    key, number = label, 1
+    while key in objects:
+        number += 1
+        key = f"{label}-{number}"
+    return key
 
 
 def destroy(state: dict[str, dict], cloud: dict[str, dict[str, dict]]) -> None:

@@ -122,13 +122,9 @@ class Cloud:
         actual = self.get(project, type_, name)
         if actual is None:
             return  # already gone: nothing to delete
-        service = SERVICES.get(type_)
-        if service is not None:
+        if type_ in SERVICES:
             objects = self.projects.get(project, {})
-            try:
-                service.check_delete(type_, actual, objects)
-            except service.Refused as refused:
-                raise resource_error(type_, name, 400, str(refused)) from None
+            self._service(type_, name, "check_delete", type_, actual, objects)
         if actual.get("deletionProtection"):
             raise resource_error(
                 type_,
@@ -142,14 +138,12 @@ class Cloud:
     def store(self, project, type_, name, properties, existing) -> dict:
         """The resource as Compute Engine holds it once created or updated: server-side id,
         selfLink, timestamp and, for an address, the allocated IP."""
-        service = SERVICES.get(type_)
-        if service is not None:
+        if type_ in SERVICES:
             objects = self.projects.get(project, {})
-            try:
-                service.check(type_, properties, objects)
-            except service.Refused as refused:
-                raise resource_error(type_, name, 400, str(refused)) from None
-            actual = service.stored(project, type_, properties, existing, lambda: next(self._ids))
+            self._service(type_, name, "check", type_, properties, objects)
+            actual = SERVICES[type_].stored(
+                project, type_, properties, existing, lambda: next(self._ids)
+            )
             self.projects.setdefault(project, {}).setdefault(type_, {})[name] = actual
             return copy.deepcopy(actual)
         actual = {**properties, "name": properties.get("name", name)}
@@ -167,6 +161,15 @@ class Cloud:
             actual["status"] = "RUNNING"
         self.projects.setdefault(project, {}).setdefault(type_, {})[name] = actual
         return copy.deepcopy(actual)
+
+    @staticmethod
+    def _service(type_: str, name: str, rule: str, *args) -> None:
+        """Applies one of the type's service rules; a refusal is that service's 400."""
+        service = SERVICES[type_]
+        try:
+            getattr(service, rule)(*args)
+        except service.Refused as refused:
+            raise resource_error(type_, name, 400, str(refused)) from None
 
     @staticmethod
     def _self_link(project: str, type_: str, name: str, properties: dict) -> str:
