@@ -476,7 +476,7 @@ def test_json_format_for_an_engine_error(stack):
 def test_valid_stack_yaml_on_stdout_summary_on_stderr(stack):
     result = stack.preview()
     document = yaml.safe_load(result.stdout)
-    assert [r["name"] for r in document["resources"]][-1] == "hello-vm"
+    assert [r["name"] for r in document["resources"]][-2:] == ["hello-vm", "hello-vm-uptime"]
     assert "firewall for hello-vm (network tags: hello-web):" in result.stderr
     assert "resources" not in result.stderr.split("\n", 1)[1]  # the YAML never leaks to stderr
 
