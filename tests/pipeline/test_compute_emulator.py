@@ -305,6 +305,15 @@ def test_listeners_hear_the_instance_created_changed_and_deleted(stack):
     assert stack.changes[-1][1:3] == ("compute.v1.instance", "hello-vm")
     assert stack.changes[-1][4] is None
 
+    # Infrastructure Manager's emulator plans on a copy and commits it whole: the listeners
+    # hear what the commit changed, and only that.
+    stack.changes.clear()
+    committed = stack.emulator.cloud_resources(project)
+    del committed["compute.v1.firewall"]["hello-firewall-allow-web"]
+    with stack.emulator.lock:
+        stack.emulator.cloud.replace(project, committed)
+    assert [c[1:3] for c in stack.changes] == [("compute.v1.firewall", "hello-firewall-allow-web")]
+
 
 # -- the real gcloud ---------------------------------------------------------------------------
 
@@ -329,6 +338,10 @@ def test_gcloud_firewall_rules_list_create_update_delete_and_a_refusal(stack):
         "--allow=tcp,udp", "--source-ranges=0.0.0.0/0",
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
+    # gcloud names the network with the endpoint it talks to; the API stores its own URL.
+    assert stack.resource(project, "firewall", "allow-all")["network"] == (
+        f"https://www.googleapis.com/compute/v1/projects/{project}/global/networks/hello-vpc"
+    )
     widened = stack.gcloud(
         project, "compute", "firewall-rules", "update", "hello-firewall-allow-ssh",
         "--source-ranges=0.0.0.0/0",

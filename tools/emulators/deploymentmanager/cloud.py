@@ -26,6 +26,8 @@ by dmlocal) or its documentation:
 Every change calls each of `listeners(project, type, name, before, after)` (before/after None
 for a create/delete), with the state's lock held: the local VM tooling follows the instance
 (deleted, created, its metadata changed) through this hook.
+
+Other services' objects follow their own rules, in a module per service (SERVICES below).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ import contextlib
 import copy
 import itertools
 import json
+import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from dmlocal.checks import semantic_checks
 from dmlocal.compute_api import check_resource
 from dmlocal.replacement import replacement_reason, stop_reason
+from emulators import monitoring
 from emulators.deploymentmanager.errors import OperationFailed
 
 COMPUTE_ROOT = "https://www.googleapis.com/compute/v1/projects/"
@@ -61,9 +66,19 @@ LINK = re.compile(
 AddressAllocator = Callable[[str, str, dict], str]
 Listener = Callable[[str, str, str, dict | None, dict | None], None]
 
+# type -> the module holding that service's rules: check(type, properties, project objects),
+# stored(project, type, properties, existing, new_id), check_delete(type, object, project
+# objects), each refusing with its Refused exception (a 400 from the service).
+SERVICES = dict.fromkeys(monitoring.TYPES, monitoring)
+
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def operation_name() -> str:
+    """A new operation's name, in the form both APIs use: operation-MILLIS-RANDOM."""
+    return f"operation-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
 
 
 class TestNetAddresses:
@@ -212,6 +227,9 @@ class Cloud:
 
     def check_delete(self, project: str, type_: str, name: str) -> None:
         resource = self.get(project, type_, name) or {}
+        if type_ in SERVICES:
+            objects = self.projects.get(project, {})
+            self._service(type_, name, "check_delete", type_, resource, objects)
         if resource.get("deletionProtection"):
             raise ComputeError(
                 400,
@@ -260,6 +278,14 @@ class Cloud:
     def store(self, project, type_, name, properties, existing) -> dict:
         """The resource as Compute Engine holds it once created or updated: server-side id,
         selfLink, timestamp and, for an address, the allocated IP."""
+        if type_ in SERVICES:
+            objects = self.projects.get(project, {})
+            self._service(type_, name, "check", type_, properties, objects)
+            actual = SERVICES[type_].stored(
+                project, type_, properties, existing, lambda: next(self._ids)
+            )
+            self.put(project, type_, name, actual)
+            return copy.deepcopy(actual)
         actual = {**properties, "name": properties.get("name", name)}
         if existing:  # acquired or updated in place: the server-side fields survive
             for key in ("id", "selfLink", "creationTimestamp", "address", "status"):
@@ -276,6 +302,17 @@ class Cloud:
         self.put(project, type_, name, actual)
         return copy.deepcopy(actual)
 
+    def replace(self, project: str, resources: dict[str, dict[str, dict]]) -> None:
+        """Makes `project` hold exactly `resources` (type -> name -> resource), as an engine that
+        planned on a copy commits it; the listeners hear each resource that changed."""
+        old = self.projects.get(project, {})
+        self.projects[project] = resources
+        for type_ in sorted(old.keys() | resources.keys()):
+            before, after = old.get(type_, {}), resources.get(type_, {})
+            for name in sorted(before.keys() | after.keys()):
+                if before.get(name) != after.get(name):
+                    self._notify(project, type_, name, before.get(name), after.get(name))
+
     def put(self, project: str, type_: str, name: str, resource: dict) -> None:
         before = self.get(project, type_, name)
         self.projects.setdefault(project, {}).setdefault(type_, {})[name] = resource
@@ -288,6 +325,15 @@ class Cloud:
     def _notify(self, project, type_, name, before, after) -> None:
         for listener in self.listeners:
             listener(project, type_, name, copy.deepcopy(before), copy.deepcopy(after))
+
+    @staticmethod
+    def _service(type_: str, name: str, rule: str, *args) -> None:
+        """Applies one of the type's service rules; a refusal is that service's 400."""
+        service = SERVICES[type_]
+        try:
+            getattr(service, rule)(*args)
+        except service.Refused as refused:
+            raise resource_error(type_, name, 400, str(refused)) from None
 
     @staticmethod
     def self_link(project: str, type_: str, name: str, properties: dict) -> str:

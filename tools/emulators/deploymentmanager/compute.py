@@ -43,8 +43,7 @@ import base64
 import copy
 import hashlib
 import json
-import os
-import time
+import re
 from http import HTTPStatus
 
 from emulators.deploymentmanager.cloud import (
@@ -53,6 +52,7 @@ from emulators.deploymentmanager.cloud import (
     Cloud,
     ComputeError,
     now,
+    operation_name,
     parse_link,
 )
 from emulators.deploymentmanager.errors import ApiError
@@ -64,7 +64,20 @@ TYPES = {(SCOPES[scope], collection): t for t, (scope, collection) in COLLECTION
 # Fields the server sets; a body that echoes them back (gcloud's update sends what it read)
 # does not change them.
 SERVER_FIELDS = ("id", "kind", "selfLink", "creationTimestamp", "status", "users", "fingerprint")
+ENDPOINT = re.compile(r"^https?://[^/]+/compute/v1/")
 FIREWALL_DEFAULTS = {"direction": "INGRESS", "priority": 1000, "disabled": False}
+
+
+def canonical(value):
+    """URLs in a request body as Compute Engine stores them: gcloud builds them from the endpoint
+    it talks to (here, loopback), the API answers with https://www.googleapis.com/compute/v1/."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, str):
+        return ENDPOINT.sub(COMPUTE_ROOT.removesuffix("projects/"), value)
+    return value
 
 
 def fingerprint(value: object) -> str:
@@ -106,6 +119,7 @@ class ComputeApi:
         if type_ is None:
             raise _error(404, "notFound", f"no such collection: {scope}/{collection}")
         call = Call(self, project, scope, collection, type_, principal)
+        body = canonical(body)
         try:
             if not rest:
                 if method == "GET":
@@ -131,7 +145,7 @@ class ComputeApi:
             if name != collection or scope_kind == "global":
                 continue
             for resource in self.cloud.projects.get(project, {}).get(type_, {}).values():
-                scope = Call(self, project, "", collection, type_, "").scope_of(resource)
+                scope = scope_of(type_, resource)
                 items.setdefault(scope, {collection: []})[collection].append(
                     view(self.cloud, project, type_, resource)
                 )
@@ -145,21 +159,22 @@ class ComputeApi:
         return op
 
     def record(self, project, scope, op_type, target, principal, refusal=None) -> dict:
-        name = f"operation-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
+        name = operation_name()
+        moment = now()
         op = {
             "kind": "compute#operation",
             "id": str(next(self._ids)),
             "name": name,
+            "selfLink": f"{COMPUTE_ROOT}{project}/{scope}/operations/{name}",
             "operationType": op_type,
             "targetLink": target.get("selfLink", ""),
             "targetId": target.get("id", "0"),
-            "status": "DONE",
             "user": principal,
+            "status": "DONE",
             "progress": 100,
-            "insertTime": now(),
-            "startTime": now(),
-            "endTime": now(),
-            "selfLink": f"{COMPUTE_ROOT}{project}/{scope}/operations/{name}",
+            "insertTime": moment,
+            "startTime": moment,
+            "endTime": moment,
         }
         if scope != "global":
             op[scope.split("/")[0][:-1]] = f"{COMPUTE_ROOT}{project}/{scope}"
@@ -188,19 +203,12 @@ class Call:
         self.type_ = type_
         self.principal = principal
 
-    def scope_of(self, resource: dict) -> str:
-        where = COLLECTIONS[self.type_][0]
-        if where is None:
-            return "global"
-        value = str(resource.get(where, "")).rsplit("/", 1)[-1]
-        return f"{SCOPES[where]}/{value}"
-
     def _resources(self) -> dict[str, dict]:
         return self.cloud.projects.get(self.project, {}).get(self.type_, {})
 
     def get(self, name: str) -> dict:
         resource = self._resources().get(name)
-        if resource is None or self.scope_of(resource) != self.scope:
+        if resource is None or scope_of(self.type_, resource) != self.scope:
             link = f"projects/{self.project}/{self.scope}/{self.collection}/{name}"
             raise ComputeError(404, "notFound", f"The resource '{link}' was not found")
         return resource
@@ -209,7 +217,7 @@ class Call:
         items = [
             view(self.cloud, self.project, self.type_, r)
             for r in self._resources().values()
-            if self.scope_of(r) == self.scope
+            if scope_of(self.type_, r) == self.scope
         ]
         base = f"{COMPUTE_ROOT}{self.project}/{self.scope}/{self.collection}"
         kind = f"compute#{self.type_.rsplit('.', 1)[-1].removeprefix('global').lower()}List"
@@ -321,6 +329,14 @@ class Call:
         return self.done(verb, self._store(name, properties, existing))
 
 
+def scope_of(type_: str, resource: dict) -> str:
+    """Where the resource's URL puts it: global, regions/REGION or zones/ZONE."""
+    where = COLLECTIONS[type_][0]
+    if where is None:
+        return "global"
+    return f"{SCOPES[where]}/{str(resource.get(where, '')).rsplit('/', 1)[-1]}"
+
+
 def _settable(resource: dict) -> dict:
     return {k: copy.deepcopy(v) for k, v in resource.items() if k not in SERVER_FIELDS}
 
@@ -347,6 +363,11 @@ def view(cloud: Cloud, project: str, type_: str, resource: dict) -> dict:
     if type_ in ("compute.v1.address", "compute.v1.instance"):
         shown["labelFingerprint"] = fingerprint(resource.get("labels") or {})
     if type_ == "compute.v1.instance":
+        for nic in shown.get("networkInterfaces") or []:
+            subnet = parse_link(nic.get("subnetwork"))
+            held = cloud.get(subnet[0], "compute.v1.subnetwork", subnet[2]) if subnet else None
+            if held and "network" not in nic:
+                nic["network"] = held.get("network")  # the API fills it from the subnetwork
         for part in ("tags", "metadata"):
             items = (resource.get(part) or {}).get("items") or []
             shown[part] = {**(shown.get(part) or {}), "fingerprint": fingerprint(items)}
