@@ -342,7 +342,7 @@ def test_make_drift_and_repair_with_local_1_read_the_local_stacks_gcloud_env(sta
     assert missing.returncode == 2 and "no local stack: run make up" in missing.stderr
     clean = make("drift")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert "no drift: every resource matches the config" in clean.stdout
+    assert "no drift: every Compute Engine resource matches the config" in clean.stdout
     stack.change("instances", "update", VM, f"--zone={ZONE}", "--no-deletion-protection")
     drifted = make("drift")
     assert drifted.returncode == 2, drifted.stdout  # make's own code for a failed recipe

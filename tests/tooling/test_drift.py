@@ -46,9 +46,9 @@ def self_link(resource: dict) -> str:
 
 def as_created(expansion) -> LiveState:
     """What Compute Engine returns for each resource once DM created it from the config."""
-    state = LiveState({r["name"]: None for r in expansion.resources})
-    for index, name in enumerate(expansion.creation_order):
-        resource = expansion.resource(name)
+    state = LiveState({r["name"]: None for r in compare.compute_resources(expansion)})
+    for index, resource in enumerate(compare.compute_resources(expansion)):
+        name = resource["name"]
         declared = compare.resolve(resource["properties"], expansion, state)
         body = copy.deepcopy(declared)
         body.update(name=name, id=str(1000 + index), selfLink=self_link(resource),
@@ -257,8 +257,20 @@ def test_text_report_lines_and_json(expansion):
 
 def test_no_drift_report_says_so():
     assert report.text([], lambda d: [], lambda d: "", "h") == (
-        "h\nno drift: every resource matches the config\n"
+        "h\nno drift: every Compute Engine resource matches the config\n"
     )
+
+
+def test_resources_of_other_apis_are_named_as_not_checked(expansion):
+    """The uptime check is Cloud Monitoring's: drift reads the Compute Engine API only."""
+    others = compare.not_compute(expansion)
+    assert others and all(not r["type"].startswith("compute.") for r in others)
+    assert {r["name"] for r in others}.isdisjoint(
+        r["name"] for r in compare.compute_resources(expansion)
+    )
+    shown = report.text([], lambda d: [], lambda d: "", "h", others).splitlines()
+    assert shown[1].startswith("not checked (not Compute Engine resources): ")
+    assert all(f"{r['name']} ({r['type']})" in shown[1] for r in others)
 
 
 def test_meaning_of_a_changed_rule_beside_other_rules_uses_priorities():

@@ -69,14 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         header = f"drift: deployment {deployment} in project {project}, against {args.config}"
         removal = functools.partial(removal_command, project=project)
         if args.command == "check":
+            skipped = compare.not_compute(expansion)
             machine = report.as_json(
-                differences, explain, removal, project=project, deployment=deployment,
+                differences, explain, removal, skipped, project=project, deployment=deployment,
                 config=args.config,
             )  # fmt: skip
             if args.json_out:
                 args.json_out.parent.mkdir(parents=True, exist_ok=True)
                 args.json_out.write_text(machine)
-            text = report.text(differences, explain, removal, header)
+            text = report.text(differences, explain, removal, header, skipped)
             sys.stdout.write(machine if args.json else text)
             return EXIT_DRIFT if differences else EXIT_OK
         return run_repair(compute, project, expansion, state, differences, explain, header)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmlocal.expand import Expansion
-from dmlocal.references import REFERENCE, follow, template_outputs
+from dmlocal.references import REFERENCE, compute_v1_type, follow, template_outputs
 from dmlocal.replacement import _collection as collection_for
 from dmlocal.replacement import _compute as compute_document
 
@@ -76,6 +76,20 @@ class LiveState:
 
     resources: dict[str, dict | None]
     neighbours: list[tuple[str, dict]] = field(default_factory=list)
+
+
+def compute_resources(expansion: Expansion) -> list[dict]:
+    """The expanded resources Compute Engine holds, in creation order: what drift reads and
+    compares. Others (the Cloud Monitoring uptime check) belong to other APIs."""
+    by_name = {r["name"]: r for r in expansion.resources}
+    order = expansion.creation_order or list(by_name)
+    return [by_name[n] for n in order if collection_for(compute_v1_type(by_name[n]["type"]))]
+
+
+def not_compute(expansion: Expansion) -> list[dict]:
+    """The expanded resources of other APIs, which drift names as not checked."""
+    own = {r["name"] for r in compute_resources(expansion)}
+    return [r for r in expansion.resources if r["name"] not in own]
 
 
 def _schemas() -> dict:
@@ -265,10 +279,8 @@ def compare(expansion: Expansion, live: LiveState) -> list[Difference]:
     """Every difference between the expanded config and the live stack, in creation order, then
     the resources on its network that it does not own."""
     found: list[Difference] = []
-    order = expansion.creation_order or [r["name"] for r in expansion.resources]
-    by_name = {r["name"]: r for r in expansion.resources}
-    for name in order:
-        resource = by_name[name]
+    for resource in compute_resources(expansion):
+        name = resource["name"]
         body = live.resources.get(name)
         if body is None:
             found.append(Difference(DELETED, name, resource["type"], "", "exists", None))

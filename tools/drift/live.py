@@ -21,7 +21,7 @@ from pathlib import Path
 from dmlocal.compute_api import discovery_path
 from dmlocal.expand import Expansion
 from dmlocal.replacement import _collection as collection_for
-from drift.compare import LiveState
+from drift.compare import LiveState, compute_resources
 
 ENDPOINT_OVERRIDE = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -165,7 +165,7 @@ def read(compute, project: str, expansion: Expansion) -> LiveState:
     """Each declared resource as the API holds it, and the firewall rules and instances on the
     stack's networks (in the zones the config uses) that the deployment does not own."""
     resources = {}
-    for resource in expansion.resources:
+    for resource in compute_resources(expansion):
         properties = resource.get("properties") or {}
         resources[resource["name"]] = get(
             compute, project, resource["type"], resource["name"], properties
@@ -173,7 +173,7 @@ def read(compute, project: str, expansion: Expansion) -> LiveState:
     owned = set(resources)
     networks = {
         resource_path(body["selfLink"])
-        for r in expansion.resources
+        for r in compute_resources(expansion)
         if r["type"] == "compute.v1.network" and (body := resources[r["name"]])
     }
 
@@ -187,7 +187,7 @@ def read(compute, project: str, expansion: Expansion) -> LiveState:
     zones = sorted(
         {
             _scope(r.get("properties") or {})["zone"]
-            for r in expansion.resources
+            for r in compute_resources(expansion)
             if "zone" in (r.get("properties") or {})
         }
     )

@@ -34,6 +34,7 @@ from drift.compare import (
     UNKNOWN,
     UNOWNED,
     Difference,
+    compute_resources,
     google_labels,
     resolve,
 )
@@ -107,10 +108,10 @@ def repair(
     left: list[str] = []
     by_name = {r["name"]: r for r in expansion.resources}
     deleted = {d.resource for d in differences if d.kind == DELETED}
-    for name in expansion.creation_order or list(by_name):
+    for resource in compute_resources(expansion):
+        name = resource["name"]
         if name not in deleted:
             continue
-        resource = by_name[name]
         collection, scope = api.locate(resource["type"], resource.get("properties") or {})
         body = insert_body(resource, expansion, state)
         log(f"recreate {name} ({resource['type']})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from drift.compare import DELETED, UNOWNED, Difference
@@ -42,12 +42,17 @@ def text(
     meanings: Callable[[Difference], list[str]],
     removal: Callable[[Difference], str],
     header: str,
+    not_checked: Sequence[dict] = (),
 ) -> str:
     """The report for people. `meanings` says what a difference means for reachability;
-    `removal` names the command that would remove an unowned resource."""
+    `removal` names the command that would remove an unowned resource; `not_checked` are the
+    config's resources of other APIs."""
     lines = [header]
+    if not_checked:
+        names = ", ".join(f"{r['name']} ({r['type']})" for r in not_checked)
+        lines.append(f"not checked (not Compute Engine resources): {names}")
     if not differences:
-        lines.append("no drift: every resource matches the config")
+        lines.append("no drift: every Compute Engine resource matches the config")
         return "\n".join(lines) + "\n"
     for (name, type_), group in _grouped(differences).items():
         kind = group[0].kind
@@ -76,6 +81,7 @@ def as_json(
     differences: list[Difference],
     meanings: Callable[[Difference], list[str]],
     removal: Callable[[Difference], str],
+    not_checked: Sequence[dict] = (),
     **about: Any,
 ) -> str:
     """The report for machines: one object per difference, with `means` on each."""
@@ -97,4 +103,11 @@ def as_json(
         if difference.kind == UNOWNED:
             item["remove_with"] = removal(difference)
         items.append(item)
-    return json.dumps({**about, "drift": bool(items), "differences": items}, indent=2) + "\n"
+    skipped = [{"resource": r["name"], "type": r["type"]} for r in not_checked]
+    return (
+        json.dumps(
+            {**about, "drift": bool(items), "differences": items, "not_checked": skipped},
+            indent=2,
+        )
+        + "\n"
+    )
