@@ -34,7 +34,7 @@ from typing import Any
 from localvm.acme import Pebble
 from localvm.cloud import configure_gcloud, gcloud_env, write_json
 from localvm.image import ensure_image
-from localvm.stack import APP, REPO, AppError, app_source, checkout_version
+from localvm.stack import REPO, AppError, app_source, checkout_version
 from localvm.vm import NETWORK, free_port
 
 STATE = REPO / ".state" / "localvm"
@@ -200,7 +200,7 @@ def _running_state() -> dict[str, Any] | None:
 
 def _deploy(config: str, engine: str) -> tuple[str, str]:
     """scripts/deploy.sh with the real gcloud, in gcloud.env's environment; (summary, version)."""
-    version = checkout_version()
+    version = checkout_version(Path(config).resolve().parent)
     env = {**local_environment(), "DM_CONFIG": config, "DEPLOY_ENGINE": engine}
     output = logged(["bash", "scripts/deploy.sh"], env=env, timeout=900)
     return deploy_summary(output), version
@@ -225,10 +225,12 @@ def _record_deployed(config: str, engine: str, version: str) -> None:
     )
 
 
-def check_app() -> None:
+def check_app(config: str) -> None:
+    """app.py beside CONFIG compiles (a deploy of one that does not would only be refused)."""
+    app = Path(config).resolve().parent / "app" / "app.py"
     with phase("app") as done:
-        app_source()
-        done["what"] = f"{APP.relative_to(REPO)} compiles"
+        app_source(app)
+        done["what"] = f"{os.path.relpath(app, REPO)} compiles"
 
 
 def _urls(state: dict[str, Any]) -> str:
@@ -243,7 +245,7 @@ def redeploy(state: dict[str, Any], config: str, engine: str) -> int:
             f"the local stack runs DEPLOY_ENGINE={state['engine']}, not {engine}: two engines "
             "must not manage the same resources; `make down` first to switch"
         )
-    check_app()
+    check_app(config)
     with phase("deploy") as done:
         summary, version = _deploy(config, engine)
         done["what"] = f"scripts/deploy.sh with the real gcloud: {summary}"
@@ -261,7 +263,7 @@ def redeploy(state: dict[str, Any], config: str, engine: str) -> int:
 
 
 def start(config: str, project: str, engine: str) -> int:
-    check_app()
+    check_app(config)
     with phase("host") as done:
         logged(["bash", "scripts/install-system-deps.sh", *HOST_PURPOSES])
         logged([sys.executable, "-m", "localvm.image"])
