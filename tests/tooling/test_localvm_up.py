@@ -134,8 +134,8 @@ def test_the_vm_follows_the_clouds_instance_through_deploys_and_a_delete(tmp_pat
     """deploy.sh with the real gcloud, in the environment `source gcloud.env` gives: the instance
     it creates boots a VM, with its metadata (the local CA, 127.0.0.1 as external IP) served; a
     redeploy that changes app.py changes what the metadata server serves, under a new ETag, and
-    wakes a waiting long poll, without a reboot; the instance deleted out of band powers the VM
-    off, and created again boots a new one."""
+    wakes a waiting long poll, without a reboot; the instance deleted with `gcloud compute` (its
+    deletion protection turned off first) powers the VM off, and created again boots a new one."""
     stack = copy_stack(tmp_path)
     state = tmp_path / "state"
     state.mkdir()
@@ -155,7 +155,7 @@ def test_the_vm_follows_the_clouds_instance_through_deploys_and_a_delete(tmp_pat
         assert result.returncode == 0, result.stdout
         assert deploy_summary(result.stdout) == "deployment hello created"
         assert follower.follow(cloud.instance()) == [
-            "instance hello-vm created: booting a fresh disk"
+            "instance hello-vm running: booting a fresh disk"
         ]
         assert follower.follow(cloud.instance()) == []
         etag, attributes = metadata_get(cloud, "instance/attributes/?recursive=true")
@@ -184,18 +184,45 @@ def test_the_vm_follows_the_clouds_instance_through_deploys_and_a_delete(tmp_pat
         assert new_etag != etag and "Hello from the inner loop" in attributes["app-py"]
         assert len(booted) == 1 and not booted[0].stopped
 
-        # What `gcloud compute instances delete` does once deletion protection is off.
+        # The incident, as someone would cause it in a terminal.
         instance = cloud.instance()
-        with cloud.dm.lock:
-            del cloud.dm.cloud.projects["local-project"]["compute.v1.instance"]["hello-vm"]
+        result = sourced(
+            state,
+            "gcloud compute instances update hello-vm --zone=us-central1-a "
+            "--no-deletion-protection && "
+            "gcloud compute instances delete hello-vm --zone=us-central1-a --quiet",
+        )
+        assert result.returncode == 0, result.stdout
         assert follower.follow(cloud.instance()) == ["instance hello-vm deleted: VM powered off"]
         assert booted[0].stopped
+        # What a repair does: the same instance created again, a new one to Compute Engine.
         del instance["id"]
         cloud.dm.materialize("local-project", "compute.v1.instance", "hello-vm", instance, None)
         assert follower.follow(cloud.instance()) == [
-            "instance hello-vm created: booting a fresh disk"
+            "instance hello-vm running: booting a fresh disk"
         ]
         assert len(booted) == 2 and booted[1].instance["id"] != booted[0].instance["id"]
+
+
+def test_a_stopped_instance_powers_the_vm_off_and_a_started_one_boots_it():
+    """compute.v1 Instance.status: TERMINATED (after instances.stop) has no VM; RUNNING again
+    (instances.start) boots one; a metadata change while stopped is served, with nothing booted."""
+    booted: list[FakeVM] = []
+    served: list[dict] = []
+    follower = InstanceFollower(lambda i: booted.append(FakeVM(i)) or booted[-1], served.append)
+    running = {"name": "hello-vm", "id": "1", "status": "RUNNING", "metadata": {"items": []}}
+    stopped = {**running, "status": "TERMINATED"}
+    assert follower.follow(running) == ["instance hello-vm running: booting a fresh disk"]
+    assert follower.follow(stopped) == ["instance hello-vm terminated: VM powered off"]
+    assert booted[0].stopped and follower.vm is None
+    assert follower.follow({**stopped, "metadata": {"items": [{"key": "a", "value": "b"}]}}) == []
+    assert len(served) == 3 and len(booted) == 1
+    assert follower.follow(running) == ["instance hello-vm running: booting a fresh disk"]
+    assert follower.follow({**running, "id": "2"}) == [
+        "instance hello-vm replaced: VM powered off",
+        "instance hello-vm running: booting a fresh disk",
+    ]
+    assert [vm.stopped for vm in booted] == [True, True, False]
 
 
 def test_make_up_waits_for_the_deployed_version_and_names_a_refusal():

@@ -293,9 +293,9 @@ def start(config: str, project: str, engine: str) -> int:
         configure_gcloud(STATE / "gcloud", cloud["gcloud_properties"], STATE / "deployer-key.json")
         GCLOUD_ENV.write_text(gcloud_env(STATE, cloud, engine=engine, cacert=root))
         done["what"] = (
-            "Google's APIs on loopback (emulated: token, Deployment Manager, Infrastructure "
-            f"Manager, Cloud Storage, metadata); `source {GCLOUD_ENV.relative_to(REPO)}` points "
-            "gcloud at them"
+            "Google's APIs on loopback (emulated: token, Compute Engine, Deployment Manager, "
+            f"Infrastructure Manager, Cloud Storage, metadata); `source "
+            f"{GCLOUD_ENV.relative_to(REPO)}` points gcloud at them"
         )
     with phase("deploy") as done:
         summary, version = _deploy(config, engine)

@@ -5,15 +5,17 @@ on loopback:
 
   * Google's OAuth 2.0 token endpoint (emulators.oauth2), knowing one throwaway service-account
     key, the deployer's, written to the state directory for gcloud to activate;
-  * the Deployment Manager v2 API (emulators.deploymentmanager), which holds the emulated cloud;
+  * the Deployment Manager v2 API (emulators.deploymentmanager), which holds the emulated cloud,
+    and beside it the Compute Engine v1 API over that cloud (what the console and
+    `gcloud compute` change behind DM's back);
   * the Infrastructure Manager API (emulators.inframanager) and the Cloud Storage it reads
     (emulators.storage), applying into that same cloud;
   * the Compute Engine metadata server (emulators.metadata) the local VM reads;
 
 and it runs the cloud's one instance on this machine, as Compute Engine would (InstanceFollower):
 the instance appearing boots the VM from a fresh disk of the cached image with the same forwarded
-ports; the instance deleted powers the VM off; the instance's metadata changed is what the
-metadata server serves next (a new ETag: the guest's watcher wakes and converges).
+ports; the instance deleted (or stopped) powers the VM off; the instance's metadata changed is
+what the metadata server serves next (a new ETag: the guest's watcher wakes and converges).
 
 Everything this process serves is EMULATED Google. What talks to it is real: the `gcloud` binary,
 scripts/deploy.sh, the templates, and the Debian guest with Google's guest agent.
@@ -53,6 +55,9 @@ from localvm.vm import NETWORK, LocalVM, VMError
 
 DEPLOYER = "deployer@{project}.iam.gserviceaccount.com"
 INSTANCE_TYPES = ("compute.v1.instance", "compute.beta.instance")
+# Instance states with no VM running (compute.v1 Instance.status). A started instance boots a fresh
+# disk here, where Compute Engine keeps its boot disk: the local VM is not stateful across stops.
+STOPPED = ("STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED")
 # How often the follower looks at the cloud: a guest's watcher notices within this much more.
 FOLLOW_INTERVAL = 0.5
 # The APIs served, by gcloud's api_endpoint_overrides name.
@@ -119,6 +124,7 @@ class LocalCloud:
         assert self.im and self.storage and self.metadata, "not started"
         return {
             "deploymentmanager": self.dm.url,
+            "compute": self.dm.compute_url,
             "config": self.im.url,
             "storage": self.storage.endpoint,
             "token": self.oauth.token_url,
@@ -215,18 +221,22 @@ class InstanceFollower:
         replaced = previous is not None and (
             instance is None or instance.get("id") != previous.get("id")
         )
-        if replaced and self.vm is not None:
+        stopped = instance is not None and instance.get("status") in STOPPED
+        if (replaced or stopped) and self.vm is not None:
             self.vm.stop()
             self.vm = None
-            gone = "deleted" if instance is None else "replaced"
+            if instance is None:
+                gone = "deleted"
+            else:
+                gone = "replaced" if replaced else instance["status"].lower()
             done.append(f"instance {previous['name']} {gone}: VM powered off")
         if instance is None:
             return done
         self.serve(instance)
-        if previous is None or replaced:
+        if self.vm is None and not stopped:
             self.vm = self.boot(instance)
-            done.append(f"instance {instance['name']} created: booting a fresh disk")
-        else:
+            done.append(f"instance {instance['name']} running: booting a fresh disk")
+        elif not replaced and not stopped:
             done.append(f"instance {instance['name']} changed: the metadata server serves it")
         return done
 
