@@ -7,9 +7,8 @@
 # (the old app still greeting) fails here, and at once when /healthz says the VM refused that
 # version (its reason is printed).
 #
-#   scripts/smoke.sh [ADDRESS]    ADDRESS is an IP or host[:port]; default: SMOKE_ADDRESS, else
-#   make smoke [IP=ADDRESS]       the IP in build/deploy/public-ip, written by `make deploy`
-#                                 (the local stack's gcloud.env sets SMOKE_ADDRESS: docs/local-vm.md)
+#   scripts/smoke.sh [ADDRESS]    ADDRESS is an IP or host[:port]; default: the IP in
+#   make smoke [IP=ADDRESS]       build/deploy/public-ip, written by `make deploy`
 # Settings (environment):
 #   SMOKE_ATTEMPTS  default 30; SMOKE_FIRST_WAIT seconds, doubled per try up to SMOKE_MAX_WAIT
 #   (defaults 2 and 20: about 8 minutes in all); SMOKE_PATH default /.
@@ -44,7 +43,6 @@ for arg in "$@"; do
       ;;
   esac
 done
-target=${target:-${SMOKE_ADDRESS:-}}
 if [[ -z $target ]]; then
   ip_file=${DEPLOY_OUT_DIR:-build/deploy}/public-ip
   [[ -f $ip_file ]] ||

@@ -100,19 +100,6 @@ def test_smoke_passes_against_the_running_app(server, converged):
     assert GREETING in out
 
 
-def test_smoke_without_an_address_uses_smoke_address(server, converged):
-    """The local stack's gcloud.env exports SMOKE_ADDRESS (docs/local-vm.md): with no address
-    given, smoke.sh tests that one, not the public-ip file."""
-    port = free_port()
-    server.append(gunicorn(port, converged))
-    result = smoke(
-        "", SMOKE_ATTEMPTS="20", SMOKE_ADDRESS=f"127.0.0.1:{port}", DEPLOY_OUT_DIR="/nonexistent"
-    )
-    out, err = result.communicate(timeout=60)
-    assert result.returncode == 0, err
-    assert GREETING in out
-
-
 def test_smoke_waits_for_an_app_that_comes_up_late(server, converged):
     """smoke.sh starts before anything listens (a VM still booting); it retries with backoff
     and passes once gunicorn is up."""

@@ -292,7 +292,7 @@ def gcloud_env(state: Path, cloud: dict[str, Any], *, engine: str, cacert: Path)
         "LOCAL_TOKEN_URI": endpoints["token"],
         **{f"LOCAL_{api.upper()}_API": endpoints[api] for api in GOOGLE_APIS if api in endpoints},
         "LOCAL_METADATA_URL": endpoints["metadata"],
-        "SMOKE_ADDRESS": f"127.0.0.1:{cloud['http_port']}",
+        "LOCAL_ADDRESS": f"127.0.0.1:{cloud['http_port']}",
         "SMOKE_HTTPS_PORT": cloud["https_port"],
         "SMOKE_CACERT": cacert,
         "LOCAL_DEPLOYED": state / "deployed.json",
