@@ -27,7 +27,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -206,25 +205,6 @@ def _deploy(config: str, engine: str) -> tuple[str, str]:
     return deploy_summary(output), version
 
 
-def _record_deployed(config: str, engine: str, version: str) -> None:
-    """What `make up` deployed, for `make smoke LOCAL=1` to promote to the last good version
-    (LOCAL_DEPLOYED and LOCAL_LAST_GOOD in gcloud.env; same fields)."""
-    git = ["git", "-C", str(REPO)]
-    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
-    write_json(
-        STATE / "deployed.json",
-        {
-            "commit": commit.stdout.strip(),
-            "dirty": bool(dirty.stdout.strip()),
-            "version": version,
-            "config": config,
-            "engine": engine,
-            "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    )
-
-
 def check_app(config: str) -> None:
     """app.py beside CONFIG compiles (a deploy of one that does not would only be refused)."""
     app = Path(config).resolve().parent / "app" / "app.py"
@@ -257,7 +237,6 @@ def redeploy(state: dict[str, Any], config: str, engine: str) -> int:
             REDEPLOY_TIMEOUT,
         )
         done["what"] = f"the VM serves version {health['version']}"
-    _record_deployed(config, engine, version)
     print(_urls(state), flush=True)
     return 0
 
@@ -310,7 +289,6 @@ def start(config: str, project: str, engine: str) -> int:
         done["what"] = f"the VM serves version {health['version']}"
     with phase("HTTPS") as done:
         done["what"] = _wait_https(https_port, root)
-    _record_deployed(config, engine, version)
     say("`make smoke LOCAL=1` tests it; `make up` again redeploys; `make down` stops it. Open:")
     print(_urls(state), flush=True)
     return 0

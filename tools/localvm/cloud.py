@@ -295,8 +295,6 @@ def gcloud_env(state: Path, cloud: dict[str, Any], *, engine: str, cacert: Path)
         "LOCAL_ADDRESS": f"127.0.0.1:{cloud['http_port']}",
         "SMOKE_HTTPS_PORT": cloud["https_port"],
         "SMOKE_CACERT": cacert,
-        "LOCAL_DEPLOYED": state / "deployed.json",
-        "LOCAL_LAST_GOOD": state / "last-good.json",
     }
     lines = [
         "# The local stack `make up` runs (docs/local-vm.md): `source` this file and gcloud and",
