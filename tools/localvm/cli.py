@@ -283,9 +283,14 @@ def start(config: str, project: str, engine: str) -> int:
     say(forwarding(_booted_instance(), http_url, https_url))
     say(f"boot: qemu (TCG) runs the instance; serial log: {STATE / 'vm' / 'serial.log'}")
     with phase("boot") as done:
-        health = wait_for_version(
-            version, lambda: healthz(http_port, https_port, root), _vm_running, BOOT_TIMEOUT
-        )
+        try:
+            health = wait_for_version(
+                version, lambda: healthz(http_port, https_port, root), _vm_running, BOOT_TIMEOUT
+            )
+        except UpError as error:
+            log = STATE / "vm" / "serial.log"
+            serial = log.read_text(errors="replace").splitlines() if log.exists() else []
+            raise UpError("\n".join([str(error), "the serial log ends:", *serial[-15:]])) from None
         done["what"] = f"the VM serves version {health['version']}"
     with phase("HTTPS") as done:
         done["what"] = _wait_https(https_port, root)
@@ -301,7 +306,8 @@ def _booted_instance(timeout: float = 60) -> dict[str, Any]:
         with contextlib.suppress(OSError, ValueError):
             return json.loads((STATE / "vm.json").read_text())["instance"]
         time.sleep(0.2)
-    raise UpError(f"the local cloud booted no VM: {STATE / 'cloud.log'} says why")
+    tail = "\n".join((STATE / "cloud.log").read_text().splitlines()[-5:])
+    raise UpError(f"the local cloud booted no VM:\n{tail}")
 
 
 def _start_cloud(image: Path, state: dict[str, Any]) -> int:
@@ -357,6 +363,17 @@ def _wait_https(https_port: int, root: Path) -> str:
     return f"not up yet (see the serial log); trust {root}"
 
 
+def _keep_logs() -> str:
+    """Copies the VM's serial log and the local cloud's log beside LOG, which `down` leaves, and
+    returns where they are."""
+    kept = []
+    for log in (STATE / "vm" / "serial.log", STATE / "cloud.log"):
+        if log.exists():
+            shutil.copy(log, LOG.parent / log.name)
+            kept.append(str((LOG.parent / log.name).relative_to(REPO)))
+    return ", ".join([str(LOG.relative_to(REPO)), *kept])
+
+
 def up(config: str, project: str, engine: str) -> int:
     try:
         state = _running_state()
@@ -368,7 +385,8 @@ def up(config: str, project: str, engine: str) -> int:
         try:
             return start(config, project, engine)
         except BaseException:
-            say("make up failed: stopping what it started (`make down` also cleans up)")
+            kept = _keep_logs()
+            say(f"make up failed: stopping what it started; its logs: {kept}")
             down(quiet=True)
             raise
     except (UpError, AppError) as error:
