@@ -1,7 +1,9 @@
 """The rendered stack on a local VM: expanded config -> metadata emulator -> qemu VM.
 
-Shared by the e2e tests, the boot benchmark and `make up`, so all three boot the instance exactly
-as `make preview` renders it (the metadata is read from the expansion, never hard-coded).
+LocalStack is for the e2e tests and the benchmarks: they boot the instance exactly as `make
+preview` renders it (the metadata is read from the expansion, never hard-coded). `make up` boots
+the instance its deploy created instead (localvm.cloud); both show the VM the same host view of
+it (with_local_public_ip, without_public_ca). The app is read here, never imported (app_source).
 """
 
 from __future__ import annotations
