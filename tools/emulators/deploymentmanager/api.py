@@ -29,8 +29,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from emulators.deploymentmanager import compute
 from emulators.deploymentmanager.cloud import AddressAllocator, Cloud
+from emulators.deploymentmanager.compute import API_ROOT as COMPUTE_API_ROOT
+from emulators.deploymentmanager.compute import ComputeApi
 from emulators.deploymentmanager.errors import ApiError, not_found
 from emulators.deploymentmanager.state import Deployments
 from emulators.loopback import LoopbackService
@@ -71,7 +72,7 @@ class DeploymentManagerEmulator(LoopbackService):
         ids = itertools.count(7_000_000_000_000_000_001)
         self.cloud = Cloud(address_allocator, ids)
         self.state = Deployments(self.cloud, op_seconds, project_number, ids)
-        self.compute = compute.ComputeApi(self.cloud, ids)
+        self.compute = ComputeApi(self.cloud, ids)
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) for tests
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -86,7 +87,7 @@ class DeploymentManagerEmulator(LoopbackService):
     @property
     def compute_url(self) -> str:
         """The value for gcloud's `api_endpoint_overrides/compute`."""
-        return self.base_url + compute.API_ROOT.removesuffix("projects/")
+        return self.base_url + COMPUTE_API_ROOT.removesuffix("projects/")
 
     # -- inspection helpers for tests and `make up` -----------------------------------------
 
@@ -125,8 +126,10 @@ class DeploymentManagerEmulator(LoopbackService):
 
     def materialize(self, project: str, type_: str, name: str, properties: dict, existing):
         """Creates or updates one resource in the emulated cloud; the Infrastructure Manager
-        emulator creates its resources through this too, so both engines share one cloud."""
+        emulator creates its resources through this too, so both engines share one cloud.
+        Raises cloud.ComputeError for a body Compute Engine rejects."""
         with self.lock:
+            self.cloud.check_body(project, type_, name, properties)
             return self.cloud.store(project, type_, name, properties, existing)
 
     def forget_cloud(self, project: str) -> None:
@@ -144,7 +147,7 @@ class DeploymentManagerEmulator(LoopbackService):
     def handle(self, method: str, path: str, query: dict, body: dict | None, token: str | None):
         """Returns (status, json body). Raises ApiError for HTTP errors."""
         principal = authenticate(self.verify_token, token)
-        if path.startswith(compute.API_ROOT):
+        if path.startswith(COMPUTE_API_ROOT):
             with self.lock:
                 return self.compute.handle(method, path, query, body, principal)
         if not path.startswith(API_ROOT):

@@ -34,7 +34,9 @@ import contextlib
 import copy
 import itertools
 import json
+import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -64,6 +66,11 @@ Listener = Callable[[str, str, str, dict | None, dict | None], None]
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def operation_name() -> str:
+    """A new operation's name, in the form both APIs use: operation-MILLIS-RANDOM."""
+    return f"operation-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
 
 
 class TestNetAddresses:
@@ -275,6 +282,17 @@ class Cloud:
             actual.setdefault("status", "RUNNING")
         self.put(project, type_, name, actual)
         return copy.deepcopy(actual)
+
+    def replace(self, project: str, resources: dict[str, dict[str, dict]]) -> None:
+        """Makes `project` hold exactly `resources` (type -> name -> resource), as an engine that
+        planned on a copy commits it; the listeners hear each resource that changed."""
+        old = self.projects.get(project, {})
+        self.projects[project] = resources
+        for type_ in sorted(old.keys() | resources.keys()):
+            before, after = old.get(type_, {}), resources.get(type_, {})
+            for name in sorted(before.keys() | after.keys()):
+                if before.get(name) != after.get(name):
+                    self._notify(project, type_, name, before.get(name), after.get(name))
 
     def put(self, project: str, type_: str, name: str, resource: dict) -> None:
         before = self.get(project, type_, name)

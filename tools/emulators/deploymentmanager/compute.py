@@ -43,8 +43,7 @@ import base64
 import copy
 import hashlib
 import json
-import os
-import time
+import re
 from http import HTTPStatus
 
 from emulators.deploymentmanager.cloud import (
@@ -53,6 +52,7 @@ from emulators.deploymentmanager.cloud import (
     Cloud,
     ComputeError,
     now,
+    operation_name,
     parse_link,
 )
 from emulators.deploymentmanager.errors import ApiError
@@ -64,7 +64,20 @@ TYPES = {(SCOPES[scope], collection): t for t, (scope, collection) in COLLECTION
 # Fields the server sets; a body that echoes them back (gcloud's update sends what it read)
 # does not change them.
 SERVER_FIELDS = ("id", "kind", "selfLink", "creationTimestamp", "status", "users", "fingerprint")
+ENDPOINT = re.compile(r"^https?://[^/]+/compute/v1/")
 FIREWALL_DEFAULTS = {"direction": "INGRESS", "priority": 1000, "disabled": False}
+
+
+def canonical(value):
+    """URLs in a request body as Compute Engine stores them: gcloud builds them from the endpoint
+    it talks to (here, loopback), the API answers with https://www.googleapis.com/compute/v1/."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, str):
+        return ENDPOINT.sub(COMPUTE_ROOT.removesuffix("projects/"), value)
+    return value
 
 
 def fingerprint(value: object) -> str:
@@ -106,6 +119,7 @@ class ComputeApi:
         if type_ is None:
             raise _error(404, "notFound", f"no such collection: {scope}/{collection}")
         call = Call(self, project, scope, collection, type_, principal)
+        body = canonical(body)
         try:
             if not rest:
                 if method == "GET":
@@ -145,21 +159,22 @@ class ComputeApi:
         return op
 
     def record(self, project, scope, op_type, target, principal, refusal=None) -> dict:
-        name = f"operation-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
+        name = operation_name()
+        moment = now()
         op = {
             "kind": "compute#operation",
             "id": str(next(self._ids)),
             "name": name,
+            "selfLink": f"{COMPUTE_ROOT}{project}/{scope}/operations/{name}",
             "operationType": op_type,
             "targetLink": target.get("selfLink", ""),
             "targetId": target.get("id", "0"),
-            "status": "DONE",
             "user": principal,
+            "status": "DONE",
             "progress": 100,
-            "insertTime": now(),
-            "startTime": now(),
-            "endTime": now(),
-            "selfLink": f"{COMPUTE_ROOT}{project}/{scope}/operations/{name}",
+            "insertTime": moment,
+            "startTime": moment,
+            "endTime": moment,
         }
         if scope != "global":
             op[scope.split("/")[0][:-1]] = f"{COMPUTE_ROOT}{project}/{scope}"
@@ -347,6 +362,11 @@ def view(cloud: Cloud, project: str, type_: str, resource: dict) -> dict:
     if type_ in ("compute.v1.address", "compute.v1.instance"):
         shown["labelFingerprint"] = fingerprint(resource.get("labels") or {})
     if type_ == "compute.v1.instance":
+        for nic in shown.get("networkInterfaces") or []:
+            subnet = parse_link(nic.get("subnetwork"))
+            held = cloud.get(subnet[0], "compute.v1.subnetwork", subnet[2]) if subnet else None
+            if held and "network" not in nic:
+                nic["network"] = held.get("network")  # the API fills it from the subnetwork
         for part in ("tags", "metadata"):
             items = (resource.get(part) or {}).get("items") or []
             shown[part] = {**(shown.get(part) or {}), "fingerprint": fingerprint(items)}
