@@ -65,15 +65,9 @@ def host(tmp_path):
 
 
 def localvm_up(env: dict[str, str], config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "localvm", "up", str(config)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    """`localvm up CONFIG`, exit status and output kept (a refusal is an expected result)."""
+    command = [sys.executable, "-m", "localvm", "up", str(config)]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_make_up_boots_then_redeploys_the_checkout_and_names_a_refusal(host, tmp_path):

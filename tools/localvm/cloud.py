@@ -58,8 +58,8 @@ INSTANCE_TYPES = ("compute.v1.instance", "compute.beta.instance")
 # Instance states with no VM running (compute.v1 Instance.status). A started instance boots a fresh
 # disk here, where Compute Engine keeps its boot disk: the local VM is not stateful across stops.
 STOPPED = ("STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED")
-# How often the follower looks at the cloud: a guest's watcher notices within this much more.
-FOLLOW_INTERVAL = 0.5
+# The follower looks at the cloud when its listeners hear a change, and at least this often.
+FOLLOW_INTERVAL = 5.0
 # The APIs served, by gcloud's api_endpoint_overrides name.
 GOOGLE_APIS = ("deploymentmanager", "config", "storage", "compute")
 
@@ -319,9 +319,14 @@ def run(args: argparse.Namespace) -> int:
     state = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
     acme = json.loads(args.acme_json.read_text()) if args.acme_json else {}
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    stopping, changed = threading.Event(), threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        changed.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
     def log(message: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
@@ -346,8 +351,13 @@ def run(args: argparse.Namespace) -> int:
         write_json(state / "deployer-key.json", cloud.key, mode=0o600)
         write_json(state / "cloud.json", cloud.describe(args.http_port, args.https_port))
         log(f"serving {json.dumps(cloud.endpoints())}")
+        cloud.dm.cloud.listeners.append(lambda *_: changed.set())
         try:
-            while not stopping.wait(FOLLOW_INTERVAL):
+            while True:
+                changed.wait(FOLLOW_INTERVAL)
+                changed.clear()
+                if stopping.is_set():
+                    break
                 try:
                     done = follower.follow(cloud.instance())
                 except (VMError, OSError, subprocess.CalledProcessError) as error:
