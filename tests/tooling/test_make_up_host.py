@@ -21,14 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from localvm.cli import STATE_FILE
 from localvm.image import recipe_key
 from localvm.stack import checkout_version
-from tests.conftest import REPO, VM_LANE_2, copy_stack
+from tests.conftest import REPO, copy_stack
 
-# The e2e `make up` test uses the same .state/localvm: one lane, never both at once.
 pytestmark = [
-    VM_LANE_2,
     pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the real gcloud"),
     pytest.mark.skipif(shutil.which("pebble") is None, reason="needs Debian's pebble"),
 ]
@@ -36,9 +33,8 @@ pytestmark = [
 
 @pytest.fixture
 def host(tmp_path):
-    """PATH with the qemu stand-in first, and an image cache holding an empty image."""
-    if STATE_FILE.exists():
-        pytest.skip("a `make up` stack is already running in this clone; `make down` first")
+    """PATH with the qemu stand-in first, an image cache holding an empty image, and a state
+    directory of the test's own (the clone's may hold a real `make up` stack)."""
     image = tmp_path / "cache" / recipe_key()
     image.mkdir(parents=True)
     for name in ("vmlinuz", "initrd.img", "manifest.json"):
@@ -57,6 +53,7 @@ def host(tmp_path):
         "PATH": f"{fake.parent}:{os.environ['PATH']}",
         "HOME": str(tmp_path),
         "LOCALVM_CACHE": str(tmp_path / "cache"),
+        "LOCALVM_STATE": str(tmp_path / "state" / "localvm"),
         # The stand-in serves no HTTPS: this bounds the wait for it.
         "LOCALVM_BOOT_TIMEOUT": "15",
     }

@@ -36,11 +36,12 @@ from localvm.image import ensure_image
 from localvm.stack import REPO, AppError, app_source, checkout_version
 from localvm.vm import NETWORK, free_port
 
-STATE = REPO / ".state" / "localvm"
+# LOCALVM_STATE: another directory, for a second stack beside the clone's (tests).
+STATE = Path(os.environ.get("LOCALVM_STATE") or REPO / ".state" / "localvm")
 STATE_FILE = STATE / "state.json"
 GCLOUD_ENV = STATE / "gcloud.env"
 # apt, pip, image-build and deploy output: outside STATE, so a failed first run keeps it.
-LOG = REPO / ".state" / "up.log"
+LOG = STATE.parent / "up.log"
 # TCG on a busy machine can need longer: LOCALVM_BOOT_TIMEOUT=seconds.
 BOOT_TIMEOUT = float(os.environ.get("LOCALVM_BOOT_TIMEOUT") or 900)
 # A converge on a running VM: a new venv when the requirements changed, else a restart.
@@ -181,6 +182,14 @@ def wait_for_version(
         time.sleep(interval)
 
 
+def _serial_log() -> Path:
+    """The VM's serial log: in its workdir, which vm.json names (STATE/vm, or /tmp for a clone
+    too deep for qemu's socket paths)."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return Path(json.loads((STATE / "vm.json").read_text())["workdir"]) / "serial.log"
+    return STATE / "vm" / "serial.log"
+
+
 def _vm_running() -> bool:
     try:
         pid = json.loads((STATE / "vm.json").read_text())["pid"]
@@ -274,21 +283,21 @@ def start(config: str, project: str, engine: str) -> int:
         done["what"] = (
             "Google's APIs on loopback (emulated: token, Compute Engine, Deployment Manager, "
             f"Infrastructure Manager, Cloud Storage, metadata); `source "
-            f"{GCLOUD_ENV.relative_to(REPO)}` points gcloud at them"
+            f"{os.path.relpath(GCLOUD_ENV, REPO)}` points gcloud at them"
         )
     with phase("deploy") as done:
         summary, version = _deploy(config, engine)
         done["what"] = f"scripts/deploy.sh with the real gcloud, DEPLOY_ENGINE={engine}: {summary}"
     http_url, https_url = f"http://127.0.0.1:{http_port}/", f"https://127.0.0.1:{https_port}/"
     say(forwarding(_booted_instance(), http_url, https_url))
-    say(f"boot: qemu (TCG) runs the instance; serial log: {STATE / 'vm' / 'serial.log'}")
+    say(f"boot: qemu (TCG) runs the instance; serial log: {_serial_log()}")
     with phase("boot") as done:
         try:
             health = wait_for_version(
                 version, lambda: healthz(http_port, https_port, root), _vm_running, BOOT_TIMEOUT
             )
         except UpError as error:
-            log = STATE / "vm" / "serial.log"
+            log = _serial_log()
             serial = log.read_text(errors="replace").splitlines() if log.exists() else []
             raise UpError("\n".join([str(error), "the serial log ends:", *serial[-15:]])) from None
         done["what"] = f"the VM serves version {health['version']}"
@@ -367,11 +376,11 @@ def _keep_logs() -> str:
     """Copies the VM's serial log and the local cloud's log beside LOG, which `down` leaves, and
     returns where they are."""
     kept = []
-    for log in (STATE / "vm" / "serial.log", STATE / "cloud.log"):
+    for log in (_serial_log(), STATE / "cloud.log"):
         if log.exists():
             shutil.copy(log, LOG.parent / log.name)
-            kept.append(str((LOG.parent / log.name).relative_to(REPO)))
-    return ", ".join([str(LOG.relative_to(REPO)), *kept])
+            kept.append(os.path.relpath(LOG.parent / log.name, REPO))
+    return ", ".join([os.path.relpath(LOG, REPO), *kept])
 
 
 def up(config: str, project: str, engine: str) -> int:

@@ -24,8 +24,8 @@ scripts/deploy.sh, the templates, and the Debian guest with Google's guest agent
                             [--acme-json FILE] [--project ID]
 
 Files in --state-dir: `cloud.json` (the endpoints, written once every listener is up),
-`deployer-key.json` (the key, 0600), `vm.json` (the running VM; absent while none runs),
-`cloud.log` (what the process did). SIGTERM powers the VM off and stops everything.
+`deployer-key.json` (the key, 0600), `vm.json` (the running VM: pid, instance, and the workdir
+holding its serial log; absent while none runs). SIGTERM powers the VM off and stops everything.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ import configparser
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -335,16 +337,23 @@ def run(args: argparse.Namespace) -> int:
         assert cloud.metadata is not None
         metadata = cloud.metadata
 
+        # qemu's unix sockets must fit in sun_path (108 bytes); a deep clone falls back to /tmp.
+        workdir = state / "vm"
+        if len(str(workdir / "qmp.sock")) >= 100:
+            workdir = Path(tempfile.mkdtemp(prefix="hello-localvm-"))
+
         def boot(instance: dict[str, Any]) -> LocalVM:
             vm = LocalVM(
                 Image(args.image),
-                state / "vm",
+                workdir,
                 metadata_port=metadata.port,
                 name=instance["name"],
                 http_port=args.http_port,
                 https_port=args.https_port,
             ).start()
-            write_json(state / "vm.json", {"pid": vm.pid, "instance": instance})
+            write_json(
+                state / "vm.json", {"pid": vm.pid, "instance": instance, "workdir": str(workdir)}
+            )
             return vm
 
         follower = InstanceFollower(boot, lambda instance: cloud.serve_metadata(instance, acme))
@@ -373,6 +382,8 @@ def run(args: argparse.Namespace) -> int:
                 follower.vm.stop()
             (state / "vm.json").unlink(missing_ok=True)
             (state / "cloud.json").unlink(missing_ok=True)
+            if not workdir.is_relative_to(state):
+                shutil.rmtree(workdir, ignore_errors=True)
     log("stopped")
     return 0
 
