@@ -65,14 +65,11 @@ def write_contract(cloud: dict, state: Path) -> None:
 
 
 class FakeVM:
-    """LocalVM's shape, for the follower: boots and stops are recorded, nothing runs."""
+    """LocalVM's shape as the follower uses it: boots and stops are recorded, nothing runs."""
 
     def __init__(self, instance: dict) -> None:
         self.instance = instance
         self.stopped = False
-
-    def running(self) -> bool:
-        return not self.stopped
 
     def stop(self) -> None:
         self.stopped = True

@@ -192,8 +192,6 @@ class LocalCloud:
 class VM(Protocol):
     """What the follower needs of a VM (localvm.vm.LocalVM, or a fake in unit tests)."""
 
-    def running(self) -> bool: ...
-
     def stop(self) -> None: ...
 
 
