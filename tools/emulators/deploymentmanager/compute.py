@@ -145,7 +145,7 @@ class ComputeApi:
             if name != collection or scope_kind == "global":
                 continue
             for resource in self.cloud.projects.get(project, {}).get(type_, {}).values():
-                scope = Call(self, project, "", collection, type_, "").scope_of(resource)
+                scope = scope_of(type_, resource)
                 items.setdefault(scope, {collection: []})[collection].append(
                     view(self.cloud, project, type_, resource)
                 )
@@ -203,19 +203,12 @@ class Call:
         self.type_ = type_
         self.principal = principal
 
-    def scope_of(self, resource: dict) -> str:
-        where = COLLECTIONS[self.type_][0]
-        if where is None:
-            return "global"
-        value = str(resource.get(where, "")).rsplit("/", 1)[-1]
-        return f"{SCOPES[where]}/{value}"
-
     def _resources(self) -> dict[str, dict]:
         return self.cloud.projects.get(self.project, {}).get(self.type_, {})
 
     def get(self, name: str) -> dict:
         resource = self._resources().get(name)
-        if resource is None or self.scope_of(resource) != self.scope:
+        if resource is None or scope_of(self.type_, resource) != self.scope:
             link = f"projects/{self.project}/{self.scope}/{self.collection}/{name}"
             raise ComputeError(404, "notFound", f"The resource '{link}' was not found")
         return resource
@@ -224,7 +217,7 @@ class Call:
         items = [
             view(self.cloud, self.project, self.type_, r)
             for r in self._resources().values()
-            if self.scope_of(r) == self.scope
+            if scope_of(self.type_, r) == self.scope
         ]
         base = f"{COMPUTE_ROOT}{self.project}/{self.scope}/{self.collection}"
         kind = f"compute#{self.type_.rsplit('.', 1)[-1].removeprefix('global').lower()}List"
@@ -334,6 +327,14 @@ class Call:
         else:
             raise ComputeError(404, "notFound", f"no such method: instances.{verb}")
         return self.done(verb, self._store(name, properties, existing))
+
+
+def scope_of(type_: str, resource: dict) -> str:
+    """Where the resource's URL puts it: global, regions/REGION or zones/ZONE."""
+    where = COLLECTIONS[type_][0]
+    if where is None:
+        return "global"
+    return f"{SCOPES[where]}/{str(resource.get(where, '')).rsplit('/', 1)[-1]}"
 
 
 def _settable(resource: dict) -> dict:
