@@ -22,7 +22,11 @@ strict as the parts of Terraform it replaces that this stack uses:
   * a change google_compute_instance makes only on a stopped instance (machine_type, ...) fails
     on a RUNNING one with the provider's error unless `allow_stopping_for_update = true`;
   * the module's `terraform.required_version` must accept the Terraform version Infrastructure
-    Manager runs it with ("Unsupported Terraform Core version", as Terraform says).
+    Manager runs it with ("Unsupported Terraform Core version", as Terraform says);
+  * Cloud Monitoring objects are named by the server, so a create never conflicts and has no
+    import ID (an object DM or an abandoned deployment left stays beside the new one); the
+    emulated cloud applies Monitoring's rules to them (emulators/monitoring.py), and its refusal
+    fails the apply as the provider's googleapi error does.
 
 The resources live in the emulated Compute Engine of the Deployment Manager emulator, in the
 compute.v1 API shape (the shape DM writes there), so one state serves both engines.
@@ -40,7 +44,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmlocal import provider_schema
-from dmlocal.terraform import TF_ATTRIBUTES, TF_TYPES, satisfies
+from dmlocal.terraform import (
+    MONITORING_FIELDS,
+    PROJECT_PATH,
+    REPEATED_BLOCKS,
+    SERVER_NAMED,
+    TF_ATTRIBUTES,
+    TF_TYPES,
+    satisfies,
+)
+from emulators import monitoring
+from emulators.deploymentmanager.errors import OperationFailed
 
 DM_TYPES = {tf: dm for dm, tf in TF_TYPES.items()}
 GCE_FIELDS = {tf: dm for dm, tf in TF_ATTRIBUTES.items()}
@@ -80,6 +94,8 @@ REPLACE_ON = {
     "compute.v1.firewall": {"name", "network", "direction"},
     "compute.v1.address": {"name", "region", "address", "addressType", "networkTier"},
     "compute.v1.instance": {"name", "zone", "disks"},
+    # Emulator choice, not checked against the provider: Monitoring objects update in place.
+    **{dm: set() for dm in monitoring.TYPES},
 }
 
 
@@ -343,9 +359,12 @@ def references(value: Any) -> set[str]:
 # -- Terraform arguments -> Compute Engine resource -----------------------------------------
 
 
-def gce_properties(tf_type: str, body: dict) -> dict:
-    """The compute.v1 properties a google provider resource with these arguments creates."""
+def gce_properties(tf_type: str, body: dict, project: str | None = None) -> dict:
+    """The API properties (DM's shape) a google provider resource with these arguments creates."""
     b = dict(body)
+    if tf_type in SERVER_NAMED:
+        kind = DM_TYPES[tf_type].rsplit(".", 1)[1]
+        return {PROJECT_PATH[kind]: f"projects/{project}"} | _api_fields(b, MONITORING_FIELDS[kind])
     if tf_type == "google_compute_network":
         props = _renamed(
             b, {"auto_create_subnetworks": "autoCreateSubnetworks"}, skip={"routing_mode"}
@@ -391,6 +410,20 @@ def gce_properties(tf_type: str, body: dict) -> dict:
     if tf_type == "google_compute_instance":
         return _instance(b)
     raise TerraformError(f"{tf_type}: not materialised by this emulator")
+
+
+def _api_fields(body: dict, spec: dict) -> dict:
+    """Provider arguments back to Monitoring fields: dmlocal/terraform.py's mapping, reversed."""
+    fields: dict[str, Any] = {}
+    for api_name, target in spec.items():
+        if isinstance(target, str):
+            if target in body:
+                fields[api_name] = body[target]
+            continue
+        blocks = [_api_fields(block, target[1]) for block in body.get(target[0]) or []]
+        if blocks:
+            fields[api_name] = blocks if api_name in REPEATED_BLOCKS else blocks[0]
+    return fields
 
 
 def _renamed(body: dict, names: dict[str, str], skip: frozenset | set = frozenset()) -> dict:
@@ -483,7 +516,10 @@ COLLECTION_TYPES = {
 
 
 def import_id_of(tf_type: str, resource: dict) -> str:
-    """The provider's `id` of a resource: its selfLink's path from `projects/`."""
+    """The provider's `id` of a resource: its selfLink's path from `projects/`, or a Monitoring
+    object's server-assigned name."""
+    if tf_type in SERVER_NAMED:
+        return resource["name"]
     return resource["selfLink"].split("/compute/v1/", 1)[1]
 
 
@@ -543,8 +579,9 @@ def run(
         tf_type, label, body = module.resources[address]
         dm_type = DM_TYPES[tf_type]
         arguments = scope.evaluate(body)
-        wanted = gce_properties(tf_type, arguments)
-        name = wanted.get("name", label)
+        wanted = gce_properties(tf_type, arguments, project)
+        server_named = tf_type in SERVER_NAMED
+        name = label if server_named else wanted.get("name", label)
         importing = None
         tracked = state.get(address)
         existing = None
@@ -558,6 +595,8 @@ def run(
                 raise TerraformError(
                     f"{address}: Cannot import non-existent remote object ({importing})"
                 )
+        elif server_named:
+            name = _free_key(cloud.get(dm_type, {}), label)
         else:
             taken = cloud.get(dm_type, {}).get(name)
             if taken is not None and import_existing:
@@ -572,7 +611,8 @@ def run(
         if existing is None:
             actions = ["create"]
         else:
-            changed = {k for k in wanted if existing.get(k) != wanted[k]}
+            compared = monitoring.body_of(dm_type, wanted) if server_named else wanted
+            changed = {k for k in compared if existing.get(k) != compared[k]}
             if changed & REPLACE_ON[dm_type]:
                 if existing.get("deletionProtection"):
                     raise _protected(address)
@@ -588,7 +628,14 @@ def run(
                     )
         actual = existing
         if actions != ["no-op"]:
-            actual = materialize(dm_type, name, wanted, existing)
+            try:
+                actual = materialize(dm_type, name, wanted, existing)
+            except OperationFailed as refused:
+                detail = json.loads(refused.message)
+                raise TerraformError(
+                    f"Error creating {tf_type} {address}: googleapi: Error "
+                    f"{detail['ResourceErrorCode']}: {detail['ResourceErrorMessage']}"
+                ) from None
             cloud.setdefault(dm_type, {})[name] = actual
         attributes[address] = actual
         new_state[address] = {"project": project, "type": dm_type, "name": name}
@@ -606,6 +653,17 @@ def run(
         plan.changes.append(Change(address, ["delete"], before=copy.deepcopy(existing)))
     plan.outputs = {name: scope.evaluate(value) for name, value in module.outputs.items()}
     return plan, new_state
+
+
+def _free_key(objects: dict, label: str) -> str:
+    """Where a new Monitoring object goes in the emulated cloud: under its label, or beside an
+    object already there (one DM made, or an abandoned deployment left) as LABEL-2, -3, ...:
+    Monitoring keeps both, each under its own server-assigned name."""
+    key, number = label, 1
+    while key in objects:
+        number += 1
+        key = f"{label}-{number}"
+    return key
 
 
 def destroy(state: dict[str, dict], cloud: dict[str, dict[str, dict]]) -> None:
@@ -629,4 +687,4 @@ def _protected(address: str) -> TerraformError:
 def _managed_view(resource: dict | None, wanted: dict) -> dict | None:
     if resource is None:
         return None
-    return {k: resource.get(k) for k in (*wanted, "selfLink") if k in resource}
+    return {k: resource.get(k) for k in (*wanted, "selfLink", "name") if k in resource}

@@ -26,6 +26,8 @@ by dmlocal) or its documentation:
 Every change calls each of `listeners(project, type, name, before, after)` (before/after None
 for a create/delete), with the state's lock held: the local VM tooling follows the instance
 (deleted, created, its metadata changed) through this hook.
+
+Other services' objects follow their own rules, in a module per service (SERVICES below).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from datetime import UTC, datetime
 from dmlocal.checks import semantic_checks
 from dmlocal.compute_api import check_resource
 from dmlocal.replacement import replacement_reason, stop_reason
+from emulators import monitoring
 from emulators.deploymentmanager.errors import OperationFailed
 
 COMPUTE_ROOT = "https://www.googleapis.com/compute/v1/projects/"
@@ -62,6 +65,11 @@ LINK = re.compile(
 
 AddressAllocator = Callable[[str, str, dict], str]
 Listener = Callable[[str, str, str, dict | None, dict | None], None]
+
+# type -> the module holding that service's rules: check(type, properties, project objects),
+# stored(project, type, properties, existing, new_id), check_delete(type, object, project
+# objects), each refusing with its Refused exception (a 400 from the service).
+SERVICES = dict.fromkeys(monitoring.TYPES, monitoring)
 
 
 def now() -> str:
@@ -219,6 +227,9 @@ class Cloud:
 
     def check_delete(self, project: str, type_: str, name: str) -> None:
         resource = self.get(project, type_, name) or {}
+        if type_ in SERVICES:
+            objects = self.projects.get(project, {})
+            self._service(type_, name, "check_delete", type_, resource, objects)
         if resource.get("deletionProtection"):
             raise ComputeError(
                 400,
@@ -267,6 +278,14 @@ class Cloud:
     def store(self, project, type_, name, properties, existing) -> dict:
         """The resource as Compute Engine holds it once created or updated: server-side id,
         selfLink, timestamp and, for an address, the allocated IP."""
+        if type_ in SERVICES:
+            objects = self.projects.get(project, {})
+            self._service(type_, name, "check", type_, properties, objects)
+            actual = SERVICES[type_].stored(
+                project, type_, properties, existing, lambda: next(self._ids)
+            )
+            self.put(project, type_, name, actual)
+            return copy.deepcopy(actual)
         actual = {**properties, "name": properties.get("name", name)}
         if existing:  # acquired or updated in place: the server-side fields survive
             for key in ("id", "selfLink", "creationTimestamp", "address", "status"):
@@ -306,6 +325,15 @@ class Cloud:
     def _notify(self, project, type_, name, before, after) -> None:
         for listener in self.listeners:
             listener(project, type_, name, copy.deepcopy(before), copy.deepcopy(after))
+
+    @staticmethod
+    def _service(type_: str, name: str, rule: str, *args) -> None:
+        """Applies one of the type's service rules; a refusal is that service's 400."""
+        service = SERVICES[type_]
+        try:
+            getattr(service, rule)(*args)
+        except service.Refused as refused:
+            raise resource_error(type_, name, 400, str(refused)) from None
 
     @staticmethod
     def self_link(project: str, type_: str, name: str, properties: dict) -> str:
