@@ -74,12 +74,13 @@ deploy-preview: $(VENV)/.installed gcloud ## preview CONFIG on a branch deployme
 	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) DMLOCAL=$(BIN)/dmlocal bash scripts/deploy.sh --preview
 
 # The operator targets (smoke, drift, repair) act on production, or with LOCAL=1 on the stack
-# `make up` runs: its gcloud.env points gcloud, the scripts and the API client at it.
-LOCAL_ENV ?= .state/localvm/gcloud.env
+# `make up` runs: its gcloud.env points gcloud, the scripts and the API client at it, and names
+# the address smoke tests (LOCAL_ADDRESS, the forwarded HTTP port).
+LOCAL_ENV ?= $(or $(LOCALVM_STATE),.state/localvm)/gcloud.env
 OPERATOR_ENV := $(if $(filter 1,$(LOCAL)),{ [[ -f $(LOCAL_ENV) ]] || { echo "no local stack: run make up" >&2; exit 2; }; source $(LOCAL_ENV); } &&)
 
 smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), until it greets
-	@$(OPERATOR_ENV) bash scripts/smoke.sh $(IP)
+	@$(OPERATOR_ENV) bash scripts/smoke.sh $(or $(IP),$(if $(filter 1,$(LOCAL)),"$$LOCAL_ADDRESS"))
 
 drift: $(VENV)/.installed ## compare the live stack with CONFIG (GCP_PROJECT=...; LOCAL=1: make up's)
 	@$(OPERATOR_ENV) $(BIN)/drift check $(CONFIG) $(if $(JSON),--json) \
