@@ -162,8 +162,7 @@ class Policy:
         self.checks.append((identity.principal, permission, resource, allowed))
         if not allowed:
             raise PermissionDenied(
-                f"Permission '{permission}' denied on resource '{resource}' (or it may not "
-                "exist).",
+                f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).",
                 permission,
                 resource,
             )
