@@ -49,15 +49,26 @@ def full_name(project: str) -> str:
 
 class InfraManagerPipeline(Pipeline):
     """The DM pipeline's emulators and key, plus Cloud Storage and Infrastructure Manager,
-    sharing the DM emulator's cloud."""
+    sharing the DM emulator's cloud; the deployer holds what gcp-bootstrap.sh --engine
+    infra-manager grants, and the staging bucket it creates exists."""
+
+    engine = "infra-manager"
 
     def __init__(self, tmp: Path):
+        self.buckets: set[str] = set()
         super().__init__(tmp)
-        self.storage = CloudStorage()
+        self.storage = CloudStorage(verify_token=self.oauth.verify, policy=self.policy)
         self.im = InfraManagerEmulator(
-            self.storage, compute=self.dm, verify_token=self.oauth.verify
+            self.storage, compute=self.dm, verify_token=self.oauth.verify, policy=self.policy
         )
         self.im.serve()
+
+    def bootstrap(self, project: str) -> None:
+        super().bootstrap(project)
+        for bucket, owner in list(self.policy.bucket_projects.items()):
+            if owner == project and bucket not in self.buckets:
+                self.buckets.add(bucket)
+                self.storage.create_bucket(bucket, owner)
 
     def env(self, project: str, config_dir: Path | None = None, **extra: str) -> dict:
         env = super().env(project, config_dir)

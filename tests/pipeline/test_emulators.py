@@ -21,11 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from emulators.deploymentmanager import DeploymentManagerEmulator
+from emulators.iam import Identity, Policy
 from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
 from tests.conftest import REPO
 
 EMAIL = "deployer@p.iam.gserviceaccount.com"
 BASE = "deploymentmanager/v2/projects/p/global"
+CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
 def target() -> dict:
@@ -68,7 +70,9 @@ def sign(key_file: dict, claims: dict, kid: str | None = None) -> str:
 def servers():
     oauth = OAuth2Emulator()
     oauth.serve()
-    dm = DeploymentManagerEmulator(verify_token=oauth.verify)
+    policy = Policy()
+    policy.grant("projects/p", f"serviceAccount:{EMAIL}", "roles/deploymentmanager.editor")
+    dm = DeploymentManagerEmulator(verify_token=oauth.verify, policy=policy)
     dm.serve()
     key, public = new_service_account_key(EMAIL, "p", oauth.token_url)
     oauth.register_key(EMAIL, key["private_key_id"], public)
@@ -101,7 +105,7 @@ def test_token_endpoint_issues_a_token_for_a_good_assertion_only(servers):
     oauth, _, key = servers
     status, body = grant(oauth, sign(key, claims()))
     assert status == 200 and body["token_type"] == "Bearer"
-    assert oauth.verify(body["access_token"]) == EMAIL
+    assert oauth.verify(body["access_token"]) == Identity(EMAIL, CLOUD_PLATFORM)
 
     good = sign(key, claims())
     tampered = good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
@@ -124,9 +128,34 @@ def test_dm_answers_401_without_a_token_it_issued(servers):
         assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
 
 
+def test_dm_answers_403_without_the_permission_or_the_scope(servers):
+    """IAM as Google applies it, before the deployment is looked up: a caller without a role on
+    the project, or a token without a scope the API accepts, gets 403 PERMISSION_DENIED in
+    Google's error shape, naming the permission (deploymentmanager.deployments.get for a GET).
+
+    Real: nothing but HTTP. Emulated: DM's server and its IAM check (emulators/iam.py)."""
+    oauth, dm, _ = servers
+    url = f"{dm.url}{BASE}/deployments/nothing-here"
+    status, body = call(
+        url, "GET", token=oauth.issue("stranger@p.iam.gserviceaccount.com", CLOUD_PLATFORM)
+    )
+    assert status == 403 and body["error"]["status"] == "PERMISSION_DENIED"
+    assert body["error"]["message"] == (
+        "Permission 'deploymentmanager.deployments.get' denied on resource 'projects/p' "
+        "(or it may not exist)."
+    )
+    assert body["error"]["errors"][0]["reason"] == "forbidden"
+    status, body = call(
+        url, "GET", token=oauth.issue(EMAIL, ("https://www.googleapis.com/auth/userinfo.email",))
+    )
+    assert status == 403 and "insufficient authentication scopes" in body["error"]["message"]
+    status, _ = call(url, "GET", token=oauth.issue(EMAIL, CLOUD_PLATFORM))
+    assert status == 404
+
+
 def test_dm_fingerprints_conflicts_and_rejected_configs(servers):
     oauth, dm, _ = servers
-    token = oauth.issue(EMAIL)
+    token = oauth.issue(EMAIL, CLOUD_PLATFORM)
     deployments = f"{dm.url}{BASE}/deployments"
     status, op = call(deployments, "POST", {"name": "fp", "target": target()}, token)
     assert status == 200 and op["status"] == "DONE" and "error" not in op

@@ -212,5 +212,11 @@ def bootstrap_commands(engine: str, **settings: str) -> list[list[str]]:
 
 
 def flags(argv: list[str]) -> dict[str, str]:
-    """--name value pairs of one command (--name=value ones are the script's fixed flags)."""
-    return {a[2:]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--") and "=" not in a}
+    """--name value pairs of one command (--name=value ones are the script's fixed flags; a
+    flag without a value maps to "")."""
+    values = [*argv[1:], "--"]
+    return {
+        a[2:]: "" if values[i].startswith("--") else values[i]
+        for i, a in enumerate(argv)
+        if a.startswith("--") and "=" not in a
+    }

@@ -60,6 +60,7 @@ def emulated_google(
     scripts/deploy.sh at them (a throwaway key in GCP_SA_KEY_B64, a private CLOUDSDK_CONFIG).
     Yields (environment, the DM emulator, whose `cloud_resources` both engines write)."""
     from emulators.deploymentmanager import DeploymentManagerEmulator
+    from emulators.iam import Policy
     from emulators.inframanager import InfraManagerEmulator
     from emulators.oauth2 import OAuth2Emulator, new_service_account_key
     from emulators.storage import CloudStorage
@@ -67,9 +68,24 @@ def emulated_google(
     email = DEPLOYER.format(project=project)
     with tempfile.TemporaryDirectory(prefix="hello-up-gcloud-") as tmp:
         oauth = OAuth2Emulator()
-        dm = DeploymentManagerEmulator(verify_token=oauth.verify)
-        storage = CloudStorage() if engine == "infra-manager" else None
-        im = storage and InfraManagerEmulator(storage, compute=dm, verify_token=oauth.verify)
+        # The deployer holds what gcp-bootstrap.sh grants the deployer of `engine`.
+        bootstrap_deployer = f"serviceAccount:hello-deployer@{project}.iam.gserviceaccount.com"
+        policy = Policy.from_bootstrap(
+            engine,
+            rename={bootstrap_deployer: f"serviceAccount:{email}"},
+            PROJECT_ID=project,
+            CIRCLE_ORG_ID="local",
+            CIRCLE_PROJECT_ID="local",
+        )
+        dm = DeploymentManagerEmulator(verify_token=oauth.verify, policy=policy)
+        storage = None
+        if engine == "infra-manager":
+            storage = CloudStorage(verify_token=oauth.verify, policy=policy)
+            for bucket, owner in list(policy.bucket_projects.items()):
+                storage.create_bucket(bucket, owner)
+        im = storage and InfraManagerEmulator(
+            storage, compute=dm, verify_token=oauth.verify, policy=policy
+        )
         try:
             token_url = oauth.serve()
             key, public_pem = new_service_account_key(email, project, token_url)
