@@ -129,6 +129,19 @@ def configure_from_bootstrap(sts: WorkloadIdentityEmulator, commands: list[list[
     return name
 
 
+def printed_contexts(out: str) -> dict[str, dict]:
+    """The CircleCI contexts gcp-bootstrap.sh prints: each one's variables, and `restricted`."""
+    contexts: dict[str, dict] = {}
+    for line in out.split("CircleCI contexts")[1].splitlines():
+        if line.startswith("  gcp-"):
+            name = line.split()[0]
+            contexts[name] = {"restricted": "restrict to" in line}
+        elif line.startswith("    ") and "=" in line:
+            key, _, value = line.strip().partition("=")
+            contexts[name][key] = value
+    return contexts
+
+
 class CircleCI:
     """Mints tokens as CircleCI's issuer for this organization does."""
 
@@ -452,15 +465,7 @@ def test_branch_jobs_use_the_unrestricted_preview_context():
     must not use the master-only context. The contexts gcp-bootstrap.sh prints: gcp-deploy is
     restricted and holds the deployer; gcp-preview is not and holds the previewer. The CircleCI
     config gives each job the matching one."""
-    out = bootstrap_dry_run()
-    contexts: dict[str, dict] = {}
-    for line in out.split("CircleCI contexts")[1].splitlines():
-        if line.startswith("  gcp-"):
-            name = line.split()[0]
-            contexts[name] = {"restricted": "restrict to" in line}
-        elif "=" in line and contexts:
-            key, _, value = line.strip().partition("=")
-            contexts[name][key] = value
+    contexts = printed_contexts(bootstrap_dry_run())
     assert contexts["gcp-deploy"]["restricted"]
     assert contexts["gcp-deploy"]["GCP_DEPLOYER_SA"].startswith("hello-deployer@")
     assert not contexts["gcp-preview"]["restricted"]
