@@ -441,22 +441,36 @@ def test_the_endpoint_rewrite_changes_only_the_two_urls(federation, tmp_path):
 
 def test_bootstrap_dry_run_runs_nothing_and_every_create_is_described_first(tmp_path):
     """--dry-run only prints: it passes with only bash and cat on PATH (a gcloud call would fail).
-    Every create is preceded by its describe, so a re-run creates nothing twice. A missing
-    setting is named."""
+    Every create is preceded by its describe, so a re-run creates nothing twice, for either
+    engine. A missing setting, or a missing engine, is named."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "cat"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
-    commands = bootstrap_commands(PATH=str(bin_dir))
-    creates = [c for c in commands if {"create", "create-oidc"} & set(c)]
-    assert len(creates) == 6  # three service accounts, the preview role, the pool, the provider
-    for create in creates:
-        before = commands[commands.index(create) - 1]
-        assert "describe" in before, f"{shlex.join(create)} is not preceded by a describe"
+    expected = {
+        # two service accounts, the preview role, the pool, the provider
+        "dm": 5,
+        # four service accounts, the preview role, the bucket, its three roles, pool, provider
+        "infra-manager": 11,
+    }
+    for engine, count in expected.items():
+        commands = bootstrap_commands(engine, PATH=str(bin_dir))
+        creates = [c for c in commands if {"create", "create-oidc"} & set(c)]
+        assert len(creates) == count, engine
+        for create in creates:
+            before = commands[commands.index(create) - 1]
+            assert "describe" in before, f"{shlex.join(create)} is not preceded by a describe"
     missing = subprocess.run(
-        [str(BOOTSTRAP), "--dry-run"], env={"PATH": str(bin_dir)}, capture_output=True, text=True
+        [str(BOOTSTRAP), "--engine", "dm", "--dry-run"],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
     )
     assert missing.returncode == 2 and "set PROJECT_ID" in missing.stderr
+    no_engine = subprocess.run(
+        [str(BOOTSTRAP), "--dry-run"], env={"PATH": str(bin_dir)}, capture_output=True, text=True
+    )
+    assert no_engine.returncode == 2 and "--engine infra-manager" in no_engine.stderr
 
 
 def test_branch_jobs_use_the_unrestricted_preview_context():
