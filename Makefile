@@ -17,8 +17,8 @@ SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
-	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls system-deps \
-	gcloud clean
+	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls bench-redeploy \
+	system-deps gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -107,6 +107,10 @@ bench-preview: $(VENV)/.installed ## how long `make preview` takes
 bench-boot: $(VENV)/.installed ## how long the VM takes to boot and recover
 	@bash scripts/install-system-deps.sh vm
 	$(BIN)/bench-boot
+
+bench-redeploy: $(VENV)/.installed ## app redeploys on the local VM under a request loop (STACK=dir)
+	@bash scripts/install-system-deps.sh vm https
+	$(BIN)/bench-redeploy $(if $(STACK),--stack $(STACK))
 
 bench-deploy: $(VENV)/.installed ## deploy.sh's create and update time and gcloud calls, per engine
 	$(BIN)/bench-deploy

@@ -4,7 +4,8 @@
 # exponential backoff (a fresh VM needs a minute or two to boot and install the app). The
 # version is the digest app/startup.sh computes over the files vm.py deploys: the VM computes it
 # from what it installed, this script from this checkout. So a redeploy whose converge failed
-# (the old app still greeting) fails here.
+# (the old app still greeting) fails here, and at once when /healthz says the VM refused that
+# version (its reason is printed).
 #
 #   scripts/smoke.sh [ADDRESS]    ADDRESS is an IP or host[:port]; default: the IP in
 #   make smoke [IP=ADDRESS]       build/deploy/public-ip, written by `make deploy`
@@ -87,7 +88,23 @@ for ((try = 1; try <= attempts; try++)); do
   if ((status == 0)) && [[ $body == "$EXPECTED" ]]; then
     health=$(curl --silent --max-time 5 --fail --location "${tls[@]}" "http://$target/healthz" 2>&1) ||
       true
-    version=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' <<<"$health")
+    # The version serving, and the release the VM refused (and why), if it refused one.
+    read -r version refused_version refused_reason < <(
+      python3 -c 'import json, sys
+try:
+    health = json.loads(sys.stdin.read())
+except ValueError:
+    health = {}
+refused = health.get("refused") or {}
+print(health.get("version") or "-", refused.get("version") or "-", refused.get("reason") or "")' \
+        <<<"$health"
+    )
+    [[ $version != - ]] || version=''
+    if [[ $refused_version == "$expected_version" ]]; then
+      echo "smoke: FAILED: the VM refused version $expected_version: $refused_reason;" \
+        "it still serves version ${version:-unknown}" >&2
+      exit 1
+    fi
     problem=$(https_problem)
     if [[ $version == "$expected_version" && -z $problem ]]; then
       echo "smoke: $url answered \"$body\", version $version (try $try)"

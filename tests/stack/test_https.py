@@ -1,5 +1,5 @@
 """HTTPS on the host, no VM: the committed nginx site, app/hello-tls.sh, certbot from
-app/acme-requirements.txt, the app under gunicorn as hello.service runs it, and a real ACME CA.
+app/acme-requirements.txt, the app under gunicorn as hello@.service runs it, and a real ACME CA.
 
 Real: Debian's nginx and pebble (Let's Encrypt's ACME test server), certbot and its http-01
 validation (pebble connects to nginx's port and fetches the token certbot wrote; no

@@ -11,7 +11,7 @@ from tests.conftest import REPO, startup_version
 from vm import METADATA_FILES
 
 SERVICES = [
-    "app/hello.service",
+    "app/hello@.service",
     "app/hello-metadata-watch.service",
     "app/hello-converge.service",
     "app/hello-cert.service",
@@ -19,7 +19,8 @@ SERVICES = [
 UNITS = [*SERVICES, "app/hello-converge.path", "app/hello-cert.timer"]
 # Binaries that exist only on the VM, once startup.sh has installed them.
 VM_ONLY = {
-    "/opt/hello/venv/bin/gunicorn",
+    # systemd-analyze verifies the template unit as instance "i".
+    "/opt/hello/slot-i/venv/bin/gunicorn",
     "/usr/local/sbin/hello-startup",
     "/usr/local/sbin/hello-tls",
 }
@@ -51,19 +52,32 @@ def test_systemd_accepts_the_unit(path):
 
 
 def test_app_service_runs_unprivileged_on_loopback_and_always_restarts():
-    service = unit("app/hello.service")["Service"]
+    service = unit("app/hello@.service")["Service"]
     assert service["User"] == "hello"
     assert service["Restart"] == "always"
     assert "AmbientCapabilities" not in service
     assert service["CapabilityBoundingSet"] == ""
-    # nginx (app/nginx-hello.conf) proxies :80 and :443 to this address.
-    assert re.search(r"--bind 127\.0\.0\.1:8080\b", service["ExecStart"])
-    assert "server 127.0.0.1:8080;" in (REPO / "app/nginx-hello.conf").read_text()
+    # A slot is its port: hello@8081 serves /opt/hello/slot-8081 on 127.0.0.1:8081, the address
+    # the converge's nginx upstream names.
+    assert re.search(r"--bind 127\.0\.0\.1:%i\b", service["ExecStart"])
+    assert service["ExecStart"].startswith("/opt/hello/slot-%i/venv/bin/gunicorn ")
+    assert service["WorkingDirectory"] == "/opt/hello/slot-%i"
+    script = (REPO / "app/startup.sh").read_text()
+    slots = re.search(r"^readonly SLOTS=\((\d+) (\d+)\)$", script, re.M).groups()
+    upstream = subprocess.run(
+        ["bash", str(REPO / "app/startup.sh"), "upstream", *slots],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"server 127.0.0.1:{slots[0]};" in upstream
+    assert f"server 127.0.0.1:{slots[1]} backup;" in upstream
+    assert "proxy_pass http://hello_app;" in (REPO / "app/nginx-hello.conf").read_text()
+    # systemd's 90 s default must not fail a slow but healthy start.
+    assert int(service["TimeoutStartSec"]) >= 300
     for hardening in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
         assert service[hardening] == "yes", hardening
     assert service["ProtectSystem"] == "strict"
-    assert unit("app/hello.service")["Unit"]["StartLimitIntervalSec"] == "0"
-    assert unit("app/hello.service")["Install"]["WantedBy"] == "multi-user.target"
+    assert unit("app/hello@.service")["Unit"]["StartLimitIntervalSec"] == "0"
+    assert unit("app/hello@.service")["Install"]["WantedBy"] == "multi-user.target"
 
 
 def test_startup_script_installs_exactly_the_files_vm_py_deploys():
@@ -118,7 +132,7 @@ def test_metadata_watcher_runs_without_privileges():
 def test_gunicorn_runs_without_a_control_socket():
     """gunicorn's default control socket lives under the service user's home, which does not
     exist: every start logged an ERROR."""
-    assert "--no-control-socket" in unit("app/hello.service")["Service"]["ExecStart"]
+    assert "--no-control-socket" in unit("app/hello@.service")["Service"]["ExecStart"]
 
 
 def pins(path: str) -> dict[str, str]:
