@@ -15,7 +15,9 @@ objects.list, objects.get, objects.delete likewise. A denial is Cloud Storage's 
 (`error.errors[].reason` "forbidden"). Two callers need no token, as at Google: the emulated
 Infrastructure Manager (Google's service, reading sources and writing plans; it uses this
 module's client) and a download URL this module signed (`download_url`, what `previews export`
-hands out as a signed URL).
+hands out as a signed URL). A bucket's owner is recorded when `create_bucket` makes it (what
+the bootstrap's `gcloud storage buckets create` does); a bucket made through buckets.insert has
+none recorded, so only grants on the bucket itself reach it (stricter than Google).
 """
 
 from __future__ import annotations
@@ -227,9 +229,9 @@ class CloudStorage:
 
     def download_url(self, bucket: str, name: str) -> str:
         """A signed URL: anyone holding it may download the object, as with Google's."""
-        path = f"/download/storage/v1/b/{bucket}/o/{name}"
-        signed = f"{path}?alt=media&X-Goog-Signature={self._signature(path)}"
-        return self.base_url + signed.replace(name, quote(name, safe=""), 1)
+        signature = self._signature(f"/download/storage/v1/b/{bucket}/o/{name}")
+        path = f"/download/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
+        return f"{self.base_url}{path}?alt=media&X-Goog-Signature={signature}"
 
     def read(self, bucket: str, name: str) -> bytes:
         return self._call(
