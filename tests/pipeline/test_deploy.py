@@ -82,7 +82,7 @@ class Pipeline:
         self.oauth = OAuth2Emulator()
         self.token_url = self.oauth.serve()
         self.policy = Policy()
-        self.bootstrapped: set[str] = set()
+        self.bootstrapped: set[tuple[str, str]] = set()
         self.deployers = [DEPLOYER]  # who deploys: each holds the bootstrap's deployer roles
         self.dm = DeploymentManagerEmulator(verify_token=self.oauth.verify, policy=self.policy)
         self.dm_url = self.dm.serve()
@@ -93,13 +93,15 @@ class Pipeline:
         self.config_dir = tmp / "gcloud"
         self.config_dir.mkdir()
 
-    def bootstrap(self, project: str) -> None:
-        """What gcp-bootstrap.sh grants in `project`, with each of `deployers` as its deployer."""
-        if project in self.bootstrapped:
+    def bootstrap(self, project: str, engine: str | None = None) -> None:
+        """What gcp-bootstrap.sh grants in `project` for `engine` (default: this pipeline's),
+        with each of `deployers` as its deployer."""
+        engine = engine or self.engine
+        if (project, engine) in self.bootstrapped:
             return
-        self.bootstrapped.add(project)
+        self.bootstrapped.add((project, engine))
         commands = bootstrap_commands(
-            self.engine, PROJECT_ID=project, CIRCLE_ORG_ID="org", CIRCLE_PROJECT_ID="circle"
+            engine, PROJECT_ID=project, CIRCLE_ORG_ID="org", CIRCLE_PROJECT_ID="circle"
         )
         bootstrap_deployer = f"serviceAccount:hello-deployer@{project}.iam.gserviceaccount.com"
         for deployer in self.deployers:

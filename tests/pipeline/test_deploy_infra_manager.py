@@ -63,8 +63,8 @@ class InfraManagerPipeline(Pipeline):
         )
         self.im.serve()
 
-    def bootstrap(self, project: str) -> None:
-        super().bootstrap(project)
+    def bootstrap(self, project: str, engine: str | None = None) -> None:
+        super().bootstrap(project, engine)
         for bucket, owner in list(self.policy.bucket_projects.items()):
             if owner == project and bucket not in self.buckets:
                 self.buckets.add(bucket)
@@ -415,8 +415,10 @@ def test_migration_adopts_the_dm_stack_without_recreating_anything(pipeline):
     """9. THE MIGRATION: a stack created through the DM emulator (the request gcloud sends for
     `deployment-manager deployments create`) is adopted by an infra-manager apply with import
     blocks (IM_ADOPT=true): every resource is imported with no change, no resource is recreated
-    (same ids, same creation times) and the IP is the same."""
+    (same ids, same creation times) and the IP is the same. The project was bootstrapped for
+    Deployment Manager first, then for Infrastructure Manager."""
     project = "im-migrate"
+    pipeline.bootstrap(project, "dm")
     pipeline.ensure_deployed(project)
     before = pipeline.cloud(project)
     result = pipeline.deploy(project, IM_ADOPT="true")
