@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from emulators.deploymentmanager import DeploymentManagerEmulator
 from emulators.iam import Identity, Policy
 from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
+from emulators.storage import CloudStorage
 from tests.conftest import REPO
 
 EMAIL = "deployer@p.iam.gserviceaccount.com"
@@ -284,3 +285,47 @@ def test_dm_updates_only_what_changed_and_stops_at_the_first_resource_error():
         assert vm["update"]["state"] == "FAILED" and vm["update"]["intent"] == "UPDATE"
     finally:
         dm.shutdown()
+
+
+def test_storage_checks_each_methods_permission_and_honours_signed_urls(servers):
+    """The Cloud Storage stand-in (gcp-storage-emulator behind emulators/iam.py): no token is
+    401; a caller holding only storage.objects.create on the bucket may upload but not list,
+    and the 403 is Cloud Storage's body naming the permission; a stranger may not upload; a
+    signed download URL needs no token, and a tampered one is refused.
+
+    Real: nothing but HTTP. Emulated: Cloud Storage and its IAM check."""
+    oauth, _, _ = servers
+    policy = Policy()
+    policy.custom_roles["projects/p/roles/uploader"] = frozenset({"storage.objects.create"})
+    policy.grant("projects/_/buckets/b", f"serviceAccount:{EMAIL}", "projects/p/roles/uploader")
+    storage = CloudStorage(verify_token=oauth.verify, policy=policy)
+    try:
+        storage.create_bucket("b", "p")
+        url = f"{storage.base_url}/upload/storage/v1/b/b/o?uploadType=media&name=x.txt"
+
+        def upload(token: str | None) -> tuple[int, dict]:
+            headers = {"Content-Type": "text/plain"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            request = urllib.request.Request(url, b"hello", headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        assert upload(None)[0] == 401
+        status, body = upload(oauth.issue("stranger@p.iam.gserviceaccount.com", CLOUD_PLATFORM))
+        assert status == 403 and body["error"]["errors"][0]["reason"] == "forbidden"
+        assert "Permission 'storage.objects.create' denied" in body["error"]["message"]
+        token = oauth.issue(EMAIL, CLOUD_PLATFORM)
+        assert upload(token)[0] == 200
+        status, body = call(f"{storage.endpoint}b/b/o", "GET", token=token)
+        assert status == 403 and "storage.objects.list" in body["error"]["message"]
+
+        signed = storage.download_url("b", "x.txt")
+        with urllib.request.urlopen(signed, timeout=10) as response:
+            assert response.read() == b"hello"
+        assert call(signed.replace("Signature=", "Signature=0"), "GET")[0] == 401
+    finally:
+        storage.shutdown()
