@@ -58,10 +58,10 @@ preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager woul
 terraform: $(VENV)/.installed ## CONFIG as Terraform JSON in build/terraform (PROJECT=id adopts)
 	$(BIN)/dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
 
-docs: $(VENV)/.installed ## regenerate the diagram (docs/architecture.*) and README's inputs table
+docs: $(VENV)/.installed ## regenerate the diagram (docs/architecture.*) and the inputs table (docs/inputs.md)
 	@bash scripts/install-system-deps.sh diagram
 	$(BIN)/dmlocal diagram $(CONFIG) --out docs
-	$(VPY) -m dmlocal.inputs $(CONFIG) --readme README.md
+	$(VPY) -m dmlocal.inputs $(CONFIG) --page docs/inputs.md
 
 # The infra-manager engine writes the Terraform with dmlocal, so it needs the venv; dm does not.
 ENGINE_DEPS := $(if $(filter infra-manager,$(DEPLOY_ENGINE)),$(VENV)/.installed)

@@ -202,10 +202,12 @@ ensure_packages() {
   log "installing packages: ${missing[*]}"
   sources=$(debian_sources "$staging/apt-sources")
   # DPkg::Lock::Timeout covers dpkg's locks only; `retry` waits out the lists lock of update.
-  # List-Cleanup=0 keeps the other sources' lists, which this update does not refresh.
+  # List-Cleanup=0 keeps the other sources' lists, which this update does not refresh. No
+  # translated descriptions: nothing here reads them, and parsing them is part of the update's
+  # cost on a small VM.
   retry "apt-get update" apt-get update -q -o APT::Update::Error-Mode=any \
     -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$sources" \
-    -o APT::Get::List-Cleanup=0
+    -o APT::Get::List-Cleanup=0 -o Acquire::Languages=none
   retry "apt-get install" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
     --no-install-recommends -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "${missing[@]}"
 }
@@ -548,7 +550,7 @@ converge() {
       return "$REFUSED_STATUS"
     fi
     new=$(other_slot "$serving")
-    log "new release $version: preparing slot $new beside ${serving:+slot $serving}"
+    log "new release $version: preparing slot $new${serving:+ beside slot $serving}"
     if ! prepare_release "$new" "$version"; then
       refuse "$version" "$reason" "$(<"$staging/.etag")"
       [[ -n $serving ]] || keep_watching
@@ -705,6 +707,7 @@ boot() {
   install -D --mode 0755 "$0" /run/hello-startup-retry
   systemd-run --quiet --collect --unit=hello-converge-retry \
     --description="Retry converging the VM until it succeeds" \
+    --property=StandardOutput=journal+console --property=StandardError=journal+console \
     /bin/bash /run/hello-startup-retry retry
   log "retrying in the background (journalctl -u hello-converge-retry)"
   return "$status"

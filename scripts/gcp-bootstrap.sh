@@ -35,6 +35,19 @@ IM_LOCATION=${IM_LOCATION:-us-central1} # Infrastructure Manager's location and 
 IM_RUNNER=${IM_RUNNER:-hello-infra-manager}
 IM_PREVIEW_RUNNER=${IM_PREVIEW_RUNNER:-hello-infra-manager-preview}
 
+# The uptime check, its email channel and its alert (vm.py): the three predefined roles Google
+# names for creating them through the API (https://cloud.google.com/monitoring/uptime-checks/,
+# "Before you begin"), each limited to its own object type; they hold the
+# monitoring.{uptimeCheckConfigs,notificationChannels,alertPolicies}.{create,get,update,delete}
+# permissions the create/patch/delete methods require
+# (https://cloud.google.com/monitoring/api/ref_v3/rest/v3/projects.uptimeCheckConfigs/create).
+# Terraform creates them as IM_RUNNER; Deployment Manager as its own service agent.
+MONITORING_ROLES=(
+  roles/monitoring.uptimeCheckConfigEditor
+  roles/monitoring.notificationChannelEditor
+  roles/monitoring.alertPolicyEditor
+)
+
 # --- Deployment Manager (--engine dm) ---------------------------------------------------------
 # DM creates the resources itself, as its Google APIs service agent; the deployer only manages
 # deployments.
@@ -61,8 +74,9 @@ IM_RUNNER_ROLES=(
   roles/compute.networkAdmin
   roles/compute.securityAdmin
   roles/compute.instanceAdmin.v1
+  "${MONITORING_ROLES[@]}"
 )
-IM_PREVIEW_RUNNER_ROLES=(roles/config.agent roles/compute.viewer)
+IM_PREVIEW_RUNNER_ROLES=(roles/config.agent roles/compute.viewer roles/monitoring.viewer)
 # The previewer: a preview against production, exported and deleted; it may hand
 # IM_PREVIEW_RUNNER (only) to IM.
 IM_PREVIEW_ROLE=helloInfraManagerPreviewer
@@ -176,9 +190,9 @@ previewer_sa=$(sa_email "$PREVIEWER")
 staging_bucket=gs://${PROJECT_ID//[.:]/_}_infra_manager_staging
 staging_bucket=${staging_bucket//google/elgoog}
 
-# APIs: the engine and Compute for the stack; IAM, STS and IAM Credentials for WIF.
-apis=(compute.googleapis.com cloudresourcemanager.googleapis.com iam.googleapis.com
-  iamcredentials.googleapis.com sts.googleapis.com)
+# APIs: the engine, Compute and Monitoring for the stack; IAM, STS and IAM Credentials for WIF.
+apis=(compute.googleapis.com monitoring.googleapis.com cloudresourcemanager.googleapis.com
+  iam.googleapis.com iamcredentials.googleapis.com sts.googleapis.com)
 if [[ $engine == dm ]]; then
   apis+=(deploymentmanager.googleapis.com)
 else

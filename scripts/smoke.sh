@@ -18,7 +18,9 @@
 #   trust instead of the system's (pebble's, locally); SMOKE_HTTPS_PORT: where HOST's 443 really
 #   is (the forwarded port, locally). A fresh VM serves HTTP before its certificate arrives, so
 #   these retry like the HTTP check.
-# Exit codes: 0 the app answered as expected; 1 it never did; 2 usage.
+# Exit codes: 0 the app answered as expected; 1 it never did; 2 usage, including an ADDRESS
+# that cannot be one (not_an_ip, 10.0.0.300, host:70000): only what can heal is retried, such as
+# a refused connection or a timeout while the VM boots.
 set -euo pipefail
 
 readonly EXPECTED='Hello World from BenchSci!'
@@ -48,7 +50,33 @@ if [[ -z $target ]]; then
   [[ -f $ip_file ]] ||
     usage_error "no address given, and $ip_file (written by \`make deploy\`) does not exist: deploy first, or give the address"
   target=$(<"$ip_file")
+  from=" (read from $ip_file)"
 fi
+
+# Why ADDRESS cannot be one (IPv4[:PORT] or HOSTNAME[:PORT]), or nothing.
+address_problem() {
+  local address=$1 host port octet
+  local label='[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?'
+  host=${address%:*}
+  port=${address#"$host"}
+  port=${port#:}
+  if [[ $address == *:* ]] && ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#${port:-1} < 1 || 10#${port:-1} > 65535)); then
+    echo "'$port' is not a port (1-65535)"
+  elif [[ $host =~ ^[0-9.]+$ ]]; then
+    if [[ ! $host =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
+      echo "$host is not an IPv4 address (four numbers 0-255 separated by dots)"
+      return
+    fi
+    IFS=. read -ra octets <<<"$host"
+    for octet in "${octets[@]}"; do
+      ((10#$octet <= 255)) || echo "$host is not an IPv4 address: $octet is over 255"
+    done | head -n 1
+  elif [[ ! $host =~ ^($label\.)*$label\.?$ ]]; then
+    echo "$host is neither an IPv4 address nor a host name (letters, digits, hyphens and dots)"
+  fi
+}
+problem=$(address_problem "$target")
+[[ -z $problem ]] || usage_error "'$target'${from:-} cannot be an address: $problem"
 attempts=${SMOKE_ATTEMPTS:-30}
 delay=${SMOKE_FIRST_WAIT:-2}
 max_wait=${SMOKE_MAX_WAIT:-20}

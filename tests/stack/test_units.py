@@ -1,6 +1,9 @@
 """The systemd units and startup script the VM runs, read by the tools that run them."""
 
 import configparser
+import datetime
+import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -116,6 +119,51 @@ def test_every_service_scores_5_or_less_in_systemd_analyze_security(path):
         pytest.skip("this systemd-analyze cannot score a unit file offline")
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 5.0
+
+
+@pytest.mark.parametrize("path", SERVICES)
+def test_every_service_writes_its_output_to_the_serial_console_too(path):
+    """GCE's image copies nothing from the journal to the console (journald's default), and the
+    VM sends nothing to Cloud Logging: a unit that does not ask keeps its failures out of
+    `gcloud compute instances get-serial-port-output`."""
+    service = unit(path)["Service"]
+    assert service["StandardOutput"] == "journal+console"
+    assert service.get("StandardError", "inherit") in ("inherit", "journal+console")
+
+
+def seconds(timespan: str) -> int:
+    """A systemd time span ("1h", "30min") in seconds, as systemd-analyze reads it."""
+    result = subprocess.run(
+        ["systemd-analyze", "timespan", timespan], capture_output=True, text=True, check=True
+    )
+    micros = re.search(r"μs: (\d+)", result.stdout)
+    assert micros, result.stdout
+    return int(micros.group(1)) // 1_000_000
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_a_certificate_is_served_only_while_it_outlives_the_next_timer_run_by_an_hour():
+    """hello-tls activate runs after each hello-cert run; a certificate it serves must stay valid
+    for an hour past the latest the next run can come: the timer's period plus its delay."""
+    timer = unit("app/hello-cert.timer")["Timer"]
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=3", timer["OnCalendar"]],
+        env={**os.environ, "TZ": "UTC"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # "Next elapse: Wed 2026-12-02 00:00:00 UTC", then "Iter. #2: ...": the next three runs.
+    stamps = re.findall(r"(?:Next elapse|Iter\. #\d): \w{3} (\S+ \S+) UTC", result.stdout)
+    runs = [datetime.datetime.fromisoformat(stamp) for stamp in stamps]
+    assert len(runs) == 3, result.stdout
+    period = max((b - a).total_seconds() for a, b in itertools.pairwise(runs))
+    longest_gap = period + seconds(timer["RandomizedDelaySec"])
+    script = (REPO / "app/hello-tls.sh").read_text()
+    lead = re.search(r"^readonly LEAD=\$\{HELLO_TLS_LEAD:-(\d+)\}$", script, re.M)
+    assert lead, "hello-tls.sh defines no LEAD"
+    assert int(lead.group(1)) >= longest_gap + 3600
+    assert '-checkend "$LEAD"' in script
 
 
 def test_metadata_watcher_runs_without_privileges():

@@ -15,19 +15,18 @@ import re
 import pytest
 
 from dmlocal import provider_schema
-from dmlocal.expand import expand_path
-from dmlocal.terraform import TF_TYPES, to_terraform
+from dmlocal.terraform import SERVER_NAMED, TF_TYPES, to_terraform
 from emulators import terraform_plan
 from emulators.terraform_plan import TerraformError, gce_properties, read_module, run
 from tests.conftest import REPO
-from tests.tooling.test_terraform import through_outputs
+from tests.tooling.test_terraform import alerting_expansion, through_outputs
 
 PROJECT = "hello-prod-1234"
 
 
 @pytest.fixture(scope="module")
-def expansion():
-    return expand_path(REPO / "deployment.yaml")
+def expansion(tmp_path_factory):
+    return alerting_expansion(tmp_path_factory.mktemp("stack"))
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +60,18 @@ def test_terraform_arguments_materialise_as_the_dm_properties(expansion):
     )
     for resource in expansion.resources:
         tf_type = TF_TYPES[resource["type"]]
-        got = gce_properties(tf_type, scope.evaluate(resources[tf_type][resource["name"]]))
+        arguments = scope.evaluate(resources[tf_type][resource["name"]])
+        got = gce_properties(tf_type, arguments, PROJECT)
+        named = {} if tf_type in SERVER_NAMED else {"name": resource["name"]}
         dm = re.sub(
             r"\$\(ref\.([^.()\s]+)\.(\w+)\)",
             lambda m: fake[m[1]][m[2]],
-            json.dumps(
-                {"name": resource["name"], **through_outputs(resource["properties"], expansion)}
-            ),
+            json.dumps({**named, **through_outputs(resource["properties"], expansion)}),
         )
         assert got == json.loads(dm), resource["name"]
 
 
-def test_the_real_module_plans_ten_creates_and_its_output(expansion, schema):
+def test_the_real_module_plans_a_create_per_resource_and_its_output(expansion, schema):
     files = files_of(to_terraform(expansion))
     module = read_module(files, {"project": PROJECT})
     cloud: dict = {}
@@ -82,9 +81,9 @@ def test_the_real_module_plans_ten_creates_and_its_output(expansion, schema):
         return {**properties, "name": name, "selfLink": link, "address": "192.0.2.7"}
 
     plan, state = run(module, {}, cloud, False, materialize)
-    assert [c.actions for c in plan.changes] == [["create"]] * 10
+    assert [c.actions for c in plan.changes] == [["create"]] * len(expansion.resources)
     assert plan.outputs == {"publicIp": "192.0.2.7"}
-    assert len(state) == 10
+    assert len(state) == len(expansion.resources) == 13
     vm = cloud["compute.v1.instance"]["hello-vm"]
     assert {i["key"]: i["value"] for i in vm["metadata"]["items"]}["startup-script"] == (
         REPO / "app" / "startup.sh"

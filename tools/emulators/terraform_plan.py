@@ -18,7 +18,11 @@ strict as the parts of Terraform it replaces that this stack uses:
     Compute Engine gives, unless the deployment set importExistingResources, which adopts it;
   * changes to an argument the provider marks "forces replacement" (REPLACE_ON) are a
     delete-then-create; everything else is an in-place update; a resource no longer in the
-    configuration is destroyed; an instance with deletion_protection is never deleted.
+    configuration is destroyed; an instance with deletion_protection is never deleted;
+  * Cloud Monitoring objects are named by the server, so a create never conflicts and has no
+    import ID (an object DM or an abandoned deployment left stays beside the new one); the
+    emulated cloud applies Monitoring's rules to them (emulators/monitoring.py), and its refusal
+    fails the apply as the provider's googleapi error does.
 
 The resources live in the emulated Compute Engine of the Deployment Manager emulator, in the
 compute.v1 API shape (the shape DM writes there), so one state serves both engines.
@@ -36,7 +40,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmlocal import provider_schema
-from dmlocal.terraform import TF_ATTRIBUTES, TF_TYPES
+from dmlocal.terraform import (
+    MONITORING_FIELDS,
+    PROJECT_PATH,
+    REPEATED_BLOCKS,
+    SERVER_NAMED,
+    TF_ATTRIBUTES,
+    TF_TYPES,
+)
+from emulators import monitoring
+from emulators.deploymentmanager.errors import OperationFailed
 
 DM_TYPES = {tf: dm for dm, tf in TF_TYPES.items()}
 GCE_FIELDS = {tf: dm for dm, tf in TF_ATTRIBUTES.items()}
@@ -57,6 +70,8 @@ REPLACE_ON = {
     "compute.v1.firewall": {"name", "network", "direction"},
     "compute.v1.address": {"name", "region", "address", "addressType", "networkTier"},
     "compute.v1.instance": {"name", "zone", "disks"},
+    # Emulator choice, not checked against the provider: Monitoring objects update in place.
+    **{dm: set() for dm in monitoring.TYPES},
 }
 
 
@@ -300,9 +315,12 @@ def references(value: Any) -> set[str]:
 # -- Terraform arguments -> Compute Engine resource -----------------------------------------
 
 
-def gce_properties(tf_type: str, body: dict) -> dict:
-    """The compute.v1 properties a google provider resource with these arguments creates."""
+def gce_properties(tf_type: str, body: dict, project: str | None = None) -> dict:
+    """The API properties (DM's shape) a google provider resource with these arguments creates."""
     b = dict(body)
+    if tf_type in SERVER_NAMED:
+        kind = DM_TYPES[tf_type].rsplit(".", 1)[1]
+        return {PROJECT_PATH[kind]: f"projects/{project}"} | _api_fields(b, MONITORING_FIELDS[kind])
     if tf_type == "google_compute_network":
         props = _renamed(
             b, {"auto_create_subnetworks": "autoCreateSubnetworks"}, skip={"routing_mode"}
@@ -348,6 +366,20 @@ def gce_properties(tf_type: str, body: dict) -> dict:
     if tf_type == "google_compute_instance":
         return _instance(b)
     raise TerraformError(f"{tf_type}: not materialised by this emulator")
+
+
+def _api_fields(body: dict, spec: dict) -> dict:
+    """Provider arguments back to Monitoring fields: dmlocal/terraform.py's mapping, reversed."""
+    fields: dict[str, Any] = {}
+    for api_name, target in spec.items():
+        if isinstance(target, str):
+            if target in body:
+                fields[api_name] = body[target]
+            continue
+        blocks = [_api_fields(block, target[1]) for block in body.get(target[0]) or []]
+        if blocks:
+            fields[api_name] = blocks if api_name in REPEATED_BLOCKS else blocks[0]
+    return fields
 
 
 def _renamed(body: dict, names: dict[str, str], skip: frozenset | set = frozenset()) -> dict:
@@ -439,7 +471,10 @@ COLLECTION_TYPES = {
 
 
 def import_id_of(tf_type: str, resource: dict) -> str:
-    """The provider's `id` of a resource: its selfLink's path from `projects/`."""
+    """The provider's `id` of a resource: its selfLink's path from `projects/`, or a Monitoring
+    object's server-assigned name."""
+    if tf_type in SERVER_NAMED:
+        return resource["name"]
     return resource["selfLink"].split("/compute/v1/", 1)[1]
 
 
@@ -498,8 +533,9 @@ def run(
     for address in _order(module):
         tf_type, label, body = module.resources[address]
         dm_type = DM_TYPES[tf_type]
-        wanted = gce_properties(tf_type, scope.evaluate(body))
-        name = wanted.get("name", label)
+        wanted = gce_properties(tf_type, scope.evaluate(body), project)
+        server_named = tf_type in SERVER_NAMED
+        name = label if server_named else wanted.get("name", label)
         importing = None
         tracked = state.get(address)
         existing = None
@@ -513,6 +549,8 @@ def run(
                 raise TerraformError(
                     f"{address}: Cannot import non-existent remote object ({importing})"
                 )
+        elif server_named:
+            name = _free_key(cloud.get(dm_type, {}), label)
         else:
             taken = cloud.get(dm_type, {}).get(name)
             if taken is not None and import_existing:
@@ -527,7 +565,8 @@ def run(
         if existing is None:
             actions = ["create"]
         else:
-            changed = {k for k in wanted if existing.get(k) != wanted[k]}
+            compared = monitoring.body_of(dm_type, wanted) if server_named else wanted
+            changed = {k for k in compared if existing.get(k) != compared[k]}
             if changed & REPLACE_ON[dm_type]:
                 if existing.get("deletionProtection"):
                     raise _protected(address)
@@ -537,7 +576,14 @@ def run(
                 actions = ["update"] if changed else ["no-op"]
         actual = existing
         if actions != ["no-op"]:
-            actual = materialize(dm_type, name, wanted, existing)
+            try:
+                actual = materialize(dm_type, name, wanted, existing)
+            except OperationFailed as refused:
+                detail = json.loads(refused.message)
+                raise TerraformError(
+                    f"Error creating {tf_type} {address}: googleapi: Error "
+                    f"{detail['ResourceErrorCode']}: {detail['ResourceErrorMessage']}"
+                ) from None
             cloud.setdefault(dm_type, {})[name] = actual
         attributes[address] = actual
         new_state[address] = {"project": project, "type": dm_type, "name": name}
@@ -555,6 +601,17 @@ def run(
         plan.changes.append(Change(address, ["delete"], before=copy.deepcopy(existing)))
     plan.outputs = {name: scope.evaluate(value) for name, value in module.outputs.items()}
     return plan, new_state
+
+
+def _free_key(objects: dict, label: str) -> str:
+    """Where a new Monitoring object goes in the emulated cloud: under its label, or beside an
+    object already there (one DM made, or an abandoned deployment left) as LABEL-2, -3, ...:
+    Monitoring keeps both, each under its own server-assigned name."""
+    key, number = label, 1
+    while key in objects:
+        number += 1
+        key = f"{label}-{number}"
+    return key
 
 
 def destroy(state: dict[str, dict], cloud: dict[str, dict[str, dict]]) -> None:
@@ -578,4 +635,4 @@ def _protected(address: str) -> TerraformError:
 def _managed_view(resource: dict | None, wanted: dict) -> dict | None:
     if resource is None:
         return None
-    return {k: resource.get(k) for k in (*wanted, "selfLink") if k in resource}
+    return {k: resource.get(k) for k in (*wanted, "selfLink", "name") if k in resource}

@@ -56,12 +56,14 @@ class Front:
             text=True,
         ).stdout
 
-    def metadata(self, external_ip: str = IP) -> MetadataEmulator:
+    def metadata(self, external_ip: str = IP, pebble: Pebble | None = None) -> MetadataEmulator:
+        """A metadata server for this instance pointing at `pebble` (default: the front's own)."""
+        pebble = pebble or self.pebble
         instance, network_name = from_expanded_config(self.expanded)
         emulator = MetadataEmulator(
             instance, network={**NETWORK, "external-ip": external_ip}, network_name=network_name
         )
-        emulator.store.set_instance_attributes(self.pebble.attributes(self.pebble.directory))
+        emulator.store.set_instance_attributes(pebble.attributes(pebble.directory))
         emulator.start()
         return emulator
 

@@ -10,6 +10,8 @@ place, or deleted, and Compute Engine's refusals come back as DM resource errors
   * a change the Compute Engine API cannot make on a live resource (dmlocal.replacement reads
     which ones from the API's discovery document: a zone, a subnet's ipCidrRange, ...) fails;
   * deleting an instance with `deletionProtection: true` fails, as Compute Engine refuses it.
+
+Other services' objects follow their own rules, in a module per service (SERVICES below).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from dmlocal.replacement import replacement_reason
+from emulators import monitoring
 from emulators.deploymentmanager.errors import OperationFailed
 
 COMPUTE_ROOT = "https://www.googleapis.com/compute/v1/projects/"
@@ -36,6 +39,11 @@ COLLECTIONS = {
 }
 
 AddressAllocator = Callable[[str, str, dict], str]
+
+# type -> the module holding that service's rules: check(type, properties, project objects),
+# stored(project, type, properties, existing, new_id), check_delete(type, object, project
+# objects), each refusing with its Refused exception (a 400 from the service).
+SERVICES = dict.fromkeys(monitoring.TYPES, monitoring)
 
 
 def now() -> str:
@@ -114,6 +122,9 @@ class Cloud:
         actual = self.get(project, type_, name)
         if actual is None:
             return  # already gone: nothing to delete
+        if type_ in SERVICES:
+            objects = self.projects.get(project, {})
+            self._service(type_, name, "check_delete", type_, actual, objects)
         if actual.get("deletionProtection"):
             raise resource_error(
                 type_,
@@ -127,6 +138,14 @@ class Cloud:
     def store(self, project, type_, name, properties, existing) -> dict:
         """The resource as Compute Engine holds it once created or updated: server-side id,
         selfLink, timestamp and, for an address, the allocated IP."""
+        if type_ in SERVICES:
+            objects = self.projects.get(project, {})
+            self._service(type_, name, "check", type_, properties, objects)
+            actual = SERVICES[type_].stored(
+                project, type_, properties, existing, lambda: next(self._ids)
+            )
+            self.projects.setdefault(project, {}).setdefault(type_, {})[name] = actual
+            return copy.deepcopy(actual)
         actual = {**properties, "name": properties.get("name", name)}
         if existing:  # acquired or updated in place: the server-side fields survive
             for key in ("id", "selfLink", "creationTimestamp", "address"):
@@ -142,6 +161,15 @@ class Cloud:
             actual["status"] = "RUNNING"
         self.projects.setdefault(project, {}).setdefault(type_, {})[name] = actual
         return copy.deepcopy(actual)
+
+    @staticmethod
+    def _service(type_: str, name: str, rule: str, *args) -> None:
+        """Applies one of the type's service rules; a refusal is that service's 400."""
+        service = SERVICES[type_]
+        try:
+            getattr(service, rule)(*args)
+        except service.Refused as refused:
+            raise resource_error(type_, name, 400, str(refused)) from None
 
     @staticmethod
     def _self_link(project: str, type_: str, name: str, properties: dict) -> str:
