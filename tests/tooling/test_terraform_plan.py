@@ -123,3 +123,59 @@ def test_an_import_of_a_missing_object_fails(expansion, schema):
     module = read_module(files_of(to_terraform(expansion, PROJECT)), {})
     with pytest.raises(TerraformError, match="Cannot import non-existent remote object"):
         run(module, {}, {}, False, lambda *a: {})
+
+
+def _applied(expansion):
+    """The real module applied to an empty cloud: (documents, state, cloud, materialize)."""
+    documents = to_terraform(expansion)
+    files = files_of(documents)
+    cloud: dict = {}
+
+    def materialize(dm_type, name, properties, existing):
+        link = f"https://www.googleapis.com/compute/v1/projects/{PROJECT}/x/{name}"
+        held = {**(existing or {}), **properties, "name": name, "selfLink": link}
+        return {"address": "192.0.2.7", **held}
+
+    _, state = run(read_module(files, {"project": PROJECT}), {}, cloud, False, materialize)
+    return documents, state, cloud, materialize
+
+
+def test_a_machine_type_change_needs_allow_stopping_for_update_on_a_running_instance(
+    expansion, schema
+):
+    """The google provider refuses to change machine_type on a started instance unless
+    allow_stopping_for_update is true ("Changing the machine_type, ... on a started instance
+    requires stopping it. To acknowledge this, please set allow_stopping_for_update = true in
+    your config"). The export sets it false on purpose, so the apply fails; with true, or on a
+    stopped instance, it updates in place."""
+    documents, state, cloud, materialize = _applied(expansion)
+    vm = documents["main.tf.json"]["resource"]["google_compute_instance"]["hello-vm"]
+    assert vm["allow_stopping_for_update"] is False
+    vm["machine_type"] = "e2-medium"
+    module = read_module(files_of(documents), {"project": PROJECT})
+    with pytest.raises(TerraformError, match="requires stopping it") as refused:
+        run(module, state, cloud, False, materialize)
+    assert "machine_type" in str(refused.value)
+    assert "allow_stopping_for_update = true" in str(refused.value)
+
+    vm["allow_stopping_for_update"] = True
+    module = read_module(files_of(documents), {"project": PROJECT})
+    plan, _ = run(module, state, cloud, False, materialize)
+    assert [c.actions for c in plan.changes if c.address.endswith("hello-vm")] == [["update"]]
+
+    vm.update(allow_stopping_for_update=False, machine_type="e2-standard-2")
+    cloud["compute.v1.instance"]["hello-vm"]["status"] = "TERMINATED"
+    module = read_module(files_of(documents), {"project": PROJECT})
+    plan, _ = run(module, state, cloud, False, materialize)
+    assert [c.actions for c in plan.changes if c.address.endswith("hello-vm")] == [["update"]]
+
+
+def test_the_module_runs_only_on_the_terraform_it_requires(expansion, schema):
+    """Terraform refuses a configuration whose required_version excludes it ("Unsupported
+    Terraform Core version"); the export asks for the 1.5 line Infrastructure Manager runs."""
+    module = read_module(files_of(to_terraform(expansion)), {"project": PROJECT})
+    assert module.required_versions == ["~> 1.5.7"]
+    module.check_core("1.5.7")
+    for older in ("1.4.7", "1.3.10"):
+        with pytest.raises(TerraformError, match=f"does not support Terraform version {older}"):
+            module.check_core(older)

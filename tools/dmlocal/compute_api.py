@@ -270,6 +270,16 @@ class _Walker:
                     path, f"must be a whole number (64-bit), not {_describe(value)} {value!r}"
                 )
             return
+        if isinstance(value, int) and not isinstance(value, bool) and not spec.get("enum"):
+            # Deployment Manager sends the config as JSON and the API takes a number where it
+            # declares a string: Google's own samples write `ports: [22]` and `portRange: 80`.
+            yield self.finding(
+                path,
+                f"is a string in the API; Deployment Manager accepts the integer {value} as "
+                f'"{value}", quote it to say so',
+                "warning",
+            )
+            return
         if not isinstance(value, str):
             yield self.finding(
                 path, f"must be a string, not {_describe(value)} {value!r}; quote it in YAML"

@@ -42,10 +42,47 @@ from dmlocal.references import REFERENCE, last_segment, template_outputs
 # (the last 6.x) because it is the newest release whose schema tests/test_terraform.py can check
 # these arguments against offline; moving to 7.x after the adoption is a separate, planned change.
 GOOGLE_PROVIDER_VERSION = "6.50.0"
-# Import blocks need Terraform >= 1.5; Infrastructure Manager's newest Terraform is 1.5.7
-# (https://cloud.google.com/infrastructure-manager/docs/terraform), passed as
-# --tf-version-constraint in docs/migration.md.
-TERRAFORM_REQUIRED_VERSION = ">= 1.5.0"
+# The Terraform versions Infrastructure Manager runs -> the date its support ends (None: none
+# announced), from the "Supported Terraform versions" table of
+# https://cloud.google.com/infrastructure-manager/docs/terraform (read 2026-12-01): 1.2.3 was
+# deprecated on 2026-01-08 and unsupported from 2026-02-08 (deployments move to 1.5.7); 1.3.10,
+# 1.4.7 and 1.5.7 are available since 2024-03-14. Without a constraint it runs the newest; an
+# update may move a deployment to a newer version, never to an older one.
+INFRA_MANAGER_TERRAFORM = {"1.2.3": "2026-02-08", "1.3.10": None, "1.4.7": None, "1.5.7": None}
+# Import blocks need Terraform 1.5, and 1.5.7 is the newest Infrastructure Manager runs: the
+# module pins that line, as the provider is pinned, so a core upgrade is a reviewed change.
+# scripts/lib/infra-manager.sh passes --tf-version-constraint==1.5.7, which it accepts.
+TERRAFORM_REQUIRED_VERSION = "~> 1.5.7"
+VERSION_CONSTRAINT = re.compile(r"^\s*(=|!=|>=|<=|>|<|~>)?\s*v?(\d+(?:\.\d+){0,2})\s*$")
+
+
+def satisfies(version: str, constraint: str) -> bool:
+    """Whether Terraform `version` meets a version constraint string, as Terraform reads it
+    (https://developer.hashicorp.com/terraform/language/expressions/version-constraints): a
+    comma-separated list of `=`, `!=`, `>`, `>=`, `<`, `<=` or `~>` (only the rightmost part
+    may grow) and a version; each must hold. Raises ValueError for a malformed one."""
+    have = tuple(int(part) for part in version.split("."))
+    for part in constraint.split(","):
+        match = VERSION_CONSTRAINT.match(part)
+        if not match:
+            raise ValueError(f"Malformed constraint: {part.strip()!r}")
+        operator = match.group(1) or "="
+        given = tuple(int(piece) for piece in match.group(2).split("."))
+        want = given + (0,) * (3 - len(given))
+        held = {
+            "=": have == want,
+            "!=": have != want,
+            ">": have > want,
+            ">=": have >= want,
+            "<": have < want,
+            "<=": have <= want,
+            "~>": have >= want
+            and have[: max(len(given) - 1, 1)] == given[: max(len(given) - 1, 1)],
+        }[operator]
+        if not held:
+            return False
+    return True
+
 
 TF_TYPES = {
     "compute.v1.network": "google_compute_network",
@@ -435,6 +472,11 @@ class _Translator:
             ]
         if "metadata" in p:
             body["metadata"] = self._metadata(name, p["metadata"])
+        # Explicitly false: the provider then refuses a change that needs the VM stopped
+        # (machine_type, service_account, ...) instead of stopping the one VM the service runs
+        # on in the middle of an apply. Such a change is planned downtime, done by hand as
+        # with Deployment Manager (docs/deploy.md), and `dmlocal changes` names it beforehand.
+        body["allow_stopping_for_update"] = False
         return body
 
     def _monitoring(self, name: str, type_: str, p: dict) -> dict:

@@ -19,6 +19,10 @@ strict as the parts of Terraform it replaces that this stack uses:
   * changes to an argument the provider marks "forces replacement" (REPLACE_ON) are a
     delete-then-create; everything else is an in-place update; a resource no longer in the
     configuration is destroyed; an instance with deletion_protection is never deleted;
+  * a change google_compute_instance makes only on a stopped instance (machine_type, ...) fails
+    on a RUNNING one with the provider's error unless `allow_stopping_for_update = true`;
+  * the module's `terraform.required_version` must accept the Terraform version Infrastructure
+    Manager runs it with ("Unsupported Terraform Core version", as Terraform says);
   * Cloud Monitoring objects are named by the server, so a create never conflicts and has no
     import ID (an object DM or an abandoned deployment left stays beside the new one); the
     emulated cloud applies Monitoring's rules to them (emulators/monitoring.py), and its refusal
@@ -47,6 +51,7 @@ from dmlocal.terraform import (
     SERVER_NAMED,
     TF_ATTRIBUTES,
     TF_TYPES,
+    satisfies,
 )
 from emulators import monitoring
 from emulators.deploymentmanager.errors import OperationFailed
@@ -61,6 +66,25 @@ EQUALS = re.compile(r'^\s*var\.(\w+)\s*==\s*("(?:[^"\\]|\\.)*")\s*$')
 IMPORT_ID = re.compile(
     r"^projects/(?P<project>[^/]+)/(?:global|regions/[^/]+|zones/[^/]+)/(?P<collection>[^/]+)/"
     r"(?P<name>[^/]+)$"
+)
+
+# What google_compute_instance changes only on a stopped instance, in the provider's words when
+# allow_stopping_for_update is not true (its error, as `terraform apply` prints it):
+STOPPING_ARGUMENTS = {
+    "machineType": "machine_type",
+    "minCpuPlatform": "min_cpu_platform",
+    "serviceAccounts": "service_account",
+    "displayDevice": "enable_display",
+    "shieldedInstanceConfig": "shielded_instance_config",
+    "advancedMachineFeatures": "advanced_machine_features",
+}
+STOPPING_REFUSED = (
+    "Changing the machine_type, min_cpu_platform, service_account, enable_display, "
+    "shielded_instance_config, scheduling.node_affinities or "
+    "network_interface.[#d].(network/subnetwork/subnetwork_project) or advanced_machine_features "
+    "on a started instance requires stopping it. To acknowledge this, please set "
+    "allow_stopping_for_update = true in your config. You can also stop it by setting "
+    'desired_status = "TERMINATED", but the instance will not be restarted after the update.'
 )
 
 # Arguments whose change "forces replacement" in the google provider 6.x documentation.
@@ -86,6 +110,22 @@ class Module:
     outputs: dict[str, Any]
     imports: dict[str, str]  # address -> import id
     variables: dict[str, Any]
+    required_versions: list[str] = field(default_factory=list)  # terraform.required_version
+
+    def check_core(self, version: str) -> None:
+        """Terraform refuses to run a module whose required_version excludes it."""
+        for constraint in self.required_versions:
+            try:
+                accepted = satisfies(version, constraint)
+            except ValueError as error:
+                raise TerraformError(f"Invalid required_version {constraint!r}: {error}") from None
+            if not accepted:
+                raise TerraformError(
+                    f"Unsupported Terraform Core version: This configuration does not support "
+                    f"Terraform version {version} (required_version {constraint!r}). To proceed, "
+                    "either choose another supported Terraform version or update this version "
+                    "constraint."
+                )
 
 
 @dataclass
@@ -151,7 +191,10 @@ def read_module(files: dict[str, bytes], input_values: dict[str, Any]) -> Module
     merged: dict[str, Any] = {"resource": {}, "variable": {}, "output": {}, "import": []}
     provider = None
     required = None
+    core: list[str] = []
     for path, document in documents:
+        if "required_version" in (document.get("terraform") or {}):
+            core.append(document["terraform"]["required_version"])
         for unsupported in ("locals", "data"):
             if unsupported in document:
                 raise TerraformError(f"{path}: `{unsupported}` is not evaluated by this emulator")
@@ -209,6 +252,7 @@ def read_module(files: dict[str, bytes], input_values: dict[str, Any]) -> Module
         outputs={name: body.get("value") for name, body in merged["output"].items()},
         imports=imports,
         variables=variables,
+        required_versions=core,
     )
 
 
@@ -400,6 +444,7 @@ def _instance(b: dict) -> dict:
             "shielded_instance_config",
             "scheduling",
             "metadata",
+            "allow_stopping_for_update",
         },
     )
     props["machineType"] = f"zones/{zone}/machineTypes/{b['machine_type']}"
@@ -533,7 +578,8 @@ def run(
     for address in _order(module):
         tf_type, label, body = module.resources[address]
         dm_type = DM_TYPES[tf_type]
-        wanted = gce_properties(tf_type, scope.evaluate(body), project)
+        arguments = scope.evaluate(body)
+        wanted = gce_properties(tf_type, arguments, project)
         server_named = tf_type in SERVER_NAMED
         name = label if server_named else wanted.get("name", label)
         importing = None
@@ -574,6 +620,12 @@ def run(
                 existing, actions = None, ["delete", "create"]
             else:
                 actions = ["update"] if changed else ["no-op"]
+                stopping = sorted(STOPPING_ARGUMENTS[k] for k in changed & set(STOPPING_ARGUMENTS))
+                running = existing.get("status", "RUNNING") == "RUNNING"
+                if stopping and running and arguments.get("allow_stopping_for_update") is not True:
+                    raise TerraformError(
+                        f"{address}: changing {', '.join(stopping)}: {STOPPING_REFUSED}"
+                    )
         actual = existing
         if actions != ["no-op"]:
             try:
