@@ -25,7 +25,8 @@
 #   IM_LOCATION         Infrastructure Manager location; default: us-central1
 #   IM_SERVICE_ACCOUNT  the service account Terraform runs as (email or
 #                       projects/P/serviceAccounts/EMAIL);
-#                       default: infra-manager@PROJECT.iam.gserviceaccount.com (docs/deploy.md)
+#                       default: hello-infra-manager@PROJECT.iam.gserviceaccount.com, the
+#                       account scripts/gcp-bootstrap.sh creates
 #   IM_TF_VERSION       Terraform version constraint; default: =1.5.7 (the newest it offers that
 #                       this Terraform was written for)
 #   IM_ADOPT            true: also write import blocks for the resources as Deployment Manager
@@ -39,7 +40,7 @@ im_setup() {
   fi
   [[ -n $im_project ]] || die "$EXIT_USAGE" "no project: set GCP_PROJECT"
   local location=${IM_LOCATION:-us-central1}
-  local account=${IM_SERVICE_ACCOUNT:-infra-manager@$im_project.iam.gserviceaccount.com}
+  local account=${IM_SERVICE_ACCOUNT:-hello-infra-manager@$im_project.iam.gserviceaccount.com}
   [[ $account == projects/* ]] || account="projects/$im_project/serviceAccounts/$account"
   im_location_path="projects/$im_project/locations/$location"
   im_deployment="$im_location_path/deployments/$deployment"
