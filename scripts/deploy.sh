@@ -113,13 +113,9 @@ out_dir=${DEPLOY_OUT_DIR:-build/deploy}
 retries=${DEPLOY_RETRIES:-10}
 backoff=${DEPLOY_RETRY_SECONDS:-5}
 
-log() { printf 'deploy: %s\n' "$*" >&2; }
-die() {
-  local code=$1
-  shift
-  printf 'deploy: error: %s\n' "$*" >&2
-  exit "$code"
-}
+message_prefix=deploy
+# shellcheck source=scripts/lib/messages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/messages.sh"
 
 [[ $engine == dm || $engine == infra-manager ]] ||
   die "$EXIT_USAGE" "DEPLOY_ENGINE must be dm or infra-manager, not '$engine'"
