@@ -286,10 +286,12 @@ def test_the_first_deploy_has_nothing_to_roll_back_to(job, repo):
 
 
 def test_a_deploy_queues_behind_a_rollback(job, repo):
-    """A rollback's deploy is held mid-flight; a deploy started then is refused by the engine
-    (409: one operation per deployment), backs off and applies after the rollback's, never at
-    the same time; both end well. In CI the serial group queues the whole job first."""
-    _, _, bad = repo
+    """A rollback's deploy is held mid-flight; a deploy of the good commit by hand, started
+    then, is refused by the engine (409: one operation per deployment), backs off and applies
+    after the rollback's, never at the same time; both end well. The engine serializes single
+    operations only: in CI the deploy job's serial group queues a whole job (deploy, smoke,
+    rollback) behind another (test_circleci_config.py checks the rollback is in that job)."""
+    _, good, bad = repo
     assert job.deploy_and_smoke().returncode == 0
     job.checkout(bad)
     assert job.deploy_and_smoke().returncode == 1
@@ -307,6 +309,7 @@ def test_a_deploy_queues_behind_a_rollback(job, repo):
     try:
         rollback = job.start("rollback.sh", "--after-failed-smoke")
         wait_for(lambda: on_project(200), "the rollback's deploy")
+        job.checkout(good)
         second = job.start("deploy.sh")
         wait_for(lambda: on_project(409), "the second deploy to be refused")
     finally:
