@@ -18,7 +18,7 @@ PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
 	record-good rollback lint pytest image image-key bench bench-preview bench-boot bench-deploy \
-	bench-tls system-deps gcloud clean
+	bench-tls bench-redeploy system-deps gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -58,10 +58,10 @@ preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager woul
 terraform: $(VENV)/.installed ## CONFIG as Terraform JSON in build/terraform (PROJECT=id adopts)
 	$(BIN)/dmlocal terraform $(CONFIG) --out build/terraform $(if $(PROJECT),--project $(PROJECT))
 
-docs: $(VENV)/.installed ## regenerate the diagram (docs/architecture.*) and README's inputs table
+docs: $(VENV)/.installed ## regenerate the diagram (docs/architecture.*) and the inputs table (docs/inputs.md)
 	@bash scripts/install-system-deps.sh diagram
 	$(BIN)/dmlocal diagram $(CONFIG) --out docs
-	$(VPY) -m dmlocal.inputs $(CONFIG) --readme README.md
+	$(VPY) -m dmlocal.inputs $(CONFIG) --page docs/inputs.md
 
 # The infra-manager engine writes the Terraform with dmlocal, so it needs the venv; dm does not.
 ENGINE_DEPS := $(if $(filter infra-manager,$(DEPLOY_ENGINE)),$(VENV)/.installed)
@@ -127,6 +127,10 @@ bench-preview: $(VENV)/.installed ## how long `make preview` takes
 bench-boot: $(VENV)/.installed ## how long the VM takes to boot and recover
 	@bash scripts/install-system-deps.sh vm
 	$(BIN)/bench-boot
+
+bench-redeploy: $(VENV)/.installed ## app redeploys on the local VM under a request loop (STACK=dir)
+	@bash scripts/install-system-deps.sh vm https
+	$(BIN)/bench-redeploy $(if $(STACK),--stack $(STACK))
 
 bench-deploy: $(VENV)/.installed ## deploy.sh's create and update time and gcloud calls, per engine
 	$(BIN)/bench-deploy

@@ -9,6 +9,14 @@
 #   hello-tls activate  root, after every obtain: serves a valid certificate on :443 and
 #                       redirects :80 to it; without one, :80 serves the app as before. Reloads
 #                       nginx (graceful: requests in flight finish) only when something changed.
+#   hello-tls expire    root, before nginx starts (app/nginx-hardening.conf): turns HTTPS off
+#                       when the served certificate is too close to its expiry, so a VM that was
+#                       stopped for longer than the certificate's life never boots into it.
+#
+# A certificate is served only while it has more than LEAD left. activate runs after every run
+# of obtain, and obtain never waits past the moment the served certificate reaches LEAD, so the
+# longest time between two activates is the timer's (6 h plus up to 1 h of random delay); LEAD
+# adds a margin of 1 h to that, so nginx never serves a certificate in its last hour.
 #
 # Metadata: acme-directory (empty turns HTTPS off), acme-email, acme-directory-ca (the PEM that
 # signs a private ACME server's own HTTPS; empty trusts certbot's public CAs). The identifier is
@@ -16,7 +24,9 @@
 #
 # HELLO_TLS_ROOT, HELLO_TLS_METADATA and HELLO_TLS_NGINX relocate the files, the metadata server
 # and nginx's command, so the host tests run this same script without a VM; HELLO_TLS_ATTEMPTS
-# shortens the retries there. HELLO_TLS_FORCE_RENEWAL=1 renews now (docs/https.md).
+# and HELLO_TLS_LEAD shorten the retries and the lead time there, for certificates that live
+# seconds. HELLO_TLS_FORCE_RENEWAL=1 renews now (docs/https.md). The host tests also source this
+# file to feed it CA answers that their CA cannot give (rate limits).
 set -Eeuo pipefail
 
 readonly ROOT=${HELLO_TLS_ROOT:-}
@@ -28,10 +38,20 @@ readonly SERVED=$ROOT/etc/hello-tls
 readonly ENABLED=$ROOT/etc/nginx/hello-tls
 readonly SHARE=$ROOT/usr/local/share/hello-tls
 readonly PROFILE=shortlived
-# Backoff between attempts within one run: 15 s doubling to 10 min, about an hour in all; after
-# that hello-cert.timer starts a new run within 6 hours.
+# Backoff between attempts within one run: 15 s doubling to 10 min; after the last attempt
+# hello-cert.timer starts a new run within 7 hours.
 readonly ATTEMPTS=${HELLO_TLS_ATTEMPTS:-10}
 readonly FIRST_WAIT=15 MAX_WAIT=600
+# 7 h between two timer runs (app/hello-cert.timer) plus a 1 h margin.
+readonly LEAD=${HELLO_TLS_LEAD:-28800}
+# Let's Encrypt's "Authorization Failures per Identifier per Account": 5 per hour (a token bucket
+# that refills one every 12 minutes; letsencrypt.org/docs/rate-limits, updated 2026-08-05). At
+# most FAILURE_LIMIT failed attempts in any FAILURE_WINDOW seconds stays inside it whatever the
+# CA counts (a CA that could not be reached counts no failure; this counts every one), across
+# runs and reboots: the times are kept in the certificate's directory.
+readonly FAILURE_LIMIT=5 FAILURE_WINDOW=3600
+# A wait longer than this (a rate limit's "retry after") ends the run; the timer comes back.
+readonly LONGEST_WAIT=3600
 
 log() { echo "hello-tls: $*"; }
 trap 'log "FAILED: line $LINENO: \"$BASH_COMMAND\" exited $?" >&2' ERR
@@ -128,8 +148,79 @@ failure_reason() {
   } | cut -c1-300
 }
 
+# A rate-limit answer: Let's Encrypt's rate-limit details all end "retry after <YYYY-MM-DD
+# HH:MM:SS> UTC" (letsencrypt.org/docs/rate-limits, "Retrying After Hitting Rate Limits"), and
+# certbot prints the detail of the urn:ietf:params:acme:error:rateLimited problem. Prints that
+# time in epoch seconds; fails for any other answer.
+rate_limited_until() {
+  local when
+  when=$(grep -m1 -oE 'retry after [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} UTC' "$1") ||
+    return 1
+  date -u -d "${when#retry after }" +%s
+}
+
+# The failed attempts of the last FAILURE_WINDOW seconds for the certificate in $1, oldest first.
+recent_failures() {
+  awk -v since=$(($(date +%s) - FAILURE_WINDOW)) '$1 > since' "$1/failures" 2>/dev/null || true
+}
+
+# Keeps the time of a failed attempt. For a rate-limit answer, also keeps the time the CA names
+# (next_allowed waits for it) and logs the answer as such; true only then.
+record_failure() {
+  local dir=$1 output=$2 directory=$3 ip=$4 retry_at
+  {
+    recent_failures "$dir"
+    date +%s
+  } >"$dir/.failures.new"
+  mv -f "$dir/.failures.new" "$dir/failures"
+  retry_at=$(rate_limited_until "$output") || return 1
+  printf '%s\n' "$retry_at" >"$dir/not-before"
+  log "FAILED: rate limited: $directory accepts no new request for $ip before" \
+    "$(utc "$retry_at"): $(failure_reason "$output")" >&2
+}
+
+# "<epoch> <why>": the earliest time the next attempt may start, and what holds it back.
+next_allowed() {
+  local dir=$1 now at not_before failures why=
+  now=$(date +%s)
+  at=$now
+  not_before=$(cat "$dir/not-before" 2>/dev/null || echo 0)
+  mapfile -t failures < <(recent_failures "$dir")
+  if ((${#failures[@]} >= FAILURE_LIMIT)); then
+    at=$((failures[${#failures[@]} - FAILURE_LIMIT] + FAILURE_WINDOW))
+    why="$FAILURE_LIMIT failed attempts in the last $FAILURE_WINDOW s (the CA's limit)"
+  fi
+  if ((not_before > at)); then
+    at=$not_before
+    why="the CA answered with a rate limit"
+  fi
+  printf '%s %s\n' "$at" "$why"
+}
+
+utc() { date -u -d "@$1" '+%F %T UTC'; }
+
+# When the served certificate reaches LEAD; fails when HTTPS is off.
+served_until() {
+  [[ -e $ENABLED/https.conf && -f $SERVED/fullchain.pem ]] || return 1
+  echo $(($(epoch "$SERVED/fullchain.pem" enddate) - LEAD))
+}
+
+# Sleeps until $1 (epoch), unless the served certificate reaches LEAD first: then the run ends at
+# that moment, so that activate (hello-cert.service's ExecStopPost) turns HTTPS off in time.
+pause_until() {
+  local at=$1 deadline now
+  now=$(date +%s)
+  if deadline=$(served_until) && ((at > deadline)); then
+    sleep $((deadline > now ? deadline - now : 0))
+    log "FAILED: stopping the retries: the served certificate expires within $LEAD s;" \
+      "activate turns HTTPS off, hello-cert.timer tries again later" >&2
+    exit 1
+  fi
+  sleep $((at > now ? at - now : 0))
+}
+
 obtain() {
-  local directory email ca ip name dir output attempt wait=$FIRST_WAIT
+  local directory email ca ip name dir output attempt wait=$FIRST_WAIT next why now rate_limited
   directory=$(metadata attributes/acme-directory)
   if [[ -z $directory ]]; then
     log "HTTPS off: no acme-directory in instance metadata; :80 serves the app"
@@ -155,21 +246,39 @@ obtain() {
   fi
   output=$STATE/certbot-output.txt
   for ((attempt = 1; ; attempt++)); do
+    read -r next why < <(next_allowed "$dir")
+    now=$(date +%s)
+    if ((next > now + LONGEST_WAIT)); then
+      log "FAILED: no certificate for $ip from $directory: $why; not asking it before" \
+        "$(utc "$next"); hello-cert.timer tries again later" >&2
+      exit 1
+    elif ((next > now)); then
+      log "waiting until $(utc "$next") before asking $directory for $ip: $why"
+      pause_until "$next"
+    fi
     if ensure_client 2>"$output" && certbot_once "$directory" "$ip" "$email" "$dir" "$output"; then
       # Only now: until the new CA or IP has issued, activate keeps serving the last good one.
       printf '%s\n' "$name" >"$STATE/current"
+      rm -f "$dir/failures" "$dir/not-before"
       log "new certificate for $ip from $directory" \
         "($(openssl x509 -in "$dir/fullchain.pem" -noout -serial -enddate | tr '\n' ' '))"
       return 0
+    fi
+    rate_limited=0
+    if record_failure "$dir" "$output" "$directory" "$ip"; then
+      rate_limited=1
     fi
     if ((attempt >= ATTEMPTS)); then
       log "FAILED: no certificate for $ip from $directory after $attempt attempts:" \
         "$(failure_reason "$output"); hello-cert.timer tries again later" >&2
       exit 1
     fi
+    if ((rate_limited)); then
+      continue # next_allowed waits for the time the CA named, or ends the run
+    fi
     log "FAILED: certificate for $ip from $directory (attempt $attempt/$ATTEMPTS):" \
       "$(failure_reason "$output"); retrying in ${wait} s" >&2
-    sleep "$wait"
+    pause_until $(($(date +%s) + wait))
     wait=$((wait * 2 > MAX_WAIT ? MAX_WAIT : wait * 2))
   done
 }
@@ -182,12 +291,12 @@ reload_nginx() {
 # Serves the newest valid certificate, or turns HTTPS off when there is none: an expired or
 # missing certificate must leave :80 serving the app rather than redirecting to a broken :443.
 activate() {
-  local ip name dir changed=0 serial
+  local ip name dir changed=0 serial redirect
   ip=$(external_ip)
   name=$(cat "$STATE/current" 2>/dev/null || true)
   dir=$STATE/certificates/$name
   if [[ -n $name && -f $dir/fullchain.pem && -f $dir/key.pem ]] &&
-    openssl x509 -in "$dir/fullchain.pem" -noout -checkend 3600 >/dev/null &&
+    openssl x509 -in "$dir/fullchain.pem" -noout -checkend "$LEAD" >/dev/null &&
     openssl x509 -in "$dir/fullchain.pem" -noout -ext subjectAltName | tr -d ' ' |
     grep -Fqx "IPAddress:$ip" &&
     [[ $(openssl x509 -in "$dir/fullchain.pem" -noout -pubkey) == \
@@ -204,8 +313,14 @@ activate() {
     fi
     if [[ ! -e $ENABLED/https.conf ]]; then
       ln -sfn "$SHARE/nginx-https.conf" "$ENABLED/https.conf"
-      # shellcheck disable=SC2016 # nginx's variables, expanded per request by nginx
-      printf 'return 301 https://$host$request_uri;\n' >"$ENABLED/redirect.conf"
+      changed=1
+    fi
+    # To the address the certificate names, never to the Host header a client sent.
+    # shellcheck disable=SC2016 # nginx's variable, expanded per request by nginx
+    redirect=$(printf 'return 301 https://%s$request_uri;' "$ip")
+    if [[ $(cat "$ENABLED/redirect.conf" 2>/dev/null) != "$redirect" ]]; then
+      printf '%s\n' "$redirect" >"$ENABLED/.redirect.conf.new"
+      mv -f "$ENABLED/.redirect.conf.new" "$ENABLED/redirect.conf"
       changed=1
     fi
     if ((changed)); then
@@ -213,18 +328,44 @@ activate() {
       serial=$(openssl x509 -in "$SERVED/fullchain.pem" -noout -serial -enddate | tr '\n' ' ')
       log "serving https://$ip/ ($serial); :80 redirects to it"
     fi
-  elif [[ -e $ENABLED/https.conf || -e $ENABLED/redirect.conf ]]; then
-    rm -f "$ENABLED/https.conf" "$ENABLED/redirect.conf"
+  elif https_off; then
     reload_nginx
-    log "HTTPS off: no valid certificate for $ip; :80 serves the app"
+    log "HTTPS off: no valid certificate for $ip (one valid for more than $LEAD s);" \
+      ":80 serves the app"
   fi
 }
 
-case ${1:-} in
-obtain) obtain ;;
-activate) activate ;;
-*)
-  log "usage: $0 obtain|activate" >&2
-  exit 2
-  ;;
-esac
+# Removes the :443 server and the redirect; false when they were not there.
+https_off() {
+  [[ -e $ENABLED/https.conf || -e $ENABLED/redirect.conf ]] || return 1
+  rm -f "$ENABLED/https.conf" "$ENABLED/redirect.conf"
+}
+
+# Before nginx starts, so it needs neither nginx nor the metadata server (the network may not be
+# up yet): what activate would refuse to serve is not served at boot either.
+expire() {
+  if [[ -f $SERVED/fullchain.pem ]] &&
+    openssl x509 -in "$SERVED/fullchain.pem" -noout -checkend "$LEAD" >/dev/null; then
+    return 0
+  fi
+  if https_off; then
+    log "HTTPS off: the served certificate expires within $LEAD s" \
+      "($(openssl x509 -in "$SERVED/fullchain.pem" -noout -enddate 2>&1)); :80 serves the app"
+  fi
+}
+
+main() {
+  case ${1:-} in
+  obtain) obtain ;;
+  activate) activate ;;
+  expire) expire ;;
+  *)
+    log "usage: $0 obtain|activate|expire" >&2
+    exit 2
+    ;;
+  esac
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi

@@ -4,25 +4,40 @@
 # google-guest-agent runs it as root on every boot; hello-converge.service runs it again when
 # hello-metadata-watch.service sees instance metadata change (a redeploy). It converges the VM on
 # what the metadata says:
-#   1. Debian packages the app needs, installed only when missing;
-#   2. a venv with app/requirements.txt (hash-checked), rebuilt only when the pins change;
-#   3. the app and its systemd units, rewritten only when their bytes change;
-#   4. the service restarted only when something above changed, then health-checked;
-#   5. the version it now runs (a digest of the installed files, see `version`) and the metadata
-#      ETag it applied, recorded for GET /healthz and for the watcher.
+#   1. Debian packages the app needs, installed only when missing (an interrupted dpkg repaired);
+#   2. a new release of the app (app.py, the hash-checked venv, the unit) only when it differs
+#      from the one serving: started in the idle slot beside the serving one, proven healthy
+#      there, then given traffic by a graceful nginx reload with the old release as nginx's
+#      backup, watched, and only then made the serving release. A release that fails to import,
+#      to start, its health check or the watch never serves alone, and is recorded as refused;
+#   3. the other files (units, nginx, HTTPS), rewritten only when their bytes change;
+#   4. the version it now runs (a digest of the deployed files, see `version`) and the metadata
+#      ETag it applied, recorded for GET /healthz and for the watcher, once /healthz answers 200
+#      with that version through the front that serves (HTTP, or HTTPS once it has a certificate).
 # A boot where nothing changed touches nothing and takes a few seconds. Any failure prints one
-# "hello-startup: FAILED ..." line, which the guest agent copies to the serial console.
+# "hello-startup: FAILED ..." line on the serial console (docs/operations.md).
 #
 # Subcommands: (none) = what a boot runs; `converge` = one converge (hello-converge.service);
-# `watch` = the metadata watcher; `version KEY=FILE...` = the version digest of those files.
+# `watch` = the metadata watcher; `version KEY=FILE...` = the version digest of those files;
+# `healthy URL VERSION` = whether URL answers 200 with that version (the converge's check);
+# `upstream PORT [BACKUP]` = nginx's upstream block for the app; `debian-sources DIR` = links in
+# DIR to the apt sources a package install refreshes.
 set -Eeuo pipefail
 
 readonly METADATA=http://metadata.google.internal/computeMetadata/v1/instance/attributes
 readonly PREFIX=/opt/hello
-readonly APP_DIR=$PREFIX/app
+# The two release slots: hello@<port>.service serves $PREFIX/slot-<port> on 127.0.0.1:<port>.
+readonly SLOTS=(8081 8082)
+# -> the slot nginx sends traffic to; a boot starts only that slot's unit.
+readonly SERVING=$PREFIX/serving
+# nginx's upstream for the app, written by the converge: the serving slot, and during a switch
+# the previous one as `backup`, so a request the new release drops is retried on the old one.
+readonly UPSTREAM=/etc/nginx/conf.d/hello-upstream.conf
 readonly UNIT_DIR=/etc/systemd/system
 readonly SELF=/usr/local/sbin/hello-startup
 readonly PACKAGES=(python3-venv nginx)
+# Where apt's sources are listed (HELLO_APT_ETC points the host tests at a copy).
+readonly APT_ETC=${HELLO_APT_ETC:-/etc/apt}
 # What converges have done, kept across reboots: the applied ETag and pending restarts.
 readonly STATE_DIR=/var/lib/hello
 # One converge at a time: the boot's run, hello-converge.service and a background retry all
@@ -31,8 +46,15 @@ readonly LOCK=/run/hello-converge.lock
 # The watcher (unprivileged) asks for a converge by writing a file here; hello-converge.path
 # starts hello-converge.service while the directory is not empty.
 readonly REQUESTS=/run/hello-converge-requests
-# The version the VM serves (GET /healthz), written only once a converge has completed.
-readonly VERSION_FILE=$PREFIX/version
+# The last release the VM refused, and why (GET /healthz reports it; the watcher backs off).
+readonly REFUSED=$STATE_DIR/refused.json
+# How long a new release may take to answer its first health check in its slot.
+readonly START_DEADLINE=180
+# How long a new release serves, with the old one as nginx's backup, before it is kept: a crash
+# or failing health checks in this window roll the VM back to the old release by itself.
+readonly WATCH_SECONDS=30
+# Retrying a refused release: after 5 min, doubling to at most 4 h, unless the metadata changes.
+readonly RETRY_FIRST=300 RETRY_MAX=14400
 # Network steps are retried with backoff (5, 10, 20, 40, 60 s): about 2.5 min of outage.
 readonly NET_ATTEMPTS=6
 # How long to wait for another apt user (the OS Config agent, apt-daily) to release apt's locks.
@@ -42,9 +64,9 @@ readonly APT_LOCK_WAIT=600
 # so the version a VM reports names what it runs; vm.py's METADATA_FILES lists the same keys.
 declare -rA INSTALLED=(
   [startup-script]=$SELF
-  [app-py]=$APP_DIR/app.py
-  [app-requirements]=$APP_DIR/requirements.txt
-  [app-service]=$UNIT_DIR/hello.service
+  [app-py]=$SERVING/app.py
+  [app-requirements]=$SERVING/requirements.txt
+  [app-service]=$UNIT_DIR/hello@.service
   [app-watch-service]=$UNIT_DIR/hello-metadata-watch.service
   [app-converge-service]=$UNIT_DIR/hello-converge.service
   [app-converge-path]=$UNIT_DIR/hello-converge.path
@@ -66,13 +88,15 @@ trap 'fail "line $LINENO: \"$BASH_COMMAND\" exited $?"' ERR
 
 # What changed on this run. Flags, not return codes: a function called in an `&&` list runs
 # with errexit off, which would let a failed apt-get or pip install go unnoticed.
-restart_app=0
 reload_units=0
 reload_nginx=0
 restart_nginx=0
+# Exit status of a converge that refused a release: the VM is fine (the old release serves), and
+# retrying the same bytes at once would fail the same way, so no background retry follows.
+readonly REFUSED_STATUS=3
 
 # Raises flag $1 and records it as pending on disk before the change it stands for is made, so
-# a converge killed between a change and its restart leaves the restart to the next converge.
+# a converge killed between a change and its reload leaves the reload to the next converge.
 mark_pending() {
   printf -v "$1" 1
   if [[ ! -e $STATE_DIR/pending/$1 ]]; then
@@ -106,7 +130,7 @@ retry() {
     status=0
     started=$SECONDS
     output=$("$@" 2>&1) || status=$?
-    if [[ -n $lock_since && $output != *"Could not get lock"* ]]; then
+    if [[ -n $lock_since && $output != *"Could not get lock"* && $output != *"lock was locked"* ]]; then
       log "apt lock free after waiting $((started - lock_since)) s"
       lock_since=''
     fi
@@ -118,10 +142,11 @@ retry() {
       fi
       return 0
     fi
-    if [[ $output == *"Could not get lock"* ]] && ((SECONDS - ${lock_since:-$SECONDS} < APT_LOCK_WAIT)); then
+    if [[ $output == *"Could not get lock"* || $output == *"lock was locked by another process"* ]] &&
+      ((SECONDS - ${lock_since:-$SECONDS} < APT_LOCK_WAIT)); then
       if [[ -z $lock_since ]]; then
         lock_since=$SECONDS
-        log "waiting for the apt lock: $(grep -m 1 -o 'Could not get lock.*' <<<"$output" || true)"
+        log "waiting for the apt lock: $(grep -m 1 -oE '(Could not get lock|dpkg frontend lock).*' <<<"$output" || true)"
       fi
       sleep 5
       continue
@@ -137,8 +162,35 @@ retry() {
   done
 }
 
+
+# A reset during an install leaves dpkg interrupted (packages unpacked but not configured), and
+# apt-get then refuses every install until `dpkg --configure -a` has finished the job.
+repair_dpkg() {
+  if [[ -n $(dpkg --audit 2>/dev/null) ]]; then
+    log "dpkg was interrupted: finishing it with dpkg --configure -a"
+    retry "dpkg --configure -a" env DEBIAN_FRONTEND=noninteractive \
+      dpkg --force-confdef --force-confold --configure -a
+  fi
+}
+
+# The apt sources to refresh: those naming Debian's own hosts, where every package we install
+# comes from. GCE's image also lists Google's repositories (packages.cloud.google.com); an
+# outage there must not hold up nginx and the app. Prints a directory of links to those files.
+debian_sources() {
+  local dir=$1 file
+  mkdir -p "$dir"
+  for file in "$APT_ETC"/sources.list "$APT_ETC"/sources.list.d/*.list \
+    "$APT_ETC"/sources.list.d/*.sources; do
+    if [[ -f $file ]] && grep -qE '^[^#]*://([a-z0-9.-]+\.)?debian\.org(/|[[:space:]])' "$file"; then
+      ln -sfn "$file" "$dir/$(basename "$file")"
+    fi
+  done
+  echo "$dir"
+}
+
 ensure_packages() {
-  local missing=() pkg
+  local missing=() pkg sources
+  repair_dpkg
   for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
       missing+=("$pkg")
@@ -148,41 +200,39 @@ ensure_packages() {
     return 0
   fi
   log "installing packages: ${missing[*]}"
+  sources=$(debian_sources "$staging/apt-sources")
   # DPkg::Lock::Timeout covers dpkg's locks only; `retry` waits out the lists lock of update.
-  retry "apt-get update" apt-get update -q -o APT::Update::Error-Mode=any
-  mark_pending restart_app
+  # List-Cleanup=0 keeps the other sources' lists, which this update does not refresh. No
+  # translated descriptions: nothing here reads them, and parsing them is part of the update's
+  # cost on a small VM.
+  retry "apt-get update" apt-get update -q -o APT::Update::Error-Mode=any \
+    -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$sources" \
+    -o APT::Get::List-Cleanup=0 -o Acquire::Languages=none
   retry "apt-get install" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
     --no-install-recommends -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "${missing[@]}"
 }
 
-# The venv lives in a directory named after the hash of its pins, so a change of pins builds a
-# fresh venv beside the running one and switches the symlink only once it is complete.
+# A venv lives in a directory named after the hash of its pins, shared by the releases with
+# those pins; the serving release's and the previous one's are kept, so going back is instant.
 # "Complete" is a marker written after the install has been flushed to disk: a GCE reset is a
-# power cut, and one seen here left a venv whose files existed but were empty.
+# power cut, and one seen here left a venv whose files existed but were empty. Sets $venv.
 ensure_venv() {
-  local requirements=$1 digest venv
+  local requirements=$1 digest
   digest=$(sha256sum "$requirements" | cut -c1-16)
   venv=$PREFIX/venv-$digest
-  if [[ -f $venv/.complete && $(readlink "$PREFIX/venv") == "$venv" ]]; then
+  if [[ -f $venv/.complete ]]; then
     log "venv up to date: $venv"
-  else
-    if [[ ! -f $venv/.complete ]]; then
-      log "building venv $venv"
-      rm -rf "$venv"
-      python3 -m venv "$venv"
-      log "installing the pinned requirements with pip (hashes checked)"
-      retry "pip install" "$venv/bin/pip" install --quiet --no-cache-dir \
-        --disable-pip-version-check --retries 1 --timeout 20 --only-binary=:all: \
-        --require-hashes --requirement "$requirements"
-      sync
-      touch "$venv/.complete"
-    fi
-    mark_pending restart_app
-    ln -sfn "$venv" "$PREFIX/venv"
-    log "venv switched to $venv"
+    return 0
   fi
-  # Earlier venvs, and any a failed or killed run left half-built.
-  find "$PREFIX" -maxdepth 1 -name 'venv-*' ! -path "$venv" -exec rm -rf {} +
+  log "building venv $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  log "installing the pinned requirements with pip (hashes checked)"
+  retry "pip install" "$venv/bin/pip" install --quiet --no-cache-dir \
+    --disable-pip-version-check --retries 1 --timeout 20 --only-binary=:all: \
+    --require-hashes --requirement "$requirements"
+  sync
+  touch "$venv/.complete"
 }
 
 # Reads every instance attribute in one request, so the files and the ETag recorded for them
@@ -215,10 +265,11 @@ version_of() {
   done | LC_ALL=C sort | sha256sum | cut -c1-16
 }
 
-installed_version() {
+# The version of the release in $1 (a staging directory holding every key of INSTALLED).
+staged_version() {
   local key pairs=()
   for key in "${!INSTALLED[@]}"; do
-    pairs+=("$key=${INSTALLED[$key]}")
+    pairs+=("$key=$1/$key")
   done
   version_of "${pairs[@]}"
 }
@@ -231,6 +282,240 @@ take_lock() {
   fi
 }
 
+
+# --- releases: two slots behind nginx -------------------------------------------------------
+
+serving_slot() {
+  local target
+  target=$(readlink "$SERVING" 2>/dev/null) || return 0
+  echo "${target##*-}"
+}
+
+other_slot() {
+  if [[ $1 == "${SLOTS[0]}" ]]; then echo "${SLOTS[1]}"; else echo "${SLOTS[0]}"; fi
+}
+
+# Whether the staged app (app.py, pins, unit) differs from the release in slot $1.
+release_differs() {
+  local dir=$PREFIX/slot-$1
+  [[ -n $1 && -f $dir/.complete ]] || return 0
+  ! cmp --silent "$staging/app-py" "$dir/app.py" ||
+    ! cmp --silent "$staging/app-requirements" "$dir/requirements.txt" ||
+    ! cmp --silent "$staging/app-service" "$dir/hello.service" ||
+    ! cmp --silent "$staging/app-service" "$UNIT_DIR/hello@.service"
+}
+
+# GET $1 answers 200 with version $2: the app itself, never a redirect (curl follows none) or
+# an error page. Status 1: something answered, but not that; 2: nothing answered. HTTPS is
+# checked for the app's answer, not the certificate: hello-tls checks that. Sets $answered.
+healthy() {
+  local url=$1 version=$2 answer
+  answered=''
+  answer=$(curl --silent --insecure --max-time 5 --write-out '\n%{http_code}' "$url") || return 2
+  answered=${answer##*$'\n'}
+  [[ $answered == 200 ]] || return 1
+  [[ ${answer%$'\n'*} =~ \"version\":\ ?\"$version\" ]] || return 1
+}
+
+# The fronts nginx serves the app on: :80, and :443 once hello-tls has activated a certificate.
+front_healthy() {
+  healthy http://127.0.0.1/healthz "$1" || return 1
+  [[ ! -e /etc/nginx/hello-tls/https.conf ]] || healthy https://127.0.0.1/healthz "$1"
+}
+
+# Why the release in slot $1 is not serving, from its unit's log since $2 (epoch seconds).
+failure_of() {
+  local slot=$1 since=$2 journal line
+  journal=$(journalctl --no-pager -o cat -u "hello@$slot.service" --since "@$since" 2>/dev/null ||
+    true)
+  # A Python exception's last line says most; else the unit's last word.
+  line=$(grep -E '^[A-Za-z_.]+(Error|Exception)\b' <<<"$journal" | tail -n 1 || true)
+  [[ -n $line ]] || line=$(grep -v '^[[:space:]]' <<<"$journal" | tail -n 1 || true)
+  echo "${line:-nothing logged} (journalctl -u hello@$slot.service)"
+}
+
+restarts_of() { systemctl show -P NRestarts "hello@$1.service"; }
+
+# Starts the release laid out in slot $1 and waits until it answers /healthz with version $2 on
+# its own port, before nginx sends it anything. Sets $reason when it does not.
+start_release() {
+  local slot=$1 version=$2 since=$EPOCHSECONDS deadline=$((SECONDS + START_DEADLINE)) wrong=0
+  local status
+  systemctl reset-failed "hello@$slot.service" 2>/dev/null || true
+  systemctl start --no-block "hello@$slot.service"
+  while true; do
+    status=0
+    healthy "http://127.0.0.1:$slot/healthz" "$version" || status=$?
+    ((status != 0)) || break
+    if (($(restarts_of "$slot") > 0)); then
+      reason="it did not start: $(failure_of "$slot" "$since")"
+      return 1
+    fi
+    # Answering, but not healthy: five answers in a row is a verdict, not a slow start.
+    if ((status == 1 && ++wrong >= 5)); then
+      reason="its /healthz answered ${answered:-?} instead of 200 with version $version"
+      return 1
+    fi
+    ((status == 1)) || wrong=0
+    if ((SECONDS > deadline)); then
+      reason="no answer on 127.0.0.1:$slot within $START_DEADLINE s: $(failure_of "$slot" "$since")"
+      return 1
+    fi
+    sleep 1
+  done
+  log "release $version started in slot $slot (healthy after $((EPOCHSECONDS - since)) s)"
+}
+
+# Watches the release in slot $1 while it takes traffic: a restart, or three failed health
+# checks in a row, within WATCH_SECONDS. Sets $reason when it fails.
+watch_release() {
+  local slot=$1 version=$2 since=$EPOCHSECONDS failures=0
+  while ((EPOCHSECONDS - since < WATCH_SECONDS)); do
+    if (($(restarts_of "$slot") > 0)); then
+      reason="it crashed while serving: $(failure_of "$slot" "$since")"
+      return 1
+    fi
+    if healthy "http://127.0.0.1:$slot/healthz" "$version"; then
+      failures=0
+    elif ((++failures >= 3)); then
+      reason="its health check failed 3 times in a row while serving"
+      return 1
+    fi
+    sleep 2
+  done
+}
+
+# nginx's upstream for the app: slot $1, and slot $2 (if given) as the backup nginx retries a
+# request on when the first drops it.
+upstream_conf() {
+  echo "# Written by hello-startup: the release slot nginx sends the app's requests to."
+  echo "upstream hello_app {"
+  echo "    server 127.0.0.1:$1;"
+  if [[ -n ${2:-} ]]; then echo "    server 127.0.0.1:$2 backup;"; fi
+  echo "    # Reuse connections to gunicorn instead of one TCP handshake per request."
+  echo "    keepalive 8;"
+  echo "}"
+}
+
+# Points nginx at slot $1 (backup $2), reloading it when that changed and it runs: a reload lets
+# requests in flight finish.
+route_to() {
+  upstream_conf "$@" >"$UPSTREAM.new"
+  if cmp --silent "$UPSTREAM.new" "$UPSTREAM"; then
+    rm -f "$UPSTREAM.new"
+    return 0
+  fi
+  mv "$UPSTREAM.new" "$UPSTREAM"
+  if systemctl --quiet is-active nginx.service; then
+    nginx -t -q
+    systemctl reload nginx.service
+  fi
+}
+
+# Lays out the staged app as a release in slot $1 (version $2): its files, its venv, its version.
+# Sets $reason and fails when its venv cannot be built (pins PyPI does not match, after the
+# network retries): a release like any other that cannot start.
+prepare_release() {
+  local slot=$1 version=$2 dir=$PREFIX/slot-$1 status=0
+  systemctl stop "hello@$slot.service" 2>/dev/null || true
+  rm -rf "$dir"
+  # In a child (errexit stays on there, unlike in a `||` list), so `fail` ends only this step.
+  ensure_venv "$staging/app-requirements" &
+  wait "$!" || status=$?
+  if ((status != 0)); then
+    reason="its venv could not be built from app/requirements.txt (see the pip output above)"
+    return 1
+  fi
+  ensure_venv "$staging/app-requirements" >/dev/null
+  install -d --mode 0755 "$dir"
+  ln -s "$venv" "$dir/venv"
+  install --mode 0644 "$staging/app-py" "$dir/app.py"
+  install --mode 0644 "$staging/app-requirements" "$dir/requirements.txt"
+  install --mode 0644 "$staging/app-service" "$dir/hello.service"
+  echo "$version" >"$dir/version"
+  sync
+  touch "$dir/.complete"
+}
+
+# Records that version $1 (metadata ETag $3) was refused for reason $2, with the time after
+# which it may be tried again: RETRY_FIRST, doubling with each refusal of the same version.
+refuse() {
+  local version=$1 why=$2 etag=$3 attempts=1 previous delay
+  previous=$(cat "$STATE_DIR/refused-version" 2>/dev/null || true)
+  if [[ ${previous%% *} == "$version" ]]; then
+    attempts=$((${previous##* } + 1))
+  fi
+  delay=$((RETRY_FIRST << (attempts - 1)))
+  ((delay <= RETRY_MAX)) || delay=$RETRY_MAX
+  python3 - "$REFUSED" "$version" "$why" "$((EPOCHSECONDS + delay))" <<'EOF'
+import json, sys
+
+path, version, reason, retry_after = sys.argv[1:]
+with open(path + ".tmp", "w") as out:
+    json.dump({"version": version, "reason": reason, "retryAfter": int(retry_after)}, out)
+EOF
+  chmod 0644 "$REFUSED.tmp"
+  mv "$REFUSED.tmp" "$REFUSED"
+  echo "$version $attempts" >"$STATE_DIR/refused-version"
+  echo "$etag $((EPOCHSECONDS + delay))" >"$STATE_DIR/refused-etag"
+  sync "$STATE_DIR"
+  log "FAILED: release $version refused: $why; serving ${serving_version:-nothing} (retry in" \
+    "$((delay / 60)) min, or at the next metadata change)" >&2
+}
+
+# Whether version $1 was refused and its retry time has not come.
+refused_recently() {
+  local version attempts etag until
+  read -r version attempts 2>/dev/null <"$STATE_DIR/refused-version" || return 1
+  read -r etag until 2>/dev/null <"$STATE_DIR/refused-etag" || return 1
+  [[ $version == "$1" ]] && ((EPOCHSECONDS < until))
+}
+
+forget_refusal() {
+  rm -f "$REFUSED" "$STATE_DIR/refused-version" "$STATE_DIR/refused-etag"
+}
+
+# Venvs no slot uses, and any a failed or killed run left half-built.
+prune_venvs() {
+  local keep=() slot
+  for slot in "${SLOTS[@]}"; do
+    keep+=("$(readlink -f "$PREFIX/slot-$slot/venv" 2>/dev/null || true)")
+  done
+  local venv
+  for venv in "$PREFIX"/venv-*; do
+    [[ -e $venv ]] || continue
+    [[ " ${keep[*]} " == *" $venv "* ]] || rm -rf "$venv"
+  done
+}
+
+# The layout before release slots: one hello.service serving /opt/hello/app on :8080.
+retire_single_slot_layout() {
+  if [[ -e $UNIT_DIR/hello.service ]]; then
+    systemctl disable --now --quiet hello.service || true
+    rm -f "$UNIT_DIR/hello.service"
+    rm -rf "$PREFIX/app" "$PREFIX/venv" "$PREFIX/version"
+    mark_pending reload_units
+    log "retired the single-slot hello.service"
+  fi
+}
+
+# The units and script that deliver the next redeploy: installed even when this converge's
+# release is refused on a VM with none serving yet, so a fixed deploy still reaches it.
+install_converge_units() {
+  local unit
+  for unit in app-watch-service app-converge-service app-converge-path; do
+    install_if_changed "$staging/$unit" "${INSTALLED[$unit]}" 0644 reload_units
+  done
+  install_if_changed "$staging/startup-script" "$SELF" 0755 reload_units
+}
+
+# After a refusal on a VM with no earlier release: the watcher runs, so a fix is delivered.
+keep_watching() {
+  install_converge_units
+  if ((reload_units)); then systemctl daemon-reload; fi
+  systemctl enable --now --quiet hello-metadata-watch.service hello-converge.path
+}
+
 converge() {
   take_lock
   staging=$(mktemp -d)
@@ -239,7 +524,7 @@ converge() {
   # Requests made so far are answered by the metadata this run reads next.
   rm -f "$REQUESTS"/*
   local flag
-  for flag in restart_app reload_units reload_nginx restart_nginx; do
+  for flag in reload_units reload_nginx restart_nginx; do
     if [[ -e $STATE_DIR/pending/$flag ]]; then
       log "resuming $flag, left pending by an interrupted converge"
       printf -v "$flag" 1
@@ -250,16 +535,43 @@ converge() {
   id hello &>/dev/null ||
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin hello
   fetch_metadata "$staging"
-  ensure_venv "$staging/app-requirements"
-  install_if_changed "$staging/app-requirements" "$APP_DIR/requirements.txt" 0644 restart_app
-  install_if_changed "$staging/app-py" "$APP_DIR/app.py" 0644 restart_app
-  install_if_changed "$staging/app-service" "$UNIT_DIR/hello.service" 0644 \
-    restart_app reload_units
+  local version serving new='' reason=''
+  version=$(staged_version "$staging")
+  serving=$(serving_slot)
+  serving_version=$(cat "$PREFIX/slot-$serving/version" 2>/dev/null || true)
+  install -d --mode 0755 "$STATE_DIR"
+
+  # A new release proves itself in the idle slot before anything else of this version changes.
+  if release_differs "$serving"; then
+    if refused_recently "$version"; then
+      log "release $version was refused before ($(cat "$REFUSED")); not retrying it before" \
+        "its retry time unless the metadata changes"
+      if [[ -n $serving ]]; then systemctl start "hello@$serving.service"; else keep_watching; fi
+      return "$REFUSED_STATUS"
+    fi
+    new=$(other_slot "$serving")
+    log "new release $version: preparing slot $new${serving:+ beside slot $serving}"
+    if ! prepare_release "$new" "$version"; then
+      refuse "$version" "$reason" "$(<"$staging/.etag")"
+      [[ -n $serving ]] || keep_watching
+      return "$REFUSED_STATUS"
+    fi
+    install_if_changed "$staging/app-service" "$UNIT_DIR/hello@.service" 0644 reload_units
+    if ((reload_units)); then systemctl daemon-reload; fi
+    if ! start_release "$new" "$version"; then
+      systemctl stop "hello@$new.service" || true
+      if [[ -n $serving ]]; then
+        install --mode 0644 "$PREFIX/slot-$serving/hello.service" "$UNIT_DIR/hello@.service"
+        systemctl daemon-reload
+      fi
+      refuse "$version" "$reason" "$(<"$staging/.etag")"
+      [[ -n $serving ]] || keep_watching
+      return "$REFUSED_STATUS"
+    fi
+  fi
+
   local unit
-  for unit in app-watch-service app-converge-service app-converge-path; do
-    install_if_changed "$staging/$unit" "${INSTALLED[$unit]}" 0644 reload_units
-  done
-  install_if_changed "$staging/startup-script" "$SELF" 0755 reload_units
+  install_converge_units
   # HTTPS (docs/https.md): nginx in front of the app, hello-tls and its units for the certificate.
   install_if_changed "$staging/tls-script" "${INSTALLED[tls-script]}" 0755
   install_if_changed "$staging/tls-acme-requirements" "${INSTALLED[tls-acme-requirements]}" 0644
@@ -278,13 +590,13 @@ converge() {
   if ((reload_units)); then
     systemctl daemon-reload
   fi
-  systemctl enable --quiet hello.service hello-metadata-watch.service hello-converge.path \
-    nginx.service hello-cert.timer
-  if ((restart_app)); then
-    log "restarting hello.service"
-    systemctl restart hello.service
+  systemctl enable --quiet hello-metadata-watch.service hello-converge.path nginx.service \
+    hello-cert.timer
+  if [[ -n $new ]]; then
+    route_to "$new" "$serving"
   else
-    systemctl start hello.service
+    systemctl start "hello@$serving.service"
+    route_to "$serving"
   fi
   if ((restart_nginx || reload_nginx)); then
     nginx -t -q
@@ -299,16 +611,47 @@ converge() {
   else
     systemctl start nginx.service
   fi
-  wait_healthy
-  rm -f "$STATE_DIR/pending/restart_app" "$STATE_DIR/pending/restart_nginx" \
-    "$STATE_DIR/pending/reload_nginx"
+
+  if [[ -n $new ]]; then
+    # Serving now, with the old release as nginx's backup: keep it only if it stays healthy.
+    if ! wait_front_healthy "$version" || { [[ -n $serving ]] && ! watch_release "$new" "$version"; }; then
+      if [[ -z $serving ]]; then
+        fail "release $version is not healthy and there is no earlier release to go back to: $reason"
+      fi
+      route_to "$serving"
+      systemctl stop "hello@$new.service" || true
+      install --mode 0644 "$PREFIX/slot-$serving/hello.service" "$UNIT_DIR/hello@.service"
+      systemctl daemon-reload
+      log "rolled back to release $serving_version in slot $serving"
+      refuse "$version" "$reason" "$(<"$staging/.etag")"
+      return "$REFUSED_STATUS"
+    fi
+    ln -sfn "$PREFIX/slot-$new" "$SERVING.new"
+    mv -T "$SERVING.new" "$SERVING"
+    sync
+    systemctl enable --quiet "hello@$new.service"
+    route_to "$new"
+    if [[ -n $serving ]]; then
+      systemctl disable --now --quiet "hello@$serving.service"
+      log "release $version replaced $serving_version (slot $serving stopped, kept for going back)"
+    fi
+    retire_single_slot_layout
+    prune_venvs
+  else
+    if [[ $serving_version != "$version" ]]; then
+      echo "$version" >"$PREFIX/slot-$serving/version.new"
+      mv "$PREFIX/slot-$serving/version.new" "$PREFIX/slot-$serving/version"
+    fi
+    wait_front_healthy "$version" ||
+      fail "the app is not healthy through nginx after 30 s: $reason (journalctl -u hello@$serving.service -u nginx.service)"
+  fi
+  forget_refusal
+  rm -f "$STATE_DIR/pending/restart_nginx" "$STATE_DIR/pending/reload_nginx"
   # Gets the certificate, or checks it is not yet due, without holding up the converge: until
   # it has one, :80 serves the app.
   systemctl start hello-cert.timer
   systemctl --no-block restart hello-cert.service
 
-  installed_version >"$VERSION_FILE.tmp"
-  mv "$VERSION_FILE.tmp" "$VERSION_FILE"
   install -D --mode 0644 "$staging/.etag" "$STATE_DIR/applied-etag"
   sync
   # Started after the ETag is recorded, so the watcher starts from what was applied. Both only
@@ -319,8 +662,7 @@ converge() {
     systemctl --no-block start hello-metadata-watch.service hello-converge.path
   fi
   rm -f "$STATE_DIR/pending/reload_units"
-  log "serving version $(<"$VERSION_FILE") of metadata $(<"$staging/.etag")" \
-    "(converged in ${SECONDS} s)"
+  log "serving version $version of metadata $(<"$staging/.etag") (converged in ${SECONDS} s)"
 }
 
 # nginx's layout for the HTTPS front (app/nginx-hello.conf): our site instead of Debian's default,
@@ -341,17 +683,19 @@ prepare_nginx() {
   fi
 }
 
-wait_healthy() {
+
+# /healthz through nginx, for up to 30 s: the app's 200 with version $1. Sets $reason if not.
+wait_front_healthy() {
   local attempt
   for attempt in $(seq 1 30); do
-    if curl --silent --fail --max-time 2 http://127.0.0.1/healthz >/dev/null; then
-      log "serving on :80 (healthy after ${attempt} check(s))"
+    if front_healthy "$1"; then
+      log "serving on :80$([[ -e /etc/nginx/hello-tls/https.conf ]] && echo " and :443") (healthy after ${attempt} check(s))"
       return 0
     fi
     sleep 1
   done
-  systemctl --no-pager status hello.service nginx.service >&2 || true
-  fail "the app is not healthy on :80 after 30 s (journalctl -u hello.service -u nginx.service)"
+  reason="GET /healthz through nginx did not answer 200 with version $1 for 30 s"
+  return 1
 }
 
 # What a boot runs. GCE runs the startup script once per boot, so when converging fails even
@@ -359,21 +703,24 @@ wait_healthy() {
 boot() {
   local status=0
   "$BASH" "$0" converge || status=$?
-  ((status != 0)) || return 0
+  ((status != 0 && status != REFUSED_STATUS)) || return 0
   install -D --mode 0755 "$0" /run/hello-startup-retry
   systemd-run --quiet --collect --unit=hello-converge-retry \
     --description="Retry converging the VM until it succeeds" \
+    --property=StandardOutput=journal+console --property=StandardError=journal+console \
     /bin/bash /run/hello-startup-retry retry
   log "retrying in the background (journalctl -u hello-converge-retry)"
   return "$status"
 }
 
 retry_in_background() {
-  local attempt delay=30
+  local attempt delay=30 status
   for ((attempt = 1; ; attempt++)); do
     sleep "$delay"
     log "background retry $attempt"
-    if "$BASH" "$0" converge; then
+    status=0
+    "$BASH" "$0" converge || status=$?
+    if ((status == 0 || status == REFUSED_STATUS)); then
       return 0
     fi
     delay=$((delay * 2 > 600 ? 600 : delay * 2))
@@ -384,7 +731,7 @@ retry_in_background() {
 # before the watcher (re)started is seen too; requests a converge for every ETag not yet applied,
 # and again every minute while it stays unapplied (a converge that failed is retried).
 watch_metadata() {
-  local applied requested=NONE since etag headers
+  local applied requested=NONE since etag headers refused until
   headers=$(mktemp)
   while true; do
     applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
@@ -401,6 +748,16 @@ watch_metadata() {
     applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
     if [[ -z $etag || $etag == "$applied" ]]; then
       requested=NONE
+      continue
+    fi
+    # A release the VM refused is not asked for again before its retry time.
+    if read -r refused until 2>/dev/null <"$STATE_DIR/refused-etag" &&
+      [[ $etag == "$refused" ]] && ((EPOCHSECONDS < until)); then
+      if [[ $etag != "$requested" ]]; then
+        log "metadata $etag holds a refused release: next try $(date -u -d "@$until" +%H:%MZ)" \
+          "unless it changes"
+      fi
+      requested=$etag
       continue
     fi
     if [[ $etag != "$requested" ]]; then
@@ -425,5 +782,15 @@ version)
   shift
   version_of "$@"
   ;;
-*) fail "usage: $0 [boot|converge|retry|watch|version KEY=FILE...]" ;;
+healthy)
+  trap - ERR
+  healthy "$2" "$3"
+  ;;
+upstream)
+  upstream_conf "$2" "${3:-}"
+  ;;
+debian-sources)
+  debian_sources "$2"
+  ;;
+*) fail "usage: $0 [boot|converge|retry|watch|version KEY=FILE...|healthy URL VERSION|upstream PORT [BACKUP]|debian-sources DIR]" ;;
 esac

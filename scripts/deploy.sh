@@ -214,7 +214,9 @@ authenticate() {
       die "$EXIT_AUTH" "gcloud rejected the service-account key (or the token endpoint refused it)"
   else
     if [[ ${SKIP_WITHOUT_CREDENTIALS:-} == true ]]; then
-      log "SKIPPED: no GCP credentials configured (GCP_WIF_PROVIDER + GCP_DEPLOYER_SA, or GCP_SA_KEY_B64); nothing was checked against Deployment Manager"
+      service="Deployment Manager"
+      [[ $engine == infra-manager ]] && service="Infrastructure Manager"
+      log "SKIPPED: no GCP credentials configured (GCP_WIF_PROVIDER + GCP_DEPLOYER_SA, or GCP_SA_KEY_B64); nothing was checked against $service"
       exit 0
     fi
     if [[ -n ${CLOUDSDK_AUTH_ACCESS_TOKEN_FILE:-} ]]; then

@@ -11,14 +11,22 @@ locks at every boot, as Google's OS Config agent and apt-daily-upgrade do on a r
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
-from localvm.stack import ARTIFACTS, LocalStack
+from app.app import GREETING
+from localvm.stack import ARTIFACTS, LocalStack, attributes
 from localvm.vm import hold_apt_locks_at_boot
+from tests.conftest import startup_version
+from vm import METADATA_FILES
 
 # How long the lists lock is held after the startup scripts begin (dpkg's locks: twice that).
 APT_LOCK_HOLD = 50
@@ -47,3 +55,114 @@ def pytest_runtest_makereport(item, call):
     local = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
     if report.failed and isinstance(local, LocalStack) and local.vm is not None:
         report.sections.append(("VM serial log (tail)", local.vm.serial_tail(80)))
+
+
+class RequestLoop:
+    """GETs through `get` (a callable returning (status, body)) at a steady rate from a thread,
+    while a deploy happens: every answer that is not a 200 with one of `bodies` is a failure,
+    with what it was. A context manager; the loop runs until the block ends."""
+
+    def __init__(
+        self, get: Callable[[], tuple[int, str]], bodies: Iterable[str], interval: float = 0.2
+    ) -> None:
+        self.get, self.bodies, self.interval = get, set(bodies), interval
+        self.answers = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                status, body = self.get()
+            except OSError as error:
+                status, body = 0, str(error)
+            self.answers += 1
+            if status != 200 or body not in self.bodies:
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {status} {body[:120]!r}")
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def __enter__(self) -> RequestLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+# --- redeploys: what a VM that applied some metadata reports ----------------------------------
+
+REDEPLOY_TIMEOUT = 600  # a venv rebuild (pip under TCG) on a busy machine
+
+
+def version_of(values: dict[str, str], workdir: Path) -> str:
+    """The version a VM that applied `values` reports: startup.sh's digest of those files."""
+    for key in METADATA_FILES:
+        (workdir / key).write_text(values[key])
+    return startup_version(*(f"{key}={workdir / key}" for key in METADATA_FILES))
+
+
+def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIMEOUT) -> str:
+    """Until GET /healthz reports the version of `values` (over HTTP: the guest agent channel
+    stalls under load, and a converge records its version only once it completed); returns it."""
+    expected = version_of(values, Path(tempfile.mkdtemp(prefix="hello-version-")))
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        status, body = stack.vm.get("/healthz")
+        last = body
+        if status == 200 and f'"version":"{expected}"' in body.replace(" ", ""):
+            return expected
+        time.sleep(2)
+    raise AssertionError(f"not at version {expected} in {timeout} s (last: {last})")
+
+
+def restore(stack, original: dict[str, str]) -> None:
+    stack.set_attributes(original)
+    wait_converged(stack, original)
+    stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=GREETING)
+
+
+def with_greeting(values: dict[str, str], greeting: str) -> dict[str, str]:
+    return {**values, "app-py": values["app-py"].replace(GREETING, greeting)}
+
+
+def refused(stack) -> dict:
+    status, body = stack.vm.get("/healthz")
+    assert status == 200, body
+    return json.loads(body).get("refused") or {}
+
+
+def release_refused(
+    stack, bad: dict[str, str], why: str, get: Callable[[], tuple[int, str]],
+    *, storm_check: bool = False,
+) -> None:  # fmt: skip
+    """Deploys `bad` while `get` fetches the greeting in a loop: the VM refuses it with `why`,
+    no request fails, and /healthz says which version was refused and why."""
+    original = attributes(stack.instance)
+    version = version_of(bad, Path(tempfile.mkdtemp(prefix="hello-version-")))
+    mark = len(stack.vm.serial_text())
+    try:
+        with RequestLoop(get, {GREETING}) as loop:
+            stack.set_attributes(bad)
+            log = stack.vm.wait_serial(
+                f"hello-startup: FAILED: release {version} refused", start=mark,
+                timeout=REDEPLOY_TIMEOUT,
+            )  # fmt: skip
+            time.sleep(5)  # requests after the refusal too
+        failed = re.search(rf"FAILED: release {version} refused: (.*)", log).group(1)
+        assert why in failed, failed
+        assert refused(stack) == {"version": version, "reason": failed.split("; serving ")[0]}
+        assert get() == (200, GREETING)
+        assert loop.failures == [], loop.failures
+        assert loop.answers > 20
+        if storm_check:
+            # No retry storm: the watcher asked every minute before; now it waits.
+            time.sleep(70)
+            assert "requesting a converge again" not in stack.vm.serial_text()[mark:]
+            assert "holds a refused release" in stack.vm.serial_text()[mark:]
+    finally:
+        restore(stack, original)
+    assert refused(stack) == {}, "a converge to another version forgets the refusal"

@@ -26,10 +26,11 @@ from cryptography import x509
 
 from app.app import GREETING
 from localvm.acme import Pebble
-from localvm.stack import ARTIFACTS, LocalStack, attributes
+from localvm.stack import ARTIFACTS, SERVING_UNIT, LocalStack, attributes
 from localvm.vm import NETWORK
 from tests.browser import chromium
 from tests.conftest import VM_LANE_2
+from tests.e2e.conftest import RequestLoop, release_refused, restore, wait_converged, with_greeting
 
 pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
@@ -175,7 +176,7 @@ def test_forced_renewal_is_served_without_a_failed_request_or_restart(tls):
     context = ssl.create_default_context(cadata=tls.pebble.root_pem())
     before = served_certificate(tls).serial_number
     pids = guest(
-        tls, "systemctl show -P MainPID hello.service; systemctl show -P MainPID nginx.service"
+        tls, f"systemctl show -P MainPID {SERVING_UNIT}; systemctl show -P MainPID nginx.service"
     ).split()
     stop = threading.Event()
     counts = {"ok": 0, "failed": 0}
@@ -214,7 +215,7 @@ def test_forced_renewal_is_served_without_a_failed_request_or_restart(tls):
     assert (
         guest(
             tls,
-            "systemctl show -P MainPID hello.service; systemctl show -P MainPID nginx.service",
+            f"systemctl show -P MainPID {SERVING_UNIT}; systemctl show -P MainPID nginx.service",
         ).split()
         == pids
     )
@@ -225,7 +226,7 @@ def test_units_are_sandboxed_and_log_no_errors(tls):
         report = guest(tls, f"systemd-analyze security --no-pager {unit}")
         score = float(report.rsplit("Overall exposure level for", 1)[1].split()[1])
         assert score <= 5.0, report
-    # hello.service's own log is tests/e2e/test_vm.py's to check.
+    # The app's own log is tests/e2e/test_vm.py's to check.
     journal = guest(tls, "journalctl -b -o cat -u nginx.service -u hello-cert.service")
     errors = [
         line
@@ -250,3 +251,51 @@ def test_chromium_trusting_the_ca_root_shows_the_greeting(tls, tmp_path):
     shot.unlink(missing_ok=True)
     chromium(tmp_path / "screenshot", f"--screenshot={shot}", url, trusting=root)
     assert shot.stat().st_size > 0
+
+
+# --- releases with HTTPS on -------------------------------------------------------------------
+
+# Serves until it has answered "/" (the traffic nginx sends once it switched), then its
+# gunicorn master dies three seconds later, at every start: a crash loop.
+CRASH_AFTER_TRAFFIC = """
+
+import signal as _signal
+import threading as _threading
+
+from flask import request as _request
+
+_armed = []
+
+
+@app.before_request
+def _crash_soon():
+    if _request.path == "/" and not _armed:
+        _armed.append(True)
+        _threading.Timer(3, os.kill, (os.getppid(), _signal.SIGKILL)).start()
+"""
+
+
+def test_a_release_that_crashes_after_taking_traffic_is_rolled_back(tls):
+    """With HTTPS on: the converge checks the app through :443 and an unredirected :80
+    /healthz, and the requests over HTTPS all succeed while it rolls back."""
+    original = attributes(tls.instance)
+    bad = {**original, "app-py": original["app-py"] + CRASH_AFTER_TRAFFIC}
+    release_refused(tls, bad, "it crashed while serving", lambda: https_get(tls))
+    assert "rolled back to release" in tls.vm.serial_text()
+
+
+def test_a_good_release_replaces_the_old_with_no_failed_request(tls):
+    original = attributes(tls.instance)
+    changed = "Hello World from BenchSci, released with no failed request!"
+    good = with_greeting(original, changed)
+    with RequestLoop(lambda: https_get(tls), {GREETING, changed}) as loop:
+        tls.set_attributes(good)
+        wait_converged(tls, good)
+        time.sleep(5)
+    try:
+        assert loop.failures == [], loop.failures
+        assert loop.answers > 20
+        assert https_get(tls) == (200, changed)
+        assert http_get(tls, "/")[2] == f"https://{IP}/"
+    finally:
+        restore(tls, original)

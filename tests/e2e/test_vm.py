@@ -17,7 +17,6 @@ import shlex
 import shutil
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 import zlib
@@ -26,18 +25,25 @@ from pathlib import Path
 import pytest
 
 from app.app import GREETING
-from localvm.stack import ARTIFACTS, REPO, attributes
+from localvm.stack import ARTIFACTS, REPO, SERVING_UNIT, attributes
 from tests.browser import chromium
-from tests.conftest import VM_LANE_1, copy_stack, startup_version
-from vm import METADATA_FILES
+from tests.conftest import VM_LANE_1, copy_stack
+from tests.e2e.conftest import (
+    REDEPLOY_TIMEOUT,
+    release_refused,
+    restore,
+    wait_converged,
+    with_greeting,
+)
 
 pytestmark = [pytest.mark.e2e, VM_LANE_1]
 
 COLD_BOOT_TIMEOUT = 900  # TCG on a busy 2-core CI machine, apt and pip included
 REBOOT_TIMEOUT = 600  # a reset reboot took ~7 min under TCG with host load 10-16
 RESTART_TIMEOUT = 60
-REDEPLOY_TIMEOUT = 600  # a venv rebuild (pip under TCG) on a busy machine
 STARTUP_DONE = "hello-startup: serving on :80"
+# A converge's last line: a new release, if any, has been kept or rolled back by then.
+CONVERGED = "hello-startup: serving version"
 OUTAGE_SECONDS = 60
 OUR_UNITS = ("hello-startup", "gunicorn", "hello-metadata-watch", "hello-converge", "hello-tls")
 
@@ -49,7 +55,12 @@ def guest(stack, script: str, timeout: float = 60) -> str:
 
 
 def main_pid(stack) -> int:
-    return int(guest(stack, "systemctl show --property=MainPID --value hello.service").strip())
+    return int(guest(stack, f"systemctl show --property=MainPID --value {SERVING_UNIT}").strip())
+
+
+def serving_slot(stack) -> str:
+    """The port of the slot nginx sends traffic to (hello@<port>.service)."""
+    return guest(stack, "readlink /opt/hello/serving").strip().rsplit("-", 1)[1]
 
 
 def test_cold_boot_waits_for_apt_locks_and_survives_a_network_outage(stack):
@@ -88,7 +99,7 @@ def test_our_units_log_no_errors_and_score_5_or_less_in_systemd_analyze(stack):
         and "; retry " not in line
     ]
     assert errors == []
-    units = ("hello.service", "hello-metadata-watch.service", "hello-converge.service")
+    units = (SERVING_UNIT, "hello-metadata-watch.service", "hello-converge.service")
     # hello-cert.service and nginx.service: tests/e2e/test_https.py, on the VM that has HTTPS.
     for unit in units:
         report = guest(stack, f"systemd-analyze security --no-pager {unit}")
@@ -102,28 +113,29 @@ def test_app_runs_as_non_root_on_loopback_behind_nginx(stack):
     assert pid > 0
     # Every process in the unit's cgroup (gunicorn's master and its workers), not a name match.
     procs = guest(
-        stack, "cat /sys/fs/cgroup$(systemctl show -P ControlGroup hello.service)/cgroup.procs"
+        stack, f"cat /sys/fs/cgroup$(systemctl show -P ControlGroup {SERVING_UNIT})/cgroup.procs"
     ).split()
     assert len(procs) >= 2, procs
     users = guest(stack, f"ps -o user=,args= -p {','.join(procs)}").splitlines()
     assert all(line.split()[0] == "hello" and "gunicorn" in line for line in users), users
     uid = guest(stack, f"awk '/^Uid:/ {{print $2, $3, $4, $5}}' /proc/{pid}/status").split()
     assert len(uid) == 4 and "0" not in uid, uid
-    # gunicorn on loopback only; nginx owns :80 and :443 (tests/e2e/test_https.py).
-    listeners = guest(stack, "ss -Hltnp 'sport = :8080'")
-    assert re.search(rf"127\.0\.0\.1:8080\b.*pid={pid},", listeners), listeners
+    # gunicorn on loopback only, on its slot's port; nginx owns :80 and :443.
+    slot = serving_slot(stack)
+    listeners = guest(stack, f"ss -Hltnp 'sport = :{slot}'")
+    assert re.search(rf"127\.0\.0\.1:{slot}\b.*pid={pid},", listeners), listeners
     capabilities = guest(stack, f"grep CapEff /proc/{pid}/status").split()[1]
     assert int(capabilities, 16) == 0, f"CapEff {capabilities}: none"
 
 
 def test_kill_9_of_the_main_process_is_restarted_by_systemd(stack):
     before = main_pid(stack)
-    restarts = int(guest(stack, "systemctl show -P NRestarts hello.service"))
+    restarts = int(guest(stack, f"systemctl show -P NRestarts {SERVING_UNIT}"))
     guest(stack, f"kill -9 {before}")
     stack.vm.wait_http("/", timeout=RESTART_TIMEOUT, expect=GREETING)
     after = main_pid(stack)
     assert after not in (0, before)
-    assert int(guest(stack, "systemctl show -P NRestarts hello.service")) == restarts + 1
+    assert int(guest(stack, f"systemctl show -P NRestarts {SERVING_UNIT}")) == restarts + 1
 
 
 def _png_pixels(path: Path) -> tuple[int, int, bytes]:
@@ -211,18 +223,52 @@ def test_chromium_shows_the_greeting_and_saves_a_screenshot(stack, tmp_path):
     assert actual != _png_pixels(renders["other"])
 
 
-def test_reset_serves_again_without_reinstalling(stack):
-    stack.vm.wait_serial(STARTUP_DONE, timeout=REBOOT_TIMEOUT)
-    mark = len(stack.vm.serial_text())
-    stack.vm.reset()  # a hard reset, like `gcloud compute instances reset`
-    stack.vm.wait_http("/", timeout=REBOOT_TIMEOUT, expect=GREETING)
-    log = stack.vm.wait_serial(STARTUP_DONE, start=mark, timeout=REBOOT_TIMEOUT)
-    assert "Linux version" in log, "the VM did not actually reboot"
-    assert "hello-startup: packages already present" in log
-    assert "hello-startup: venv up to date" in log
-    assert "installing packages" not in log
-    assert "building venv" not in log
-    assert stack.vm.get("/hello") == (200, GREETING)
+# dpkg runs this after each of its actions (dpkg.cfg's post-invoke): once python3-venv is unpacked
+# but not yet configured, it says so and holds dpkg there until the test resets the VM.
+HOLD_DPKG_UNPACKED = (
+    "post-invoke=if dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q ' unpacked$';"
+    " then touch /run/e2e-dpkg-unpacked; sleep 900; fi"
+)
+# A third-party source that answers nothing, as packages.cloud.google.com in an outage.
+BROKEN_SOURCE = "deb http://127.0.0.1:9/apt google-compute-engine-bookworm-stable main"
+
+
+def test_a_reset_during_apt_install_is_repaired_and_serves_without_reinstalling(stack):
+    """A hard reset (`gcloud compute instances reset`: a power cut) while dpkg installs a package
+    the converge needs, with a third-party apt source failing: the converge refreshes only
+    Debian's sources, so the failing one does not stop it; the next boot finishes dpkg's
+    interrupted work and serves, without rebuilding the venv."""
+    guest(
+        stack,
+        f"echo {shlex.quote(HOLD_DPKG_UNPACKED)} >/etc/dpkg/dpkg.cfg.d/e2e-hold && "
+        f"echo {shlex.quote(BROKEN_SOURCE)} >/etc/apt/sources.list.d/google-cloud.list && "
+        "dpkg --remove python3-venv >/dev/null && rm -f /run/e2e-dpkg-unpacked && "
+        "touch /run/hello-converge-requests/e2e",  # a converge, as the watcher asks for one
+    )
+    try:
+        mark = len(stack.vm.serial_text())
+        deadline = time.monotonic() + REDEPLOY_TIMEOUT
+        while stack.vm.guest_exec("test -e /run/e2e-dpkg-unpacked")[0] != 0:
+            assert time.monotonic() < deadline, stack.vm.serial_text()[mark:]
+            time.sleep(2)
+        log = stack.vm.serial_text()[mark:]
+        assert "hello-startup: installing packages: python3-venv" in log
+        assert "apt-get update failed" not in log and "FAILED" not in log, log
+        stack.vm.reset()
+        stack.vm.wait_http("/", timeout=REBOOT_TIMEOUT, expect=GREETING)
+        log = stack.vm.wait_serial(STARTUP_DONE, start=mark, timeout=REBOOT_TIMEOUT)
+        assert log.count("Linux version") == 1, "the VM did not reboot once"
+        after = log.split("Linux version", 1)[1]
+        assert "hello-startup: dpkg was interrupted: finishing it with dpkg --configure -a" in after
+        assert "hello-startup: packages already present" in after
+        assert "building venv" not in after
+        assert "FAILED" not in after
+        assert stack.vm.get("/hello") == (200, GREETING)
+        guest(stack, "dpkg-query -W -f='${Status}' python3-venv | grep -qx 'install ok installed'")
+    finally:
+        guest(
+            stack, "rm -f /etc/dpkg/dpkg.cfg.d/e2e-hold /etc/apt/sources.list.d/google-cloud.list"
+        )
 
 
 def test_app_change_reaches_the_running_vm_through_metadata(stack):
@@ -238,9 +284,9 @@ def test_app_change_reaches_the_running_vm_through_metadata(stack):
     try:
         stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=changed_greeting)
         assert stack.vm.get("/hello") == (200, changed_greeting)
-        log = stack.vm.wait_serial(STARTUP_DONE, start=mark, timeout=REDEPLOY_TIMEOUT)
+        log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
         assert "instance metadata changed" in log
-        assert "restarting hello.service" in log
+        assert re.search(r"hello-startup: release \w+ replaced \w+", log), log
         assert guest(stack, "cat /proc/sys/kernel/random/boot_id") == boot_id, "it rebooted"
     finally:
         stack.set_attributes(original)
@@ -248,38 +294,6 @@ def test_app_change_reaches_the_running_vm_through_metadata(stack):
 
 
 # --- redeploys -------------------------------------------------------------------------------
-
-
-def version_of(values: dict[str, str], workdir: Path) -> str:
-    """The version a VM that applied `values` reports: startup.sh's digest of those files."""
-    for key in METADATA_FILES:
-        (workdir / key).write_text(values[key])
-    return startup_version(*(f"{key}={workdir / key}" for key in METADATA_FILES))
-
-
-def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIMEOUT) -> str:
-    """Until GET /healthz reports the version of `values` (over HTTP: the guest agent channel
-    stalls under load, and a converge records its version only once it completed); returns it."""
-    expected = version_of(values, Path(tempfile.mkdtemp(prefix="hello-version-")))
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        status, body = stack.vm.get("/healthz")
-        last = body
-        if status == 200 and f'"version":"{expected}"' in body.replace(" ", ""):
-            return expected
-        time.sleep(2)
-    raise AssertionError(f"not at version {expected} in {timeout} s (last: {last})")
-
-
-def restore(stack, original: dict[str, str]) -> None:
-    stack.set_attributes(original)
-    wait_converged(stack, original)
-    stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=GREETING)
-
-
-def with_greeting(values: dict[str, str], greeting: str) -> dict[str, str]:
-    return {**values, "app-py": values["app-py"].replace(GREETING, greeting)}
 
 
 def smoke(stack, root: Path, attempts: int) -> subprocess.CompletedProcess:
@@ -332,10 +346,13 @@ def test_two_changes_one_second_apart_converge_one_at_a_time(stack):
             runs.pop(0)
         assert runs == ["converging", "serving version"] * (len(runs) // 2), runs
         venv = f"/opt/hello/venv-{hashlib.sha256(pins.encode()).hexdigest()[:16]}"
-        assert guest(stack, "readlink /opt/hello/venv").strip() == venv
+        assert guest(stack, "readlink /opt/hello/serving/venv").strip() == venv
         guest(stack, f"test -f {venv}/.complete && {venv}/bin/pip check")
         guest(stack, f"{venv}/bin/python -c 'import flask, gunicorn'")
-        assert guest(stack, "ls -d /opt/hello/venv-*").split() == [venv]
+        # The previous release's venv is kept for going back (the restore below reuses it).
+        before = original["app-requirements"].encode()
+        kept = f"/opt/hello/venv-{hashlib.sha256(before).hexdigest()[:16]}"
+        assert sorted(guest(stack, "ls -d /opt/hello/venv-*").split()) == sorted([venv, kept])
     finally:
         restore(stack, original)
 
@@ -360,13 +377,16 @@ def test_a_change_made_before_the_watcher_polls_is_applied(stack):
         restore(stack, original)
 
 
-# Kills the converge (hello-converge.service) the moment the changed app.py is on disk, before it
-# can restart the app: bash builtins only, so nothing forks between seeing the file and the kill.
+# Kills the converge (hello-converge.service) the moment the changed app.py is on disk in the idle
+# slot, before the new release is started: bash builtins only, so nothing forks in between.
 KILL_AFTER_INSTALL = r"""cat >/run/e2e-kill-converge <<'EOF'
 marker=$1 cgroup=/sys/fs/cgroup/system.slice/hello-converge.service
 while :; do
-  IFS= read -r -d '' content </opt/hello/app/app.py
-  [[ $content == *"$marker"* ]] && break
+  for file in /opt/hello/slot-*/app.py; do
+    [[ -r $file ]] || continue
+    IFS= read -r -d '' content <"$file" || true
+    [[ $content == *"$marker"* ]] && break 2
+  done
 done
 while read -r pid; do kill -9 "$pid"; done <"$cgroup/cgroup.procs"
 echo killed >/run/e2e-converge-killed
@@ -375,10 +395,12 @@ rm -f /run/e2e-converge-killed
 systemd-run --quiet --collect --unit=e2e-kill-converge /bin/bash /run/e2e-kill-converge """
 
 
-def test_a_converge_killed_after_installing_app_py_leaves_the_restart_pending(stack):
+def test_a_converge_killed_mid_release_leaves_the_old_release_serving(stack):
+    """Killed after laying out the new release, before starting it: nothing of it serves, and
+    the next converge (the watcher asks again for the unapplied metadata) releases it."""
     original = attributes(stack.instance)
     changed = "Hello from a converge that was killed!"
-    before = main_pid(stack)
+    before, slot = main_pid(stack), serving_slot(stack)
     guest(stack, KILL_AFTER_INSTALL + shlex.quote(changed))
     try:
         mark = len(stack.vm.serial_text())
@@ -387,15 +409,12 @@ def test_a_converge_killed_after_installing_app_py_leaves_the_restart_pending(st
         while stack.vm.guest_exec("test -e /run/e2e-converge-killed")[0] != 0:
             assert time.monotonic() < deadline, "the converge was never killed"
             time.sleep(1)
-        # Killed between installing app.py and restarting: the old process still serves.
-        assert main_pid(stack) == before, "the kill came after the restart"
+        assert (main_pid(stack), serving_slot(stack)) == (before, slot)
         assert stack.vm.get("/") == (200, GREETING)
-        guest(stack, "test -e /var/lib/hello/pending/restart_app")
-        # The watcher asks again for the unapplied metadata; that converge restarts the app.
         stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=changed)
-        log = stack.vm.wait_serial(STARTUP_DONE, start=mark, timeout=REDEPLOY_TIMEOUT)
-        assert "hello-startup: resuming restart_app" in log
-        assert main_pid(stack) != before
+        log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
+        assert len(re.findall(r"hello-startup: new release \w+: preparing slot", log)) >= 2, log
+        assert serving_slot(stack) != slot
     finally:
         guest(stack, "systemctl stop e2e-kill-converge.service || true")
         restore(stack, original)
@@ -414,9 +433,9 @@ def tamper_hashes(requirements: str, package: str) -> str:
 
 
 def test_smoke_fails_when_a_redeploy_does_not_converge(stack, tmp_path):
-    """A redeploy whose converge fails (a pin whose hash does not match PyPI's wheel, as a
-    tampered download would): the old app keeps greeting, and the smoke test fails on the
-    version."""
+    """A redeploy whose venv cannot be built (a pin whose hash does not match PyPI's wheel, as a
+    tampered download would): the release is refused, the old app keeps greeting, and the smoke
+    test fails at once with the VM's reason."""
     original = attributes(stack.instance)
     tampered = tamper_hashes(original["app-requirements"], "flask")
     assert tampered != original["app-requirements"]
@@ -427,11 +446,39 @@ def test_smoke_fails_when_a_redeploy_does_not_converge(stack, tmp_path):
     mark = len(stack.vm.serial_text())
     stack.set_attributes({**original, "app-requirements": tampered})
     try:
-        log = stack.vm.wait_serial("hello-startup: FAILED", start=mark, timeout=REDEPLOY_TIMEOUT)
+        log = stack.vm.wait_serial(
+            "hello-startup: FAILED: release", start=mark, timeout=REDEPLOY_TIMEOUT
+        )
         assert "DO NOT MATCH THE HASHES" in log
+        assert "its venv could not be built" in log
         assert stack.vm.get("/") == (200, GREETING), "the old app stopped serving"
         result = smoke(stack, checkout, attempts=3)
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "not the deployed" in result.stderr
+        assert "the VM refused version" in result.stderr
+        assert "its venv could not be built" in result.stderr
     finally:
         restore(stack, original)
+
+
+# --- releases that must never take the site down ---------------------------------------------
+
+
+def http(stack):
+    return lambda: stack.vm.get("/", timeout=15)
+
+
+def test_a_release_that_fails_to_import_never_serves(stack):
+    original = attributes(stack.instance)
+    bad = {**original, "app-py": "import hello_no_such_module  # noqa\n" + original["app-py"]}
+    release_refused(
+        stack, bad, "No module named 'hello_no_such_module'", http(stack), storm_check=True
+    )
+
+
+def test_a_release_whose_health_check_fails_never_serves(stack):
+    original = attributes(stack.instance)
+    app_py = original["app-py"].replace("return jsonify(health)", "return jsonify(health), 503")
+    assert app_py != original["app-py"]
+    release_refused(
+        stack, {**original, "app-py": app_py}, "answered 503 instead of 200", http(stack)
+    )

@@ -585,5 +585,9 @@ def test_usage_errors_and_missing_credentials_have_their_own_exit_codes(tmp_path
     assert run(DM_CONFIG="missing.yaml").returncode == 2
     skipped = run("--preview", SKIP_WITHOUT_CREDENTIALS="true")
     assert skipped.returncode == 0 and "SKIPPED: no GCP credentials" in skipped.stderr
+    assert "nothing was checked against Deployment Manager" in skipped.stderr
+    skipped = run("--preview", SKIP_WITHOUT_CREDENTIALS="true", DEPLOY_ENGINE="infra-manager")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "nothing was checked against Infrastructure Manager" in skipped.stderr
     refused = run()
     assert refused.returncode == 3 and "no credentials" in refused.stderr

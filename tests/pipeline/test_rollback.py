@@ -87,6 +87,7 @@ class ConvergedVM:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         module.VERSION_FILE = root / "version"
+        module.REFUSED_FILE = root / "refused.json"  # none: the instant converge refuses nothing
         return module.app
 
     def close(self) -> None:

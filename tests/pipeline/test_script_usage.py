@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,6 +75,43 @@ def test_make_smoke_without_an_address_uses_the_names_the_user_typed(tmp_path):
     ]
     assert "TARGET" not in result.stderr
     assert "scripts/deploy.sh" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("not_an_ip", "not_an_ip is neither an IPv4 address nor a host name"),
+        ("10.10.0.300", "10.10.0.300 is not an IPv4 address: 300 is over 255"),
+        ("203.0.113", "203.0.113 is not an IPv4 address (four numbers 0-255"),
+        ("203.0.113.7:70000", "'70000' is not a port (1-65535)"),
+    ],
+)
+def test_make_smoke_refuses_what_cannot_be_an_address_at_once(address, why):
+    """An address that cannot be one is a usage error, said before the first try: no DNS
+    lookup retried for minutes. (make exits 2 for any failed recipe; the script's own 2 is
+    asserted through it by the usage line, and directly below.)"""
+    result = run("make", "--no-print-directory", "smoke", f"IP={address}", timeout=10)
+    assert result.returncode == 2
+    refusal, usage = result.stderr.splitlines()[:2]
+    assert refusal.startswith(f"smoke: '{address}' cannot be an address: {why}")
+    assert usage.startswith("usage: make smoke [IP=ADDRESS]")
+    assert "try 1/" not in result.stderr
+    assert run("bash", "scripts/smoke.sh", address, timeout=10).returncode == 2
+
+
+def test_smoke_still_retries_a_refused_connection(tmp_path):
+    """A refused connection can heal (the VM is booting): it is retried, then exit 1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            **{"SMOKE_ATTEMPTS": "2", "SMOKE_FIRST_WAIT": "0", "SMOKE_VERSION": "any"},
+        }
+        result = run("bash", "scripts/smoke.sh", f"127.0.0.1:{port}", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "try 1/2" in result.stderr and "try 2/2" in result.stderr
 
 
 class Recorder(BaseHTTPRequestHandler):

@@ -8,6 +8,7 @@ reports, which on the VM a completed converge writes (tests/e2e covers that part
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -39,13 +40,18 @@ def free_port() -> int:
 
 
 def gunicorn(port: int, version_file: Path) -> subprocess.Popen:
-    """The app as the VM serves it once a converge recorded `version_file`."""
+    """The app as the VM serves it once a converge recorded `version_file` (and, beside it,
+    refused.json when the VM refused a release)."""
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
             *("--workers", "1", "--chdir", str(REPO / "app"), "app:app"),
         ],
-        env={**os.environ, "HELLO_VERSION_FILE": str(version_file)},
+        env={
+            **os.environ,
+            "HELLO_VERSION_FILE": str(version_file),
+            "HELLO_REFUSED_FILE": str(version_file.with_name("refused.json")),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -157,3 +163,27 @@ def test_smoke_fails_while_the_app_serves_another_version(server, tmp_path):
     assert result.returncode == 1
     assert f"serving version 0123456789abcdef, not the deployed {deployed_version()}" in err
     assert "FAILED" in err
+
+
+def test_smoke_fails_at_once_when_the_vm_refused_the_deployed_version(server, tmp_path):
+    """The VM kept the old release and says why in /healthz: smoke.sh stops at the first try
+    with that reason instead of retrying for minutes."""
+    stale = tmp_path / "version"
+    stale.write_text("0123456789abcdef\n")
+    reason = "it did not start: ModuleNotFoundError: No module named 'flask_extra'"
+    (tmp_path / "refused.json").write_text(
+        json.dumps({"version": deployed_version(), "reason": reason, "retryAfter": 0})
+    )
+    port = free_port()
+    server.append(gunicorn(port, stale))
+    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="30", DEPLOY_OUT_DIR=str(tmp_path))
+    _, err = result.communicate(timeout=60)
+    assert result.returncode == 1
+    assert (
+        f"smoke: FAILED: the VM refused version {deployed_version()}: {reason}; it still serves "
+        "version 0123456789abcdef"
+    ) in err
+    assert "try 2/30" not in err
+    assert (tmp_path / "smoke-failure").read_text() == (
+        f"http://127.0.0.1:{port}/: the VM refused version {deployed_version()}: {reason}\n"
+    )

@@ -1,5 +1,5 @@
 """HTTPS on the host, no VM: the committed nginx site, app/hello-tls.sh, certbot from
-app/acme-requirements.txt, the app under gunicorn as hello.service runs it, and a real ACME CA.
+app/acme-requirements.txt, the app under gunicorn as hello@.service runs it, and a real ACME CA.
 
 Real: Debian's nginx and pebble (Let's Encrypt's ACME test server), certbot and its http-01
 validation (pebble connects to nginx's port and fetches the token certbot wrote; no
@@ -11,8 +11,12 @@ nginx's listen ports and gunicorn's bind move to free loopback ports. Loopback o
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import http.client
+import json
 import os
+import shlex
 import shutil
 import socket
 import ssl
@@ -29,11 +33,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.app import GREETING
-from emulators.metadata import MetadataEmulator, from_expanded_config
 from localvm.acme import Pebble
 from localvm.front import IP, Front, http_get, wait_for
 from localvm.stack import ARTIFACTS
-from localvm.vm import NETWORK, free_port
+from localvm.vm import free_port
 from tests.browser import chromium
 from tests.conftest import REPO
 
@@ -160,6 +163,30 @@ def test_http_redirects_to_https_but_still_answers_challenges(front):
     assert status == 301
     assert headers["Location"] == f"https://{IP}/hello?x=1"
     assert http_get(front.http_port, "/.well-known/acme-challenge/absent")[0] == 404
+
+
+def test_the_redirect_names_the_instance_address_not_the_clients_host_header(front):
+    """A request with a forged Host header is still sent to the address the certificate names."""
+    connection = http.client.HTTPConnection("127.0.0.1", front.http_port, timeout=5)
+    try:
+        connection.request("GET", "/hello?x=1", headers={"Host": "attacker.example"})
+        response = connection.getresponse()
+        assert response.status == 301
+        assert response.getheader("Location") == f"https://{IP}/hello?x=1"
+    finally:
+        connection.close()
+
+
+def test_nginx_names_no_version(front):
+    """Neither the Server header nor nginx's own error pages give its version away."""
+    status, body, headers = http_get(front.http_port, "/.well-known/acme-challenge/absent")
+    assert status == 404
+    assert headers["Server"] == "nginx"
+    assert "nginx/" not in body
+    context = trusting(front.pebble.root_pem())
+    url = f"https://{IP}:{front.https_port}/"
+    with urllib.request.urlopen(url, context=context, timeout=5) as response:
+        assert response.headers["Server"] == "nginx"
 
 
 def test_smoke_checks_the_redirect_and_the_verified_greeting(front, tmp_path):
@@ -298,11 +325,7 @@ def test_validation_fails_when_the_token_is_not_served(front, tmp_path):
     """A CA that validates against a port where nothing serves the token refuses to issue."""
     elsewhere = Pebble(tmp_path / "pebble", validation_port=free_port())
     elsewhere.start()
-    metadata = MetadataEmulator(
-        from_expanded_config(front.expanded)[0], network=NETWORK, network_name="hello-vpc"
-    )
-    metadata.store.set_instance_attributes(elsewhere.attributes(elsewhere.directory))
-    metadata.start()
+    metadata = front.metadata(pebble=elsewhere)
     try:
         result = front.tls("obtain", metadata, HELLO_TLS_ATTEMPTS="1")
     finally:
@@ -333,6 +356,193 @@ def test_https_turns_off_when_the_certificate_does_not_match_the_ip(front):
     result = front.tls("activate")
     assert result.returncode == 0, result.stderr
     wait_for(lambda: http_get(front.http_port, "/")[0] == 301, ":80 redirecting again")
+
+
+def certificate_directory(front) -> Path:
+    """Where hello-tls keeps the certificate from the front's own CA, and its failed attempts."""
+    name = front.path("/var/lib/hello-acme/current").read_text().strip()
+    return front.path("/var/lib/hello-acme/certificates") / name
+
+
+# certbot's own handling of an error it cannot recover from, as at the end of a failed run.
+CERTBOT_REPORTS = """
+import json, sys
+from acme import messages
+from certbot._internal import log
+log.pre_arg_parse_setup()
+raise messages.Error.from_json(json.loads(sys.argv[1]))
+"""
+
+
+def test_a_rate_limit_answer_is_logged_and_the_ca_is_not_asked_before_its_time(front, tmp_path):
+    """pebble 2.4 never answers with a rate limit, so the CA's answer is recorded: an RFC 8555
+    problem document of type urn:ietf:params:acme:error:rateLimited whose detail is in Let's
+    Encrypt's documented format ("..., retry after <time> UTC", letsencrypt.org/docs/rate-limits).
+    Real: the pinned certbot (the venv hello-tls installed) renders it with its own error handler
+    into the output hello-tls reads; hello-tls's record_failure (the test sources the script to
+    call it) reads that; then a real obtain, with pebble up, must not ask pebble before then."""
+    python = next(front.path("/var/lib/hello-acme").glob("certbot-*/bin/python"))
+    retry_at = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    retry_at += datetime.timedelta(hours=30)
+    detail = (
+        "too many certificates (5) already issued for this exact set of identifiers in the last"
+        f" 168h0m0s, retry after {retry_at:%Y-%m-%d %H:%M:%S} UTC: see"
+        " https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-identifiers"
+    )
+    problem = {"type": "urn:ietf:params:acme:error:rateLimited", "status": 429, "detail": detail}
+    rendered = subprocess.run(
+        [python, "-c", CERTBOT_REPORTS, json.dumps(problem)],
+        env={"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode == 1, rendered.stderr
+    output = tmp_path / "certbot-output.txt"
+    output.write_text(rendered.stdout + rendered.stderr)
+    directory = certificate_directory(front)
+    try:
+        recorded = subprocess.run(
+            [
+                *("bash", "-c", 'source "$1" && shift && record_failure "$@"', "test"),
+                *(REPO / "app/hello-tls.sh", directory, output, front.pebble.directory, IP),
+            ],
+            env=front.env(),
+            capture_output=True,
+            text=True,
+        )
+        assert recorded.returncode == 0, recorded.stderr
+        when = f"{retry_at:%Y-%m-%d %H:%M:%S} UTC"
+        assert recorded.stderr == (
+            f"hello-tls: FAILED: rate limited: {front.pebble.directory} accepts no new request"
+            f" for {IP} before {when}: {detail}\n"
+        )
+        asked = front.pebble.log.read_text()
+        result = front.tls("obtain", HELLO_TLS_FORCE_RENEWAL="1")
+        assert result.returncode == 1
+        assert f"the CA answered with a rate limit; not asking it before {when}" in result.stderr
+        assert front.pebble.log.read_text() == asked
+    finally:
+        for state in ("failures", "not-before"):
+            (directory / state).unlink(missing_ok=True)
+
+
+def test_failed_attempts_are_paced_within_the_cas_hourly_limit(front):
+    """Five failed attempts in the last hour, the oldest 6 s short of an hour old (as earlier
+    runs leave them: one time a line): the next attempt waits for it to age out, as Let's
+    Encrypt's 5 failed authorizations per identifier per account per hour require, then asks the
+    CA (pebble, real) and gets a certificate."""
+    directory = certificate_directory(front)
+    now = int(time.time())
+    earlier = (now - 3600 + 6, now - 2400, now - 1200, now - 600, now - 5)
+    (directory / "failures").write_text("".join(f"{when}\n" for when in earlier))
+    started = time.monotonic()
+    result = front.tls("obtain", HELLO_TLS_FORCE_RENEWAL="1", HELLO_TLS_ATTEMPTS="1")
+    waited = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "5 failed attempts in the last 3600 s" in result.stdout
+    assert waited >= 5
+    assert not (directory / "failures").exists()
+    assert front.tls("activate").returncode == 0
+
+
+# Certificates from a second pebble live LIFETIME seconds, and hello-tls serves one only while it
+# has more than LEAD left (8 hours on the VM, HELLO_TLS_LEAD here).
+LIFETIME, LEAD = 30, 20
+
+
+def serve_the_fronts_own_certificate(front):
+    """Back to the certificate of the front's CA, still valid, so no new one is issued."""
+    assert front.tls("obtain").returncode == 0
+    assert front.tls("activate").returncode == 0
+    wait_for(lambda: http_get(front.http_port, "/")[0] == 301, ":80 redirecting again")
+
+
+@contextlib.contextmanager
+def serving_a_short_lived_certificate(front, workdir: Path):
+    """Serves a certificate from a second pebble that issues them for LIFETIME seconds; yields
+    its metadata server, the pebble and when the certificate expires (epoch seconds)."""
+    short = Pebble(workdir, validation_port=front.http_port, certificate_lifetime=LIFETIME)
+    short.start()
+    metadata = front.metadata(pebble=short)
+    try:
+        assert front.tls("obtain", metadata, HELLO_TLS_LEAD=str(LEAD)).returncode == 0
+        activated = front.tls("activate", metadata, HELLO_TLS_LEAD=str(LEAD))
+        assert "serving https://" in activated.stdout, activated.stderr
+        pem = front.path("/etc/hello-tls/fullchain.pem").read_bytes()
+        expires = x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+        assert expires < time.time() + LIFETIME
+        wait_for(lambda: http_get(front.http_port, "/")[0] == 301, ":80 redirecting")
+        yield metadata, short, expires
+    finally:
+        metadata.stop()
+        short.stop()
+
+
+def test_a_certificate_is_not_served_in_its_last_hours_while_the_ca_refuses(front, tmp_path):
+    """The CA stops answering (pebble stopped: connection refused) for longer than the served
+    certificate has left. obtain keeps retrying, but never past the moment the certificate
+    reaches the lead time: it ends the run then, and activate (hello-cert.service's
+    ExecStopPost, run here by the test as systemd does once obtain exits) turns HTTPS off, so
+    :80 serves the greeting before the certificate expires. Real: pebble issuing 30-second
+    certificates (its certificateValidityPeriod), certbot, nginx; only the lead is scaled."""
+    with serving_a_short_lived_certificate(front, tmp_path / "pebble") as (metadata, ca, expires):
+        wait_for(
+            lambda: served_certificate(front.https_port).not_valid_after_utc.timestamp() == expires,
+            "nginx to serve the short-lived certificate",
+        )
+        ca.stop()
+        retrying = subprocess.run(
+            ["bash", str(REPO / "app/hello-tls.sh"), "obtain"],
+            env=front.env(metadata, HELLO_TLS_FORCE_RENEWAL="1", HELLO_TLS_LEAD=str(LEAD)),
+            capture_output=True,
+            text=True,
+            timeout=LIFETIME,
+        )
+        ended = time.time()
+        assert retrying.returncode == 1
+        assert "stopping the retries: the served certificate expires within 20 s" in (
+            retrying.stderr
+        )
+        assert expires - LEAD - 2 <= ended < expires
+        off = front.tls("activate", metadata, HELLO_TLS_LEAD=str(LEAD))
+        assert off.returncode == 0, off.stderr
+        assert f"no valid certificate for {IP} (one valid for more than 20 s)" in off.stdout
+        wait_for(lambda: http_get(front.http_port, "/")[:2] == (200, GREETING), ":80 serving")
+        wait_for(lambda: not port_open(front.https_port), ":443 closed")
+        assert time.time() < expires
+    serve_the_fronts_own_certificate(front)
+
+
+def test_nginx_starts_without_https_after_the_certificate_expired_while_stopped(front, tmp_path):
+    """nginx stops with HTTPS on (a VM stopped for longer than the certificate's life) and
+    starts again as nginx.service does with the drop-in the VM installs: its ExecStartPre
+    commands (app/nginx-hardening.conf) first. :80 serves the greeting and :443 stays closed,
+    without the metadata server or the CA (both may be unreachable at boot)."""
+    with serving_a_short_lived_certificate(front, tmp_path / "pebble") as (_, _, expires):
+        subprocess.run([*front.nginx, "-s", "stop"], check=True)
+    try:
+        wait_for(lambda: not port_open(front.http_port), "nginx to stop")
+        time.sleep(max(0.0, expires - LEAD + 1 - time.time()))
+        drop_in = (REPO / "app/nginx-hardening.conf").read_text()
+        for line in drop_in.splitlines():
+            if line.startswith("ExecStartPre="):
+                argv = shlex.split(line.removeprefix("ExecStartPre=").lstrip("+-!@:"))
+                assert argv[0] == "/usr/local/sbin/hello-tls"
+                subprocess.run(
+                    ["bash", REPO / "app/hello-tls.sh", *argv[1:]],
+                    # No metadata server answers here: the check must not need one.
+                    env=front.env(
+                        HELLO_TLS_LEAD=str(LEAD), HELLO_TLS_METADATA="http://127.0.0.1:9"
+                    ),
+                    check=True,
+                )
+        subprocess.run([*front.nginx, "-q"], check=True)
+        wait_for(lambda: http_get(front.http_port, "/")[:2] == (200, GREETING), ":80 serving")
+        assert not port_open(front.https_port)
+    finally:
+        if not port_open(front.http_port):
+            subprocess.run([*front.nginx, "-q"], check=False)
+    serve_the_fronts_own_certificate(front)
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")

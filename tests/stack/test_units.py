@@ -1,6 +1,9 @@
 """The systemd units and startup script the VM runs, read by the tools that run them."""
 
 import configparser
+import datetime
+import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -11,7 +14,7 @@ from tests.conftest import REPO, startup_version
 from vm import METADATA_FILES
 
 SERVICES = [
-    "app/hello.service",
+    "app/hello@.service",
     "app/hello-metadata-watch.service",
     "app/hello-converge.service",
     "app/hello-cert.service",
@@ -19,7 +22,8 @@ SERVICES = [
 UNITS = [*SERVICES, "app/hello-converge.path", "app/hello-cert.timer"]
 # Binaries that exist only on the VM, once startup.sh has installed them.
 VM_ONLY = {
-    "/opt/hello/venv/bin/gunicorn",
+    # systemd-analyze verifies the template unit as instance "i".
+    "/opt/hello/slot-i/venv/bin/gunicorn",
     "/usr/local/sbin/hello-startup",
     "/usr/local/sbin/hello-tls",
 }
@@ -51,19 +55,32 @@ def test_systemd_accepts_the_unit(path):
 
 
 def test_app_service_runs_unprivileged_on_loopback_and_always_restarts():
-    service = unit("app/hello.service")["Service"]
+    service = unit("app/hello@.service")["Service"]
     assert service["User"] == "hello"
     assert service["Restart"] == "always"
     assert "AmbientCapabilities" not in service
     assert service["CapabilityBoundingSet"] == ""
-    # nginx (app/nginx-hello.conf) proxies :80 and :443 to this address.
-    assert re.search(r"--bind 127\.0\.0\.1:8080\b", service["ExecStart"])
-    assert "server 127.0.0.1:8080;" in (REPO / "app/nginx-hello.conf").read_text()
+    # A slot is its port: hello@8081 serves /opt/hello/slot-8081 on 127.0.0.1:8081, the address
+    # the converge's nginx upstream names.
+    assert re.search(r"--bind 127\.0\.0\.1:%i\b", service["ExecStart"])
+    assert service["ExecStart"].startswith("/opt/hello/slot-%i/venv/bin/gunicorn ")
+    assert service["WorkingDirectory"] == "/opt/hello/slot-%i"
+    script = (REPO / "app/startup.sh").read_text()
+    slots = re.search(r"^readonly SLOTS=\((\d+) (\d+)\)$", script, re.M).groups()
+    upstream = subprocess.run(
+        ["bash", str(REPO / "app/startup.sh"), "upstream", *slots],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"server 127.0.0.1:{slots[0]};" in upstream
+    assert f"server 127.0.0.1:{slots[1]} backup;" in upstream
+    assert "proxy_pass http://hello_app;" in (REPO / "app/nginx-hello.conf").read_text()
+    # systemd's 90 s default must not fail a slow but healthy start.
+    assert int(service["TimeoutStartSec"]) >= 300
     for hardening in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
         assert service[hardening] == "yes", hardening
     assert service["ProtectSystem"] == "strict"
-    assert unit("app/hello.service")["Unit"]["StartLimitIntervalSec"] == "0"
-    assert unit("app/hello.service")["Install"]["WantedBy"] == "multi-user.target"
+    assert unit("app/hello@.service")["Unit"]["StartLimitIntervalSec"] == "0"
+    assert unit("app/hello@.service")["Install"]["WantedBy"] == "multi-user.target"
 
 
 def test_startup_script_installs_exactly_the_files_vm_py_deploys():
@@ -104,6 +121,51 @@ def test_every_service_scores_5_or_less_in_systemd_analyze_security(path):
     assert float(match.group(1)) <= 5.0
 
 
+@pytest.mark.parametrize("path", SERVICES)
+def test_every_service_writes_its_output_to_the_serial_console_too(path):
+    """GCE's image copies nothing from the journal to the console (journald's default), and the
+    VM sends nothing to Cloud Logging: a unit that does not ask keeps its failures out of
+    `gcloud compute instances get-serial-port-output`."""
+    service = unit(path)["Service"]
+    assert service["StandardOutput"] == "journal+console"
+    assert service.get("StandardError", "inherit") in ("inherit", "journal+console")
+
+
+def seconds(timespan: str) -> int:
+    """A systemd time span ("1h", "30min") in seconds, as systemd-analyze reads it."""
+    result = subprocess.run(
+        ["systemd-analyze", "timespan", timespan], capture_output=True, text=True, check=True
+    )
+    micros = re.search(r"μs: (\d+)", result.stdout)
+    assert micros, result.stdout
+    return int(micros.group(1)) // 1_000_000
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_a_certificate_is_served_only_while_it_outlives_the_next_timer_run_by_an_hour():
+    """hello-tls activate runs after each hello-cert run; a certificate it serves must stay valid
+    for an hour past the latest the next run can come: the timer's period plus its delay."""
+    timer = unit("app/hello-cert.timer")["Timer"]
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=3", timer["OnCalendar"]],
+        env={**os.environ, "TZ": "UTC"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # "Next elapse: Wed 2026-12-02 00:00:00 UTC", then "Iter. #2: ...": the next three runs.
+    stamps = re.findall(r"(?:Next elapse|Iter\. #\d): \w{3} (\S+ \S+) UTC", result.stdout)
+    runs = [datetime.datetime.fromisoformat(stamp) for stamp in stamps]
+    assert len(runs) == 3, result.stdout
+    period = max((b - a).total_seconds() for a, b in itertools.pairwise(runs))
+    longest_gap = period + seconds(timer["RandomizedDelaySec"])
+    script = (REPO / "app/hello-tls.sh").read_text()
+    lead = re.search(r"^readonly LEAD=\$\{HELLO_TLS_LEAD:-(\d+)\}$", script, re.M)
+    assert lead, "hello-tls.sh defines no LEAD"
+    assert int(lead.group(1)) >= longest_gap + 3600
+    assert '-checkend "$LEAD"' in script
+
+
 def test_metadata_watcher_runs_without_privileges():
     service = unit("app/hello-metadata-watch.service")["Service"]
     assert service["DynamicUser"] == "yes"
@@ -118,7 +180,7 @@ def test_metadata_watcher_runs_without_privileges():
 def test_gunicorn_runs_without_a_control_socket():
     """gunicorn's default control socket lives under the service user's home, which does not
     exist: every start logged an ERROR."""
-    assert "--no-control-socket" in unit("app/hello.service")["Service"]["ExecStart"]
+    assert "--no-control-socket" in unit("app/hello@.service")["Service"]["ExecStart"]
 
 
 def pins(path: str) -> dict[str, str]:

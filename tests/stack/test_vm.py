@@ -59,7 +59,7 @@ def test_debian_12_family_and_small_machine_type_by_default():
         ("startup-script", "app/startup.sh"),
         ("app-py", "app/app.py"),
         ("app-requirements", "app/requirements.txt"),
-        ("app-service", "app/hello.service"),
+        ("app-service", "app/hello@.service"),
         ("app-watch-service", "app/hello-metadata-watch.service"),
         ("app-converge-service", "app/hello-converge.service"),
         ("app-converge-path", "app/hello-converge.path"),

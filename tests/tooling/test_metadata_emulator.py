@@ -60,7 +60,7 @@ def test_attributes_are_the_rendered_metadata_byte_for_byte(server):
         ("startup-script", "app/startup.sh"),
         ("app-py", "app/app.py"),
         ("app-requirements", "app/requirements.txt"),
-        ("app-service", "app/hello.service"),
+        ("app-service", "app/hello@.service"),
         ("app-watch-service", "app/hello-metadata-watch.service"),
         ("app-converge-service", "app/hello-converge.service"),
         ("app-converge-path", "app/hello-converge.path"),

@@ -63,10 +63,10 @@ def test_firewall_table_shows_every_ingress_source_range(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stderr)
     #                  tcp/22   tcp/80   tcp/443  tcp/8080 udp/53  icmp
-    assert rows["from IAP TCP forwarding 35.235.240.0/20"] == [
+    assert rows["from 35.235.240.0/20 (IAP TCP forwarding)"] == [
         "allow", "allow", "allow", "deny", "deny", "allow"
     ]  # fmt: skip
-    assert rows["from Google SSH range 104.154.0.0/15"][0] == "allow"
+    assert rows["from 104.154.0.0/15 (GOOGLE LLC)"][0] == "allow"
     assert rows["from the internet"][0] == "deny"
 
 
@@ -98,6 +98,8 @@ def test_every_schema_problem_in_one_run_each_with_its_line_and_in_words(tmp_pat
         "error: deployment.yaml: resources[hello-vm].properties.deletionProtection: 'yes' is "
         "text, not a boolean: write true or false, without quotes "
         f"[set at deployment.yaml:{line_of(config, 'deletionProtection:')}]",
+        "note: the expansion and the Compute Engine and firewall checks did not run: "
+        "hello-vpc.subnetCidr has no default to check the rest with; fix it and preview again",
     ]
 
 

@@ -60,13 +60,13 @@ def test_bad_config_exits_1_naming_file_and_field(stack_copy):
 
 
 def test_missing_import_exits_1(stack_copy):
-    (stack_copy / "app" / "hello.service").unlink()
+    (stack_copy / "app" / "hello@.service").unlink()
     imports = yaml.safe_load((stack_copy / "deployment.yaml").read_text())["imports"]
-    index = [entry["path"] for entry in imports].index("app/hello.service")
+    index = [entry["path"] for entry in imports].index("app/hello@.service")
     result = preview(str(stack_copy / "deployment.yaml"))
     assert result.returncode == 1
     assert f"imports[{index}].path: file not found" in result.stderr
-    assert "app/hello.service" in result.stderr
+    assert "app/hello@.service" in result.stderr
 
 
 def test_usage_error_exits_2():

@@ -9,6 +9,7 @@ is only needed to regenerate, not to check.
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import shutil
 
@@ -48,23 +49,100 @@ def test_committed_svg_was_rendered_from_the_current_dot(generated):
 def test_diagram_shows_the_stack_and_who_can_reach_what(generated):
     dot, mermaid = generated
     for text in (
-        "VPC hello-vpc",
+        "VPC hello-vpc · custom-mode network",
         "subnet hello-vpc-subnet",
         "us-central1 · 10.10.0.0/24",
-        "VM hello-vm",
+        "VM hello-vm · e2-small · us-central1-a",
         "static IP hello-vm-ip",
         "Internet\\n0.0.0.0/0",
-        "Google SSH range\\n104.154.0.0/15",
-        "allow tcp:22\\nhello-firewall-allow-ssh · priority 1000",
-        "allow tcp:80,443\\nhello-firewall-allow-web · priority 1000",
-        "hello-firewall-deny-ingress · priority 65535",
+        '"104.154.0.0/15 (GOOGLE LLC)"',
+        "tcp:22\\nhello-firewall-allow-ssh (1000)",
+        "tcp:80,443\\nhello-firewall-allow-web (1000)",
+        "deny all protocols from 0.0.0.0/0: hello-firewall-deny-ingress (65535)",
+        "allow all protocols out to 0.0.0.0/0: hello-firewall-allow-egress (65535)",
     ):
         assert text in dot
-    # The path from the internet: Internet -> static IP -> VM.
+    # The path from the internet: Internet -> static IP -> the VM (drawn at nginx, its entry).
     assert "src_0_0_0_0_0 -> ip_hello_vm_ip" in dot
-    assert "ip_hello_vm_ip -> vm_hello_vm" in dot
-    assert mermaid.startswith("flowchart LR\n")
+    assert "ip_hello_vm_ip -> vm_hello_vm_nginx [" in dot
+    assert "lhead=cluster_vm_hello_vm" in dot
+    assert mermaid.startswith("flowchart TB\n")
     assert "ip_hello_vm_ip ==>" in mermaid
+
+
+def edges(dot: str) -> dict[tuple[str, str], str]:
+    """(source node, destination node) -> the arrow's label, from the DOT."""
+    return {
+        (src, dst): label
+        for src, dst, label in re.findall(
+            r'^\s*(\w+) -> (\w+) \[label="((?:[^"\\]|\\.)*)"', dot, re.M
+        )
+    }
+
+
+def labels(dot: str) -> dict[str, str]:
+    return dict(re.findall(r'^\s*(\w+) \[label="((?:[^"\\]|\\.)*)"', dot, re.M))
+
+
+def test_diagram_shows_what_runs_on_the_vm(generated):
+    """nginx, gunicorn, the certificate and its renewal, and the converge, each read from what
+    the VM's metadata installs (the unit files and nginx sites vm.py ships)."""
+    dot, _ = generated
+    nodes = labels(dot)
+    assert nodes["vm_hello_vm_nginx"] == "nginx\\nlistens on 80, 443 (TLS)"
+    assert (
+        nodes["vm_hello_vm_gunicorn"]
+        == "gunicorn: the Flask app\\non 127.0.0.1:8081 or 127.0.0.1:8082\\n(hello@.service)"
+    )
+    assert "hello-cert.timer: renew when due (00/6:00)" in nodes["vm_hello_vm_cert"]
+    assert nodes["ca_acme_v02_api_letsencrypt_org"] == "ACME CA\\nacme-v02.api.letsencrypt.org"
+    arrows = edges(dot)
+    assert ("vm_hello_vm_nginx", "vm_hello_vm_gunicorn") in arrows
+    assert ("vm_hello_vm_cert", "vm_hello_vm_nginx") in arrows
+    assert ("ca_acme_v02_api_letsencrypt_org", "vm_hello_vm_cert") in arrows
+    assert ("vm_hello_vm_converge", "vm_hello_vm_gunicorn") in arrows
+    assert ("vm_hello_vm_converge", "vm_hello_vm_nginx") in arrows  # the switch between slots
+
+
+def test_diagram_shows_how_a_change_arrives(generated):
+    """CircleCI -> WIF -> deployer -> engine -> metadata -> converge, one arrow chain, with the
+    job, branch and context read from .circleci/config.yml and the engine from the Makefile."""
+    dot, _ = generated
+    nodes, arrows = labels(dot), edges(dot)
+    chain = [
+        "deliver_0",
+        "deliver_1",
+        "deliver_2",
+        "deliver_3",
+        "deliver_4",
+        "vm_hello_vm_converge",
+    ]
+    for src, dst in itertools.pairwise(chain):
+        assert (src, dst) in arrows, f"no arrow {src} -> {dst}"
+    assert nodes["deliver_0"] == "CircleCI job deploy\\nbranch master, context gcp-deploy"
+    assert nodes["deliver_1"].startswith("Workload Identity Federation")
+    assert nodes["deliver_2"].startswith("deployer service account")
+    assert nodes["deliver_3"].endswith("DEPLOY_ENGINE (default dm)")
+    assert nodes["deliver_4"].startswith("instance metadata of hello-vm")
+
+
+def test_diagram_without_https_or_ci_draws_neither(tmp_path, generated):
+    """The VM's insides follow its metadata: with acmeDirectory empty there is no certificate
+    and nginx listens on 80 only; a copy without .circleci draws no delivery path."""
+    for name in ["deployment.yaml", "app"] + [
+        f"{t}{s}" for t in ("network.py", "firewall.py", "vm.py") for s in ("", ".schema")
+    ]:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    config = tmp_path / "deployment.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("acmeDirectory: https://acme-v02.api.letsencrypt.org/directory",
+                                   'acmeDirectory: ""'))  # fmt: skip
+    dot, _ = diagram.sources(config)
+    nodes = labels(dot)
+    assert nodes["vm_hello_vm_nginx"] == "nginx\\nlistens on 80"
+    assert "vm_hello_vm_cert" not in nodes
+    assert not any(name.startswith("deliver_") for name in nodes)
 
 
 def test_a_config_change_changes_the_diagram(tmp_path, generated):

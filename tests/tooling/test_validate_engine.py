@@ -116,7 +116,7 @@ def test_nested_config_through_the_cli():
     result = preview(NESTED / "config.yaml")
     assert result.returncode == 0, result.stderr
     assert len(yaml.safe_load(result.stdout)["resources"]) == 6
-    assert "  from inside the VPC (10.30.0.0/24)    deny      allow" in result.stderr
+    assert "  from inside the VPC (10.30.0.0/24)  deny      allow" in result.stderr
 
 
 # -- broken variants of the nested config -------------------------------------------------------

@@ -58,8 +58,8 @@ class Stack:
     def add_resource(self, yaml_text: str) -> None:
         self.edit("deployment.yaml", "\noutputs:", yaml_text + "\noutputs:")
 
-    def line_of(self, text: str) -> int:
-        lines = (self.root / "deployment.yaml").read_text().splitlines()
+    def line_of(self, text: str, file: str = "deployment.yaml") -> int:
+        lines = (self.root / file).read_text().splitlines()
         return next(i for i, line in enumerate(lines, 1) if text in line)
 
     def at(self, text: str) -> str:
@@ -158,6 +158,7 @@ def test_cidr_octet_out_of_range(stack):
     assert_invalid(
         stack.preview(),
         "error: network.py: hello-vpc-subnet.ipCidrRange: '10.10.0.300/24' is not a CIDR range: "
+        "10.10.0.300 is not an IPv4 address (four numbers 0-255 separated by dots); "
         "write ADDRESS/PREFIX, e.g. 10.10.0.0/24 or 203.0.113.7/32 "
         f"[set at {stack.config}:{line} (hello-vpc.subnetCidr)]",
     )
@@ -179,7 +180,8 @@ def test_ssh_range_prefix_typo(stack):
     assert_invalid(
         stack.preview(),
         "error: firewall.py: hello-firewall-allow-ssh.sourceRanges[0]: '104.154.0.0/51' is not a "
-        "CIDR range: write ADDRESS/PREFIX, e.g. 10.10.0.0/24 or 203.0.113.7/32 "
+        "CIDR range: the prefix length /51 is out of range for IPv4 (/0 to /32); "
+        "write ADDRESS/PREFIX, e.g. 10.10.0.0/24 or 203.0.113.7/32 "
         f"[set at {stack.config}:{line} (hello-firewall.sshSourceRanges[0])]",
     )
 
@@ -258,16 +260,19 @@ def test_reference_to_a_field_the_subnet_does_not_have(stack):
         "error: firewall.py: hello-firewall-allow-internal.sourceRanges[0]: "
         "$(ref.hello-vpc-subnet.ipCidrRnge): compute.v1.subnetwork 'hello-vpc-subnet' has no "
         "field 'ipCidrRnge' (Subnetwork): did you mean 'ipCidrRange'? see "
-        "https://cloud.google.com/compute/docs/reference/rest/v1/subnetworks",
+        "https://cloud.google.com/compute/docs/reference/rest/v1/subnetworks "
+        f"[set at firewall.py:{stack.line_of('ipCidrRnge', 'firewall.py')}]",
     )
 
 
 def test_port_with_letter_o_instead_of_zero(stack):
     stack.edit("firewall.py", '"ports": ["80", "443"]', '"ports": ["8O", "443"]')
+    line = stack.line_of('"8O"', "firewall.py")
     assert_invalid(
         stack.preview(),
         "error: firewall.py: hello-firewall-allow-web.allowed[0].ports[0]: '8O' is not a port: "
-        "did you mean '80'? a port is a number 0-65535 or a range like '8000-8080'",
+        "did you mean '80'? a port is a number 0-65535 or a range like '8000-8080' "
+        f"[set at firewall.py:{line}]",
     )
 
 
@@ -280,7 +285,8 @@ def test_protocol_with_trailing_space(stack):
     assert_invalid(
         stack.preview(),
         "error: firewall.py: hello-firewall-allow-ssh.allowed[0].IPProtocol: 'TCP ' is not a "
-        "protocol GCP accepts; has stray whitespace: did you mean 'tcp'?",
+        "protocol GCP accepts; has stray whitespace: did you mean 'tcp'? "
+        f"[set at firewall.py:{stack.line_of('TCP ', 'firewall.py')}]",
     )
 
 
@@ -300,7 +306,8 @@ def test_api_enum_in_wrong_case(stack):
     assert_invalid(
         stack.preview(),
         "error: vm.py: hello-vm.scheduling.onHostMaintenance: 'migrate' is not a valid value: "
-        "did you mean 'MIGRATE'? valid: MIGRATE, TERMINATE",
+        "did you mean 'MIGRATE'? valid: MIGRATE, TERMINATE "
+        f"[set at vm.py:{stack.line_of('migrate', 'vm.py')}]",
     )
 
 
@@ -391,6 +398,58 @@ def test_ssh_lockout_is_caught_before_merging(stack):
         "deny: 104.155.0.1 -> hello-vm tcp/22 (rule hello-firewall-deny-ingress, priority 65535)\n"
     )
     assert "error: expected allow, got deny by rule hello-firewall-deny-ingress" in locked.stderr
+
+
+# -- several mistakes at once: one preview reports them all ---------------------------------------
+
+
+def test_three_mistakes_in_one_preview(stack):
+    """A schema error no longer hides the later checks: with the unknown property set aside,
+    the SSH range and the template's port are checked too, each with the line to edit."""
+    stack.edit("deployment.yaml", "machineType: e2-small", "machinetype: e2-small")
+    stack.edit("deployment.yaml", "- 104.154.0.0/15", "- 104.154.0.0/33")
+    stack.edit("firewall.py", '"ports": ["80", "443"]', '"ports": ["70000", "443"]')
+    assert_invalid(
+        stack.preview(),
+        f"error: {stack.config}: resources[hello-vm].properties: unknown property 'machinetype': "
+        "did you mean 'machineType'? valid properties: acmeDirectory, acmeDirectoryCa, acmeEmail, "
+        "bootDiskSizeGb, deletionProtection, image, labels, machineType, networkTag, subnetwork, "
+        f"zone [set at {stack.config}:{stack.line_of('machinetype:')}]",
+        "error: firewall.py: hello-firewall-allow-ssh.sourceRanges[0]: '104.154.0.0/33' is not a "
+        "CIDR range: the prefix length /33 is out of range for IPv4 (/0 to /32); write "
+        "ADDRESS/PREFIX, e.g. 10.10.0.0/24 or 203.0.113.7/32 "
+        f"[set at {stack.config}:{stack.line_of('104.154.0.0/33')} "
+        "(hello-firewall.sshSourceRanges[0])]",
+        "error: firewall.py: hello-firewall-allow-web.allowed[0].ports[0]: '70000' is out of "
+        f"range: ports are 0-65535 [set at firewall.py:{stack.line_of('70000', 'firewall.py')}]",
+    )
+
+
+def test_bad_value_with_a_default_is_checked_past(stack):
+    """A rejected value with a schema default is replaced by the default for the later checks,
+    so a mistake behind it still shows; stdout stays empty (that expansion is not the config's)."""
+    stack.edit("deployment.yaml", "deletionProtection: true", 'deletionProtection: "no"')
+    stack.edit("deployment.yaml", "zone: us-central1-a", "zone: us-east1-b")
+    result = stack.preview()
+    assert_invalid(result)
+    assert "'no' is text, not a boolean" in result.stderr
+    assert "zone us-east1-b is in region us-east1" in result.stderr
+    assert result.stdout == ""
+
+
+def test_rejected_required_property_stops_the_later_checks(stack):
+    """A required property without a default cannot be set aside: the templates would be built
+    from a value known to be wrong, so the preview says the later checks did not run."""
+    stack.edit("deployment.yaml", "zone: us-central1-a", "zone: us-central1")
+    stack.edit("firewall.py", '"ports": ["80", "443"]', '"ports": ["70000", "443"]')
+    result = stack.preview()
+    assert_invalid(
+        result,
+        "note: the expansion and the Compute Engine and firewall checks did not run: "
+        "hello-vm.zone has no default to check the rest with; fix it and preview again",
+    )
+    assert "resources[hello-vm].properties.zone: 'us-central1' is not valid here" in result.stderr
+    assert "70000" not in result.stderr
 
 
 def test_json_format_reports_findings_with_locations(stack):

@@ -1,6 +1,6 @@
 """Production server vs Flask's development server, side by side in one run.
 
-Starts the app twice on loopback: under gunicorn with exactly the flags in app/hello.service
+Starts the app twice on loopback: under gunicorn with exactly the flags in app/hello@.service
 (only the bind address changes, from 0.0.0.0:80 to a free loopback port), and under Flask's
 development server. Loads each with wrk (50 connections, 2 threads, DURATION seconds), taking
 turns for ROUNDS rounds so both see the same machine, and prints the median requests/s, p50,
@@ -41,7 +41,7 @@ def gunicorn_command(port: int) -> list[str]:
     """ExecStart from the production unit, run from this venv and bound to loopback."""
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str
-    unit.read_string((REPO / "app/hello.service").read_text().replace("\\\n", " "))
+    unit.read_string((REPO / "app/hello@.service").read_text().replace("\\\n", " "))
     argv = shlex.split(unit["Service"]["ExecStart"])
     argv[0] = str(Path(sys.executable).with_name("gunicorn"))
     bind = argv.index("--bind")
@@ -114,7 +114,7 @@ def main() -> int:
     args = parser.parse_args()
 
     servers = {
-        "gunicorn (hello.service)": gunicorn_command,
+        "gunicorn (hello@.service)": gunicorn_command,
         "flask dev server": dev_server_command,
     }
     rounds: dict[str, list[dict]] = {name: [] for name in servers}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from app.app import GREETING
 from localvm import image as image_module
-from localvm.stack import ARTIFACTS, LocalStack, render_preview
+from localvm.stack import ARTIFACTS, SERVING_UNIT, LocalStack, render_preview
 
 TARGETS = {"cold_boot_s": 90, "reset_s": 25, "kill9_s": 5}
 _STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
@@ -84,7 +84,7 @@ def bench_boots(runs: int, kills: int) -> dict[str, list]:
             stack.vm.wait_guest_agent(timeout=120)
             for _ in range(kills):
                 _code, out, _ = stack.vm.guest_exec(
-                    "systemctl show --property=MainPID --value hello.service"
+                    f"systemctl show --property=MainPID --value {SERVING_UNIT}"
                 )
                 pid = int(out)
                 stack.vm.guest_exec(f"kill -9 {pid}")

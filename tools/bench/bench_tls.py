@@ -1,6 +1,6 @@
 """The app over HTTPS against plain HTTP, side by side in one run, through the VM's own front.
 
-Lays out nginx (the committed site and :443 server) in front of gunicorn (hello.service's flags)
+Lays out nginx (the committed site and :443 server) in front of gunicorn (hello@.service's flags)
 on loopback, gets a real certificate (ECDSA P-256, as on the VM) from pebble through
 app/hello-tls.sh and certbot, and serves it on the HTTPS port while the HTTP port keeps serving
 the app (the redirect is left off so both ports answer the same greeting). Then, taking turns

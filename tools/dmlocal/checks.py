@@ -24,6 +24,7 @@ from dmlocal.references import (
     is_compute,
     template_outputs,
 )
+from dmlocal.schema import address_slip
 
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
@@ -230,10 +231,11 @@ class _Ctx:
         try:
             net = ipaddress.ip_network(value, strict=False)
         except ValueError:
+            slip = address_slip(value) if isinstance(value, str) else ""
             yield self.err(
                 where,
-                f"'{value}' is not a CIDR range: write ADDRESS/PREFIX, e.g. 10.10.0.0/24 or "
-                "203.0.113.7/32",
+                f"'{value}' is not a CIDR range: {slip + '; ' if slip else ''}write "
+                "ADDRESS/PREFIX, e.g. 10.10.0.0/24 or 203.0.113.7/32",
             )
             return
         if "/" not in value:

@@ -15,7 +15,7 @@ from dmlocal import diagram, freshness, preview, reachability, replacement, terr
 from dmlocal.errors import ConfigError, ConfigErrors, Finding
 from dmlocal.expand import Expansion, default_env, expand_files, read_files
 from dmlocal.tracer import with_line
-from dmlocal.validate import schema_errors, validate
+from dmlocal.validate import SchemaStage, check_schemas, validate
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 REACH_HELP = (
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         for each in error.all:
             print(f"error: {with_line(each)}", file=sys.stderr)
+        for note in error.notes:
+            print(f"note: {note}", file=sys.stderr)
         return EXIT_INVALID
 
 
@@ -78,19 +80,20 @@ def _add_reach(commands) -> None:
 def _load(args) -> Expansion | None:
     """The expanded config, or None (after saying why) when the file is missing.
 
-    Every template resource is checked against its schema first, so all those problems come out
-    in one run (as ConfigErrors); a ConfigError propagates to `main`, which reports each with
-    its line. `--format json` callers get the same errors as a JSON document on stdout first, so
-    a script parsing stdout always gets JSON.
+    Every template resource is checked against its schema first; when that fails, the later
+    checks still run with the rejected properties set aside (`_past_the_schemas`), and every
+    problem propagates as one ConfigErrors to `main`, which reports each with its line.
+    `--format json` callers get the same errors as a JSON document on stdout first, so a script
+    parsing stdout always gets JSON.
     """
     if not Path(args.config).is_file():
         print(f"error: {args.config}: no such config file", file=sys.stderr)
         return None
     try:
         files = read_files(args.config)
-        errors = schema_errors(files, args.config)
-        if errors:
-            raise ConfigErrors(errors)
+        stage = check_schemas(files, args.config)
+        if stage.errors:
+            raise _past_the_schemas(stage, args)
         return expand_files(files, args.config, default_env(args.deployment, args.project))
     except ConfigError as error:
         if args.format == "json":
@@ -102,9 +105,35 @@ def _load(args) -> Expansion | None:
                     {"file": e.file, "field": e.field, "message": e.message, "source": e.source}
                     for e in located
                 ],
+                "notes": list(error.notes),
             }
             print(json.dumps(doc, indent=2))
         raise
+
+
+def _past_the_schemas(stage: SchemaStage, args) -> ConfigErrors:
+    """The schema errors and the later checks' errors on the config with the rejected properties
+    set aside, or a note saying which property stops those checks."""
+    errors = list(stage.errors)
+    if stage.files_for_later is None:
+        note = (
+            "the expansion and the Compute Engine and firewall checks did not run: "
+            f"{', '.join(stage.blocking)} has no default to check the rest with; fix "
+            f"{'it' if len(stage.blocking) == 1 else 'them'} and preview again"
+        )
+        return ConfigErrors(errors, (note,))
+    env = default_env(args.deployment, args.project)
+    try:
+        expansion = expand_files(stage.files_for_later, args.config, env)
+    except ConfigError as error:
+        errors += error.all
+    else:
+        errors += [
+            ConfigError(f.file, f.path, f.message, f.source)
+            for f in validate(expansion)
+            if f.severity == "error"
+        ]
+    return ConfigErrors(errors)
 
 
 def run_preview(args) -> int:

@@ -6,10 +6,18 @@ static IP it answers on, and one arrow per firewall rule that admits traffic, la
 it allows and the rule's name and priority. Traffic from outside the VPC is drawn through the
 VM's static external IP, which is the path a request from the internet takes.
 
+Inside each VM, what its instance metadata installs: nginx (the ports its site files listen on),
+gunicorn (the address its unit binds), the certificate and the timer that renews it (from the
+ACME directory the VM is given), and the watcher that converges the VM when the metadata changes.
+Above it, how a change arrives, read from .circleci/config.yml and the Makefile next to the
+config: the CircleCI job that runs `make deploy`, Workload Identity Federation, the deployer
+account, the engine, and the instance metadata the converge reads.
+
 `make docs` writes docs/architecture.dot, docs/architecture.svg (via Graphviz `dot`, with the
 DOT's sha256 embedded so a test can tell the SVG was produced from the current DOT) and
-docs/architecture.mmd (the Mermaid block for the README). Output is deterministic: same
-expansion, same bytes (for the SVG: same bytes for the same Graphviz version).
+docs/architecture.mmd (the same picture in Mermaid, which GitHub renders inline). Output is
+deterministic: same expansion, same bytes (for the SVG: same bytes for the same Graphviz
+version).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from dmlocal.expand import default_env, expand_path
 from dmlocal.reachability import KNOWN_RANGES, ReachabilityError, firewall_rules, resolver_for
 from dmlocal.references import REFERENCE, follow, last_segment, template_outputs
@@ -34,7 +44,7 @@ HASH_MARK = "dot-sha256:"
 class Node:
     id: str
     label: list[str]
-    kind: str  # source | address | instance | note
+    kind: str  # source | address | process | delivery
 
 
 @dataclass
@@ -42,7 +52,7 @@ class Edge:
     src: str
     dst: str
     label: list[str]
-    kind: str = "allow"  # allow | nat | egress
+    kind: str = "allow"  # allow | nat | flow
 
 
 @dataclass
@@ -51,6 +61,12 @@ class Cluster:
     label: list[str]
     nodes: list[str] = field(default_factory=list)
     children: list[Cluster] = field(default_factory=list)
+    anchor: str = ""  # the node an arrow to or from the whole cluster is drawn at
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
 
 
 @dataclass
@@ -81,15 +97,115 @@ def _protocols(entries: list[dict]) -> str:
         if proto == "all":
             parts.append("all protocols")
         elif not ports or ports == ["0-65535"]:
-            parts.append(proto if proto == "icmp" else f"{proto} (all ports)")
+            parts.append(proto if proto == "icmp" else f"all {proto}")
         else:
             parts.append(f"{proto}:{','.join(str(p) for p in ports)}")
     return ", ".join(parts) or "nothing"
 
 
 def _range_label(ranges: list[str]) -> list[str]:
-    names = sorted({KNOWN_RANGES[r] for r in ranges if r in KNOWN_RANGES})
-    return [*(names or ["Addresses"]), ", ".join(ranges)]
+    if ranges == ["0.0.0.0/0"]:
+        return [KNOWN_RANGES["0.0.0.0/0"], "0.0.0.0/0"]
+    named = [f"{r} ({KNOWN_RANGES[r]})" if r in KNOWN_RANGES else r for r in ranges]
+    return ["Addresses", *named] if named == ranges else named
+
+
+def _metadata(vm: dict) -> dict[str, str]:
+    items = ((vm.get("properties") or {}).get("metadata") or {}).get("items") or []
+    return {str(i.get("key")): str(i.get("value") or "") for i in items if isinstance(i, dict)}
+
+
+def _setting(pattern: str, text: str) -> str | None:
+    m = re.search(pattern, text, re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def _vm_inside(model: Model, cluster: Cluster, vm_id: str, metadata: dict[str, str]) -> None:
+    """Nodes for what the VM's metadata installs; traffic from outside enters at the anchor."""
+    startup = metadata.get("startup-script", "")
+    bind = _setting(r"--bind\s+(\S+)", metadata.get("app-service", ""))
+    # A templated unit (hello@PORT) runs one release per slot the startup script names.
+    slots = (_setting(r"^readonly SLOTS=\(([^)]*)\)", startup) or "").split()
+    unit = _setting(r"\[app-service\]=\S*/([\w@.-]+)", startup) or "the app's unit"
+    if bind:
+        if "%i" in bind and slots:
+            bind = " or ".join(bind.replace("%i", slot) for slot in slots)
+        label = ["gunicorn: the Flask app", f"on {bind}", f"({unit})"]
+        app = model.add(Node(vm_id + "_gunicorn", label, "process"))
+        cluster.nodes.append(app)
+        cluster.anchor = app
+    site = metadata.get("tls-nginx-site")
+    directory = metadata.get("acme-directory", "")
+    if site is not None:
+        sites = site + (metadata.get("tls-nginx-https", "") if directory else "")
+        ports = dict.fromkeys(re.findall(r"^\s*listen\s+(\d+)(\s+ssl)?", sites, re.MULTILINE))
+        listens = ", ".join(f"{port} (TLS)" if tls else port for port, tls in ports)
+        nginx = model.add(Node(vm_id + "_nginx", ["nginx", f"listens on {listens}"], "process"))
+        cluster.nodes.append(nginx)
+        if bind:
+            model.edges.append(Edge(nginx, app, ["proxy"], "flow"))
+        cluster.anchor = nginx
+        timer = metadata.get("tls-cert-timer", "")
+        if directory and timer:
+            when = _setting(r"^OnCalendar=(\S+)", timer) or "?"
+            label = ["certificate for the static IP", f"hello-cert.timer: renew when due ({when})"]
+            cert = model.add(Node(vm_id + "_cert", label, "process"))
+            cluster.nodes.append(cert)
+            host = re.sub(r"^https?://([^/]+).*$", r"\1", directory)
+            ca = model.add(Node(_id("ca", host), ["ACME CA", host], "source"))
+            model.edges.append(Edge(ca, cert, ["issues it, checks port 80"], "flow"))
+            model.edges.append(Edge(cert, nginx, ["reload, no restart"], "flow"))
+    if "app-watch-service" in metadata:
+        label = ["hello-metadata-watch", "converge: rewrite what changed"]
+        converge = model.add(Node(vm_id + "_converge", label, "process"))
+        cluster.nodes.append(converge)
+        if bind:
+            model.edges.append(Edge(converge, app, ["start the new release"], "flow"))
+        if bind and site is not None and len(slots) > 1:
+            model.edges.append(Edge(converge, nginx, ["switch once healthy"], "flow"))
+    if not cluster.nodes:
+        cluster.nodes.append(model.add(Node(vm_id + "_os", ["no app in its metadata"], "process")))
+    cluster.anchor = cluster.anchor or cluster.nodes[0]
+
+
+def _delivery(model: Model, config_dir: Path, vm_name: str, converge: str) -> None:
+    """The path a merged change takes to the VM, when the config sits in a checkout with CI."""
+    ci_file, makefile = config_dir / ".circleci" / "config.yml", config_dir / "Makefile"
+    if not ci_file.is_file() or not makefile.is_file():
+        return
+    ci = yaml.safe_load(ci_file.read_text()) or {}
+    job = next(
+        (
+            name
+            for name, spec in (ci.get("jobs") or {}).items()
+            for step in spec.get("steps") or []
+            if isinstance(step, dict)
+            and str((step.get("run") or {}).get("command", "")).strip() == "make deploy"
+        ),
+        None,
+    )
+    if job is None:
+        return
+    branch, context = "?", "?"
+    for workflow in (ci.get("workflows") or {}).values():
+        for entry in workflow.get("jobs") or [] if isinstance(workflow, dict) else []:
+            if isinstance(entry, dict) and job in entry:
+                spec = entry[job] or {}
+                branch = str(((spec.get("filters") or {}).get("branches") or {}).get("only", "?"))
+                context = str(spec.get("context", "?"))
+    engine = _setting(r"^DEPLOY_ENGINE \?= (\S+)", makefile.read_text()) or "?"
+    steps = [
+        (f"CircleCI job {job}", f"branch {branch}, context {context}"),
+        ("Workload Identity Federation", "CircleCI's OIDC token, no key"),
+        ("deployer service account", "GCP_DEPLOYER_SA"),
+        ("Deployment Manager or", "Infrastructure Manager", f"DEPLOY_ENGINE (default {engine})"),
+        (f"instance metadata of {vm_name}", "the app's files and settings"),
+    ]
+    labels = ["OIDC token", "impersonate", "make deploy", "update the instance", "watched"]
+    ids = [model.add(Node(_id("deliver", str(i)), list(step), "delivery")) for i, step in
+           enumerate(steps)]  # fmt: skip
+    for src, dst, label in zip(ids, [*ids[1:], converge], labels, strict=True):
+        model.edges.append(Edge(src, dst, [label], "flow"))
 
 
 def build(expansion) -> Model:
@@ -121,11 +237,12 @@ def build(expansion) -> Model:
     instances = {vm["name"]: vm for vm in by_type.get("compute.v1.instance", [])}
 
     network_of_vm: dict[str, str] = {}
+    delivered = False
     subnet_ranges: dict[str, list[ipaddress._BaseNetwork]] = {}
     for network in by_type.get("compute.v1.network", []):
         nname = network["name"]
         mode = "auto" if network["properties"].get("autoCreateSubnetworks", True) else "custom"
-        cluster = Cluster(_id("vpc", nname), [f"VPC {nname}", f"{mode}-mode network"])
+        cluster = Cluster(_id("vpc", nname), [f"VPC {nname} · {mode}-mode network"])
         for sub in subnets_of.get(nname, []):
             p = sub["properties"]
             flags = ["Private Google Access"] if p.get("privateIpGoogleAccess") else []
@@ -145,12 +262,15 @@ def build(expansion) -> Model:
                 tags = ", ".join((vp.get("tags") or {}).get("items") or []) or "none"
                 image = (vp.get("disks") or [{}])[0].get("initializeParams", {}).get("sourceImage")
                 label = [
-                    f"VM {vname}",
-                    f"{last_segment(vp.get('machineType'))} · {vp.get('zone')}",
-                    f"image {last_segment(image)}",
-                    f"network tags: {tags}",
+                    f"VM {vname} · {last_segment(vp.get('machineType'))} · {vp.get('zone')}",
+                    f"image {last_segment(image)} · network tags: {tags}",
                 ]
-                sc.nodes.append(model.add(Node(_id("vm", vname), label, "instance")))
+                vc = Cluster(_id("vm", vname), label)
+                _vm_inside(model, vc, vc.id, _metadata(vm))
+                sc.children.append(vc)
+                if vc.id + "_converge" in model.nodes and not delivered:
+                    _delivery(model, Path(expansion.config_file).parent, vname, vc.id + "_converge")
+                    delivered = True
             cluster.children.append(sc)
         model.clusters.append(cluster)
 
@@ -181,21 +301,18 @@ def build(expansion) -> Model:
             )
         )
         priority = rule.get("priority", 1000)
-        tag = f"{rule['name']} · priority {priority}"
+        # An arrow's label: what the rule admits, then the rule, on one line each.
+        allows = f"{rule['name']} ({priority})"
         direction = rule.get("direction", "INGRESS")
         denied = bool(rule.get("denied"))
         what = _protocols(rule.get("denied") or rule.get("allowed"))
         if direction == "EGRESS":
             dests = [str(d) for d in rule.get("destinationRanges") or ["0.0.0.0/0"]]
-            if denied:
-                notes.setdefault(net or "?", []).append(f"deny {what} out to {', '.join(dests)}")
-                continue
-            # A node of its own, so the outbound arrow does not pull the inbound source around.
-            label = _range_label(dests)
-            label[0] += " (outbound)"
-            dst = model.add(Node(_id("dst", ",".join(dests)), label, "source"))
-            for v in targets:
-                model.edges.append(Edge(_id("vm", v), dst, [f"egress: {what}", tag], "egress"))
+            # Written under the network's name: an arrow out would add a column for one line.
+            verb = "deny" if denied else "allow"
+            notes.setdefault(net or "?", []).append(
+                f"{verb} {what} out to {', '.join(dests)}: {allows}"
+            )
             continue
         try:
             ranges = []
@@ -206,12 +323,17 @@ def build(expansion) -> Model:
         except ReachabilityError:
             ranges = [str(r) for r in rule.get("sourceRanges") or []]
         if denied:
-            notes.setdefault(net or "?", []).extend([f"deny {what} from {', '.join(ranges)}", tag])
+            notes.setdefault(net or "?", []).append(
+                f"deny {what} from {', '.join(ranges)}: {allows}"
+            )
             continue
         internal = _inside(ranges, subnet_ranges.get(net or "", []))
         if internal:
             src_label = ["Other VMs in the VPC", ", ".join(ranges)]
             src = model.add(Node(_id("src", "vpc-" + ",".join(ranges)), src_label, "source"))
+            for vpc in model.clusters:
+                if vpc.id == _id("vpc", net or "?") and src not in vpc.nodes:
+                    vpc.nodes.append(src)
         else:
             src = model.add(Node(_id("src", ",".join(ranges)), _range_label(ranges), "source"))
         scope = "" if rule.get("targetTags") else " (whole network)"
@@ -219,14 +341,13 @@ def build(expansion) -> Model:
             dst = _id("vm", v)
             if not internal and v in vm_address:
                 dst = _id("ip", vm_address[v])
-            model.edges.append(Edge(src, dst, [f"allow {what}{scope}", tag]))
+            model.edges.append(Edge(src, dst, [f"{what}{scope}", allows]))
 
     model.edges = _merge(model.edges)
     for cluster in model.clusters:
-        net_name = cluster.label[0].removeprefix("VPC ")
-        lines = notes.get(net_name, [])
-        lines.append("implied: deny all ingress, allow all egress (priority 65535)")
-        cluster.nodes.append(model.add(Node(_id("note", net_name), lines, "note")))
+        # What no arrow can show, written under the network's name.
+        cluster.label += notes.get(cluster.label[0].split(" · ")[0].removeprefix("VPC "), [])
+        cluster.label.append("implied: deny all ingress, allow all egress (priority 65535)")
     return model
 
 
@@ -256,13 +377,13 @@ def _inside(ranges: list[str], subnets: list) -> bool:
 _DOT_STYLE = {
     "source": 'shape=box, style="rounded,filled", fillcolor="#fff4e0", color="#d08000"',
     "address": 'shape=box, style="filled", fillcolor="#e8f0fe", color="#1a73e8"',
-    "instance": 'shape=box3d, style="filled", fillcolor="#e6f4ea", color="#188038"',
-    "note": 'shape=note, style="filled", fillcolor="#fce8e6", color="#c5221f", fontsize=10',
+    "process": 'shape=box, style="filled", fillcolor="#e6f4ea", color="#188038"',
+    "delivery": 'shape=box, style="rounded,filled", fillcolor="#f3e8fd", color="#8430ce"',
 }
 _EDGE_STYLE = {
     "allow": 'color="#188038"',
     "nat": 'color="#1a73e8", style=bold',
-    "egress": 'color="#5f6368", style=dashed',
+    "flow": 'color="#8430ce"',
 }
 
 
@@ -274,12 +395,13 @@ def to_dot(model: Model, title: str) -> str:
     """Graphviz source for `model`; deterministic."""
     out = [
         "digraph architecture {",
-        f"  label={_q([title])}; labelloc=t; fontname=Helvetica; fontsize=16;",
-        "  rankdir=LR; nodesep=0.4; ranksep=1.1;",
-        "  node [fontname=Helvetica, fontsize=11];",
-        "  edge [fontname=Helvetica, fontsize=10];",
+        f"  label={_q([title])}; labelloc=t; fontname=Helvetica; fontsize=18;",
+        "  rankdir=TB; nodesep=0.3; ranksep=0.45; compound=true; newrank=true;",
+        '  node [fontname=Helvetica, fontsize=14, margin="0.12,0.06"];',
+        "  edge [fontname=Helvetica, fontsize=12];",
     ]
     placed: set[str] = set()
+    anchors = {c.id: c.anchor for top in model.clusters for c in top.walk() if c.anchor}
 
     def cluster(c: Cluster, indent: str) -> None:
         out.append(f"{indent}subgraph cluster_{c.id} {{")
@@ -298,7 +420,13 @@ def to_dot(model: Model, title: str) -> str:
         if nid not in placed:
             out.append(f"  {nid} [label={_q(n.label)}, {_DOT_STYLE[n.kind]}];")
     for e in model.edges:
-        out.append(f"  {e.src} -> {e.dst} [label={_q(e.label)}, {_EDGE_STYLE[e.kind]}];")
+        # An arrow to or from a VM is drawn at its anchor and clipped at its box (compound).
+        clip = "".join(
+            f", {end}=cluster_{cid}" for end, cid in (("ltail", e.src), ("lhead", e.dst))
+            if cid in anchors
+        )  # fmt: skip
+        src, dst = anchors.get(e.src, e.src), anchors.get(e.dst, e.dst)
+        out.append(f"  {src} -> {dst} [label={_q(e.label)}, {_EDGE_STYLE[e.kind]}{clip}];")
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -332,8 +460,8 @@ def svg_hash(svg: str) -> str | None:
 _MERMAID_SHAPE = {
     "source": ('(["', '"])'),
     "address": ('[/"', '"/]'),
-    "instance": ('[["', '"]]'),
-    "note": ('>"', '"]'),
+    "process": ('["', '"]'),
+    "delivery": ('(["', '"])'),
 }
 
 
@@ -342,9 +470,9 @@ def _m(lines: list[str]) -> str:
 
 
 def to_mermaid(model: Model) -> str:
-    """A Mermaid flowchart of `model` (GitHub renders it inline in the README)."""
-    out = ["flowchart LR"]
-    placed: set[str] = set()
+    """A Mermaid flowchart of `model` (GitHub renders it inline in Markdown)."""
+    out = ["flowchart TB"]
+    placed = {nid for top in model.clusters for c in top.walk() for nid in c.nodes}
 
     def cluster(c: Cluster, indent: str) -> None:
         out.append(f'{indent}subgraph {c.id}["{_m(c.label)}"]')
@@ -352,20 +480,18 @@ def to_mermaid(model: Model) -> str:
             n = model.nodes[nid]
             left, right = _MERMAID_SHAPE[n.kind]
             out.append(f"{indent}  {nid}{left}{_m(n.label)}{right}")
-            placed.add(nid)
         for child in c.children:
             cluster(child, indent + "  ")
         out.append(f"{indent}end")
 
     for nid, n in model.nodes.items():
-        if n.kind in ("source", "address"):
+        if nid not in placed:
             left, right = _MERMAID_SHAPE[n.kind]
             out.append(f"  {nid}{left}{_m(n.label)}{right}")
-            placed.add(nid)
     for c in model.clusters:
         cluster(c, "  ")
     for e in model.edges:
-        arrow = "-.->" if e.kind == "egress" else "==>" if e.kind == "nat" else "-->"
+        arrow = "==>" if e.kind == "nat" else "-->"
         out.append(f'  {e.src} {arrow}|"{_m(e.label)}"| {e.dst}')
     return "\n".join(out) + "\n"
 
@@ -383,8 +509,12 @@ def sources(config: str | Path, expansion=None) -> tuple[str, str]:
 
 
 def title(config: str | Path) -> str:
-    """The DOT's title: it names the config, so a check knows which config the docs are for."""
-    return f"{Path(config).name}: generated by `make docs`"
+    """The DOT's title: what the picture shows, and the config it was generated from (a check
+    reads it to know which config the docs are for)."""
+    return (
+        f"{Path(config).name}: who reaches the VM, what runs on it, how a change arrives "
+        "(make docs)"
+    )
 
 
 def generate(config: str | Path, out_dir: Path, svg: bool = True) -> list[Path]:

@@ -20,6 +20,8 @@ def yaml_error(file: str, error: Exception) -> ConfigError:
 class ConfigError(Exception):
     """A mistake in a deployment config, template or schema that an operator can fix."""
 
+    notes: tuple[str, ...] = ()  # what could not be checked because of it
+
     def __init__(self, file: str, field: str, message: str, source: str = ""):
         where = f" [set at {source}]" if source else ""
         super().__init__(f"{file}: {field}: {message}{where}")
@@ -36,10 +38,11 @@ class ConfigError(Exception):
 class ConfigErrors(ConfigError):
     """Several ConfigErrors found in one pass, reported together (the first is the headline)."""
 
-    def __init__(self, errors: list[ConfigError]):
+    def __init__(self, errors: list[ConfigError], notes: tuple[str, ...] = ()):
         first = errors[0]
         super().__init__(first.file, first.field, first.message, first.source)
         self.errors = errors
+        self.notes = notes
 
     @property
     def all(self) -> list[ConfigError]:

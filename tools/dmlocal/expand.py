@@ -56,6 +56,7 @@ class Expansion:
     creation_order: list[str] = field(default_factory=list)
     dependencies: dict[str, list[str]] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # the config and its imports, as read
 
     def resource(self, name: str) -> dict:
         for resource in self.resources:
@@ -242,6 +243,7 @@ class _Expander:
     def __init__(self, files: dict[str, str], config_name: str, env: dict):
         self.config_name = config_name
         self.env = env
+        self.files = files
         self.imports = {k: v for k, v in files.items() if k != config_name}
         self.leaves: list[dict] = []
         self.origins: dict[str, str] = {}  # leaf resource name -> file that declared it
@@ -273,6 +275,7 @@ class _Expander:
             creation_order=order,
             dependencies=dependencies,
             origins=dict(self.origins),
+            files=dict(self.files),
         )
 
     def _expand_all(self, resources: list, level: _Template, depth: int) -> list[dict]:

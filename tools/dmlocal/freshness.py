@@ -1,13 +1,14 @@
 """Do the committed docs still describe the config? Checked cheaply, without Graphviz.
 
-`make docs` writes docs/architecture.{dot,mmd,svg} and README.md's inputs table from a config;
+`make docs` writes docs/architecture.{dot,mmd,svg} and docs/inputs.md's tables from a config;
 `generated_drift` says which of them it would change now (the SVG carries the sha256 of the DOT
-it was drawn from, so comparing the DOT is enough). README's prose is written by people, so
-`prose_drift` checks what it can: every value the prose names that looks like a config value
-(an IP range, a zone, a region, a machine type, a `network` tag) must be one the config sets,
-and every source range the firewall admits from outside the VPC must be named. `make preview`
-prints a one-line reminder for each (`reminders`); tests/tooling/test_docs.py fails on
-either.
+it was drawn from, so comparing the DOT is enough). The prose is written by people, so
+`prose_drift` checks what it can in README.md, docs/security.md and the schemas' descriptions:
+every value they name that looks like a config value (an IP range, a zone, a region, a machine
+type, a `network` tag) must be one the config sets, unless it is an example ("e.g. X", "such as
+X"); and README must name every source range the firewall admits from outside the VPC. Each
+problem names its file and line. `make preview` prints a one-line reminder for each
+(`reminders`); tests/tooling/test_docs.py fails on either.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+
+import yaml
 
 from dmlocal import diagram, inputs
 from dmlocal.expand import Expansion
@@ -36,6 +39,10 @@ PROSE_VALUES = {
     ),
     "network tag": re.compile(r"`([a-z][-a-z0-9]*)` tag\b"),
 }
+# Prose next to the config that states its values (the schemas' descriptions are read too).
+PROSE_PAGES = ("README.md", "docs/security.md")
+# An example names a value of the right shape, not the config's own: it is not checked.
+EXAMPLE = re.compile(r"(?:e\.g\.|such as)\s*$")
 
 
 def reminders(config: str | Path, expansion: Expansion) -> list[str]:
@@ -47,10 +54,9 @@ def reminders(config: str | Path, expansion: Expansion) -> list[str]:
             f"note: the docs no longer match {Path(config).name} ({', '.join(stale)}): run "
             "`make docs` and commit the result"
         )
-    readme = Path(config).parent / "README.md"
-    if _documents(config) and readme.is_file():
-        for problem in prose_drift(readme.read_text(), expansion):
-            lines.append(f"note: {readme}'s prose {problem}: edit it")
+    if _documents(config):
+        for problem in prose_drift(Path(config).parent, expansion):
+            lines.append(f"note: {problem}: edit it")
     return lines
 
 
@@ -66,7 +72,7 @@ def generated_drift(config: str | Path, expansion: Expansion) -> list[str]:
     if not _documents(config):
         return []
     config = Path(config)
-    docs, readme = config.parent / "docs", config.parent / "README.md"
+    docs, page = config.parent / "docs", config.parent / inputs.PAGE
     dot_file = docs / "architecture.dot"
     dot, mermaid = diagram.sources(config, expansion)
     stale = []
@@ -78,31 +84,68 @@ def generated_drift(config: str | Path, expansion: Expansion) -> list[str]:
     svg = docs / "architecture.svg"
     if not svg.is_file() or diagram.svg_hash(svg.read_text()) != diagram.dot_hash(dot):
         stale.append(str(svg))
-    text = readme.read_text() if readme.is_file() else ""
+    text = page.read_text() if page.is_file() else ""
     if inputs.BEGIN in text and inputs.generated_block(text) != inputs.tables(config):
-        stale.append(f"{readme}'s inputs table")
+        stale.append(str(page))
     return stale
 
 
-def prose_drift(readme_text: str, expansion: Expansion) -> list[str]:
-    """Each config value README's prose names that the config no longer sets, and each source
-    range the firewall admits that the prose does not name."""
-    prose = readme_text
-    if inputs.BEGIN in prose and inputs.END in prose:
-        head, rest = prose.split(inputs.BEGIN, 1)
-        prose = head + rest.split(inputs.END, 1)[1]
+def prose_drift(root: Path, expansion: Expansion) -> list[str]:
+    """Each config value the prose under `root` names that the config no longer sets, as
+    `FILE:LINE: names the KIND VALUE, ...`, and each source range the firewall admits that
+    README does not name."""
     values = set(_strings(expansion.resources))
     ranges = _admitted_ranges(expansion)
     values.update(ranges)
     problems = []
-    for kind, pattern in PROSE_VALUES.items():
-        for named in dict.fromkeys(pattern.findall(prose)):
-            if named not in values:
-                problems.append(f"names the {kind} {named}, which the config does not set")
+    for file, line, text in _prose(root, expansion):
+        for kind, pattern in PROSE_VALUES.items():
+            for match in pattern.finditer(text):
+                named = match.group(match.lastindex or 0)
+                if named not in values and not EXAMPLE.search(text[: match.start()]):
+                    problems.append(
+                        f"{file}:{line}: names the {kind} {named}, which the config does not set"
+                    )
+    readme = root / "README.md"
+    prose = readme.read_text() if readme.is_file() else ""
     for cidr in ranges:
         if cidr != "0.0.0.0/0" and cidr not in _subnet_ranges(expansion) and cidr not in prose:
-            problems.append(f"does not name {cidr}, which the firewall admits")
-    return problems
+            problems.append(f"{readme}: does not name {cidr}, which the firewall admits")
+    return list(dict.fromkeys(problems))
+
+
+def _prose(root: Path, expansion: Expansion) -> Iterator[tuple[Path, int, str]]:
+    """(file, line number, text) for each line of prose that describes the config."""
+    for name in PROSE_PAGES:
+        page = root / name
+        if page.is_file():
+            for number, text in enumerate(page.read_text().splitlines(), 1):
+                yield page, number, text
+    for name, text in expansion.files.items():
+        if name.endswith(".schema") and (root / name).is_file():
+            lines = text.splitlines()
+            for first, last in _description_lines(text):
+                for number in range(first, last + 1):
+                    yield root / name, number, lines[number - 1]
+
+
+def _description_lines(schema_text: str) -> Iterator[tuple[int, int]]:
+    """(first, last) line of each `description:` value in a schema, 1-based."""
+    try:
+        pending = [yaml.compose(schema_text, Loader=yaml.SafeLoader)]
+    except yaml.YAMLError:
+        return
+    while pending:
+        node = pending.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == "description" and isinstance(value, yaml.ScalarNode):
+                    last = value.end_mark.line + (1 if value.end_mark.column else 0)
+                    yield key.start_mark.line + 1, max(last, key.start_mark.line + 1)
+                else:
+                    pending.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
 
 
 def _strings(value) -> Iterator[str]:

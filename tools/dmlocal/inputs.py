@@ -1,7 +1,7 @@
-"""The README's Inputs and Outputs tables, generated from the templates' schemas.
+"""docs/inputs.md's Inputs and Outputs tables, generated from the templates' schemas.
 
 The schemas are the one place a property's type, default and meaning are written down, so the
-README copies them rather than restating them: `make docs` rewrites the block between the
+page copies them rather than restating them: `make docs` rewrites the block between the
 markers, and a test fails when the block no longer matches what this module generates.
 """
 
@@ -18,6 +18,7 @@ from dmlocal.schema import load_schema
 
 BEGIN = "<!-- BEGIN GENERATED INPUTS: make docs -->"
 END = "<!-- END GENERATED INPUTS -->"
+PAGE = "docs/inputs.md"  # relative to the config's directory
 
 
 def _cell(value: Any) -> str:
@@ -85,33 +86,33 @@ def tables(config_path: Path) -> str:
     return "\n".join(lines).rstrip("\n")
 
 
-def generated_block(readme_text: str) -> str:
-    """The README's generated block as it stands (between the markers)."""
-    return readme_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+def generated_block(page_text: str) -> str:
+    """The page's generated block as it stands (between the markers)."""
+    return page_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
 
 
-def refresh(readme: Path, config_path: Path) -> bool:
-    """Rewrites the generated block in README; True when it changed."""
-    text = readme.read_text()
+def refresh(page: Path, config_path: Path) -> bool:
+    """Rewrites the generated block in `page`; True when it changed."""
+    text = page.read_text()
     try:
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
     except ValueError:
-        raise SystemExit(f"{readme}: the markers {BEGIN!r} and {END!r} are missing") from None
+        raise SystemExit(f"{page}: the markers {BEGIN!r} and {END!r} are missing") from None
     new = f"{head}{BEGIN}\n{tables(config_path)}\n{END}{tail}"
     if new == text:
         return False
-    readme.write_text(new)
+    page.write_text(new)
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmlocal.inputs", description=__doc__)
     parser.add_argument("config", nargs="?", default="deployment.yaml", type=Path)
-    parser.add_argument("--readme", default="README.md", type=Path)
+    parser.add_argument("--page", default=PAGE, type=Path, help=f"default: {PAGE}")
     args = parser.parse_args(argv)
-    changed = refresh(args.readme, args.config)
-    print(f"{args.readme}: inputs table {'updated' if changed else 'up to date'}", file=sys.stderr)
+    changed = refresh(args.page, args.config)
+    print(f"{args.page}: inputs table {'updated' if changed else 'up to date'}", file=sys.stderr)
     return 0
 
 

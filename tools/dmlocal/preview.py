@@ -3,7 +3,7 @@
 stdout carries the expanded config unchanged (YAML, for diffs and the pipeline) or, with
 `--format json`, one document with the resources, findings and firewall answers. stderr carries
 the human summary: findings (file, resource, field, what is valid), creation order, and for each
-VM a table of what the firewall allows from the internet, from Google's SSH range and every
+VM a table of what the firewall allows from the internet, from the SSH range and every
 other source range an ingress rule names, from inside the VPC and as egress, so a reviewer sees
 a lock-out (or a new opening) before merging.
 """
@@ -77,7 +77,7 @@ def _source_peers(
         if net.prefixlen == 0 or cidr in inside:
             continue  # "from the internet" and "from inside the VPC" rows ask about these
         name = KNOWN_RANGES.get(str(net))
-        label = f"from {name} {cidr}" if name else f"from {cidr}"
+        label = f"from {cidr} ({name})" if name else f"from {cidr}"
         peers.append((label, str(net.network_address + min(1, net.num_addresses - 1)), "INGRESS"))
     return peers
 

@@ -43,7 +43,7 @@ GOOGLE_SSH_RANGE = "104.154.0.0/15"
 # Well-known source ranges, named where the preview and the diagram show them.
 KNOWN_RANGES = {
     "0.0.0.0/0": "Internet",
-    GOOGLE_SSH_RANGE: "Google SSH range",
+    GOOGLE_SSH_RANGE: "GOOGLE LLC",  # the range's registered owner, as the docs name it
     "35.235.240.0/20": "IAP TCP forwarding",
     "35.191.0.0/16": "Google health checks",
     "130.211.0.0/22": "Google health checks",

@@ -188,12 +188,12 @@ def _explain_pattern(error: jsonschema.ValidationError, path: list, hint: str) -
         kind = {" ": "space", "\t": "tab", "\n": "line break"}.get(edge[0], "whitespace")
         if re.search(error.validator_value, stripped):
             return f"{value!r} has a {where} {kind}: write '{stripped}'"
-        return f"{value!r} has a {where} {kind}, and without it: {_slip(stripped) or rule}"
-    slip = _slip(value)
+        return f"{value!r} has a {where} {kind}, and without it: {address_slip(stripped) or rule}"
+    slip = address_slip(value)
     return f"{value!r} is not valid here: {slip + '; ' if slip else ''}{rule}"
 
 
-def _slip(value: str) -> str:
+def address_slip(value: str) -> str:
     """A specific reason an ADDRESS/PREFIX string is not an IPv4 range, or ''."""
     address, slash, prefix = value.partition("/")
     if not slash or not re.fullmatch(r"[0-9.]+", address):

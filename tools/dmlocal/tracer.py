@@ -3,12 +3,16 @@
 A template turns the config's properties into leaf resources, so a finding names a leaf
 (`hello-firewall-allow-ssh.sourceRanges[0]`) while the operator edits deployment.yaml. When the
 bad value was passed in from the config, the tracer finds that value's line there, so the
-message points at the line to change.
+message points at the line to change; when the template wrote the value itself (a port in
+firewall.py), it finds the literal's line in the template instead.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import re
+import tokenize
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +32,7 @@ class Tracer:
             for leaf in _leaf_names(node):
                 self.roots[leaf] = (index, node)
         self.leaves = {r["name"]: r for r in expansion.resources}
+        self.origins, self.files = expansion.origins, expansion.files
         self._tree: yaml.Node | bool | None = False  # parsed on first use: valid configs skip it
 
     @property
@@ -61,7 +66,7 @@ class Tracer:
             return finding
         found = _find_value(node.get("properties") or {}, value, "")
         if found is None:
-            return finding
+            return self._in_template(finding, value)
         line = self._line(["resources", index, "properties", *_split(found)])
         where = f"{self.config_file}:{line}" if line else self.config_file
         source = f"{where} ({node['name']}.{found})"
@@ -71,6 +76,18 @@ class Tracer:
 
     def _line(self, keys: list) -> int | None:
         return node_line(self.tree, keys)
+
+    def _in_template(self, finding: Finding, value: Any) -> Finding:
+        """`finding` pointing at the template line that writes `value` as a literal, when exactly
+        one line of the declaring template does (several would be a guess)."""
+        text = self.files.get(self.origins.get(finding.resource, ""), "")
+        lines = literal_lines(text, value) if text.strip() else []
+        if len(lines) != 1:
+            return finding
+        source = f"{self.origins[finding.resource]}:{lines[0]}"
+        return Finding(
+            finding.file, finding.resource, finding.field, finding.message, finding.severity, source
+        )
 
 
 def _compose(config_file: str) -> yaml.Node | None:
@@ -137,6 +154,24 @@ def with_line(error: ConfigError) -> ConfigError:
 
 
 _MISSING = object()
+
+
+def literal_lines(python_source: str, value: Any) -> list[int]:
+    """The lines of `python_source` holding a string or number literal equal to `value`."""
+    lines = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(python_source).readline):
+            if token.type not in (tokenize.STRING, tokenize.NUMBER):
+                continue
+            try:
+                literal = ast.literal_eval(token.string)
+            except (ValueError, SyntaxError):
+                continue  # an f-string: its value is not known here
+            if type(literal) is type(value) and literal == value:
+                lines.append(token.start[0])
+    except (tokenize.TokenError, SyntaxError):
+        return []
+    return list(dict.fromkeys(lines))
 
 
 def _leaf_names(node: dict) -> Iterator[str]:

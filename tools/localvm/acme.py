@@ -79,7 +79,10 @@ def _listener_certificates(ips: list[str]) -> tuple[bytes, bytes, bytes]:
 class Pebble:
     """One pebble process on loopback; start() and stop() may be called again (a new root)."""
 
-    def __init__(self, workdir: Path, *, validation_port: int) -> None:
+    def __init__(
+        self, workdir: Path, *, validation_port: int, certificate_lifetime: int | None = None
+    ) -> None:
+        """certificate_lifetime: seconds a certificate is valid (pebble's default: 5 years)."""
         self.workdir = Path(workdir)
         self.validation_port = validation_port
         self.port = free_port()
@@ -103,6 +106,8 @@ class Pebble:
                 "externalAccountBindingRequired": False,
             }
         }
+        if certificate_lifetime is not None:
+            config["pebble"]["certificateValidityPeriod"] = certificate_lifetime
         (self.workdir / "pebble-config.json").write_text(json.dumps(config, indent=1))
 
     @property

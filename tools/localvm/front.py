@@ -1,9 +1,9 @@
 """The VM's front (nginx + gunicorn + app/hello-tls.sh) run on this host's loopback, no VM.
 
-The committed nginx site and :443 server, hello.service's own gunicorn command, and
+The committed nginx site and :443 server, hello@.service's own gunicorn command, and
 app/hello-tls.sh with certbot from app/acme-requirements.txt, laid out as on the VM under a
 temporary root (HELLO_TLS_ROOT). Only ports and paths are relocated: nginx listens on free
-loopback ports instead of 80 and 443, gunicorn binds a free port instead of 8080. The CA is
+loopback ports instead of 80 and 443, gunicorn binds a free port instead of a slot's. The CA is
 pebble (localvm.acme) and the metadata server the emulator, serving the rendered instance.
 Used by tests/stack/test_https.py and the TLS benchmark.
 """
@@ -43,18 +43,27 @@ class Front:
     def relocate(self, text: str) -> str:
         for absolute in ("/etc/nginx/hello-tls", "/var/www/hello-acme", "/etc/hello-tls"):
             text = text.replace(absolute, str(self.path(absolute)))
-        return (
-            text.replace("listen 80 ", f"listen 127.0.0.1:{self.http_port} ")
-            .replace("listen 443 ", f"listen 127.0.0.1:{self.https_port} ")
-            .replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{self.app_port};")
+        return text.replace("listen 80 ", f"listen 127.0.0.1:{self.http_port} ").replace(
+            "listen 443 ", f"listen 127.0.0.1:{self.https_port} "
         )
 
-    def metadata(self, external_ip: str = IP) -> MetadataEmulator:
+    def upstream(self) -> str:
+        """nginx's upstream for the app as the converge writes it, pointing at this gunicorn."""
+        return subprocess.run(
+            ["bash", str(REPO / "app/startup.sh"), "upstream", str(self.app_port)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    def metadata(self, external_ip: str = IP, pebble: Pebble | None = None) -> MetadataEmulator:
+        """A metadata server for this instance pointing at `pebble` (default: the front's own)."""
+        pebble = pebble or self.pebble
         instance, network_name = from_expanded_config(self.expanded)
         emulator = MetadataEmulator(
             instance, network={**NETWORK, "external-ip": external_ip}, network_name=network_name
         )
-        emulator.store.set_instance_attributes(self.pebble.attributes(self.pebble.directory))
+        emulator.store.set_instance_attributes(pebble.attributes(pebble.directory))
         emulator.start()
         return emulator
 
@@ -71,6 +80,9 @@ class Front:
         site = self.path("/etc/nginx/sites-available/hello")
         site.parent.mkdir(parents=True)
         site.write_text(self.relocate((REPO / "app/nginx-hello.conf").read_text()))
+        upstream = self.path("/etc/nginx/conf.d/hello-upstream.conf")
+        upstream.parent.mkdir(parents=True)
+        upstream.write_text(self.upstream())
         nginx_dir = self.path("/nginx")
         nginx_dir.mkdir()
         self.nginx_conf = nginx_dir / "nginx.conf"
@@ -81,7 +93,7 @@ class Front:
             "events {}\nhttp {\n"
             f"  access_log {self.access_log};\n"
             f"  client_body_temp_path {nginx_dir}/body;\n  proxy_temp_path {nginx_dir}/proxy;\n"
-            f"  include {site};\n}}\n"
+            f"  include {upstream};\n  include {site};\n}}\n"
         )
         self.nginx = ["nginx", "-e", str(nginx_dir / "error.log"), "-c", str(self.nginx_conf)]
         self.processes.append(self._gunicorn())
@@ -91,8 +103,8 @@ class Front:
         return self
 
     def _gunicorn(self) -> subprocess.Popen:
-        """hello.service's own ExecStart, with the venv's gunicorn and a free port."""
-        text = (REPO / "app/hello.service").read_text().replace("\\\n", " ")
+        """hello@.service's own ExecStart, with the venv's gunicorn and a free port."""
+        text = (REPO / "app/hello@.service").read_text().replace("\\\n", " ")
         exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
         argv = shlex.split(exec_start.removeprefix("ExecStart="))
         argv[0] = str(Path(sys.executable).with_name("gunicorn"))

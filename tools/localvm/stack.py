@@ -20,6 +20,8 @@ from localvm.vm import NETWORK, LocalVM, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "build" / "artifacts"  # gitignored; CI stores it
+# The unit serving the app in the guest, as a shell word: hello@<port> of the serving slot.
+SERVING_UNIT = "hello@$(readlink /opt/hello/serving | sed 's/.*-//').service"
 
 
 def render_preview(config: str | Path = "deployment.yaml") -> dict[str, Any]:
