@@ -330,10 +330,12 @@ def wait_for(condition, what: str, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("job", ["dm"], indirect=True)
 def test_a_rollback_by_hand_to_a_named_commit(job, repo):
     """`make rollback REF=<commit>` by hand, outside CI and with no terminal to ask on: it says
     which commit it will redeploy before the deploy starts, redeploys it, smoke-tests it, records
-    it, and exits 0."""
+    it, and exits 0. (Deployment Manager only: past the choice of commit it is the same engine
+    verbs as the automatic rollback, which runs on both.)"""
     _, good, bad = repo
     job.checkout(bad)
     assert job.run("deploy.sh").returncode == 0
