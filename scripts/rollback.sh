@@ -112,7 +112,8 @@ git archive "$target" | tar -x -C "$checkout"
 # What is live after a failed deploy, by deploy.sh's exit code.
 live_after() {
   case $1 in
-    4 | 5 | 9) echo "the deployment is unchanged: ${failed:-the version deployed before} is still live" ;;
+    4 | 9) echo "the deployment is unchanged: ${failed:-the version deployed before} is still live" ;;
+    5) echo "whatever the other deploy that held the deployment made it" ;;
     8) echo "the deployment is a mix: the resources before the failing one are ${target:0:12}'s, the rest ${failed:-the previous version}'s" ;;
     *) echo "unknown: check gcloud's message above and the deployment's state" ;;
   esac
