@@ -35,11 +35,12 @@ system-deps: ## install the Debian packages every target needs (root); targets i
 gcloud: ## install the gcloud the tests ran (scripts/install-gcloud.sh), unless it is on PATH
 	@bash scripts/install-gcloud.sh
 
-up: $(VENV)/.installed gcloud ## the stack on a local VM: deploy with the real gcloud, boot, print the URL
-	@bash scripts/install-system-deps.sh vm https
+# apt's output for make up and what it needs goes to the log localvm writes (docs/local-vm.md).
+up: export INSTALL_LOG := $(CURDIR)/.state/up.log
+up: $(VENV)/.installed gcloud ## the stack on a local VM, or redeploy it: deploy with the real gcloud, wait, print the URL
 	@$(BIN)/localvm up $(CONFIG) --engine $(DEPLOY_ENGINE)
 
-down: $(VENV)/.installed ## stop what `make up` started
+down: $(VENV)/.installed ## stop what `make up` started (the local cloud and its VM)
 	@$(BIN)/localvm down
 
 test: lint pytest ## lint and every test (what CI runs)
@@ -49,7 +50,7 @@ check: lint gcloud ## lint and every test but the VM boot
 	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)
 
 e2e: $(VENV)/.installed gcloud ## boot the VM under qemu and test it end to end
-	@bash scripts/install-system-deps.sh vm https
+	@bash scripts/install-system-deps.sh vm browser https
 	$(PYTEST) -m e2e $(PYTEST_ARGS)
 
 preview: $(VENV)/.installed ## dry run: expand CONFIG as Deployment Manager would and check it
@@ -102,7 +103,7 @@ lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
 	$(BIN)/yamllint --strict .
 
 pytest: $(VENV)/.installed gcloud
-	@bash scripts/install-system-deps.sh diagram vm https
+	@bash scripts/install-system-deps.sh diagram vm browser https
 	$(PYTEST) $(PYTEST_ARGS)
 
 image: $(VENV)/.installed ## build the VM image, or reuse the cached one

@@ -25,6 +25,18 @@ DEPLOYER=${DEPLOYER:-hello-deployer}         # service account ids (the part bef
 PREVIEWER=${PREVIEWER:-hello-previewer}
 INFRA_MANAGER_SA=${INFRA_MANAGER_SA:-hello-infra-manager}
 
+# The uptime check, its email channel and its alert (vm.py): the three predefined roles Google
+# names for creating them through the API (https://cloud.google.com/monitoring/uptime-checks/,
+# "Before you begin"), each limited to its own object type; they hold the
+# monitoring.{uptimeCheckConfigs,notificationChannels,alertPolicies}.{create,get,update,delete}
+# permissions the create/patch/delete methods require
+# (https://cloud.google.com/monitoring/api/ref_v3/rest/v3/projects.uptimeCheckConfigs/create).
+MONITORING_ROLES=(
+  roles/monitoring.uptimeCheckConfigEditor
+  roles/monitoring.notificationChannelEditor
+  roles/monitoring.alertPolicyEditor
+)
+
 # What the deployer holds on the project. Deployment Manager creates the resources itself (as its
 # service agent); the compute roles let the same identity read and repair what it deployed.
 DEPLOYER_ROLES=(
@@ -32,6 +44,7 @@ DEPLOYER_ROLES=(
   roles/compute.networkAdmin
   roles/compute.securityAdmin
   roles/compute.instanceAdmin.v1
+  "${MONITORING_ROLES[@]}"
 )
 # Infrastructure Manager engine: the deployer manages IM deployments; IM runs Terraform as
 # INFRA_MANAGER_SA, which needs IM's agent role plus rights on the resources it creates. The
@@ -42,6 +55,7 @@ INFRA_MANAGER_SA_ROLES=(
   roles/compute.networkAdmin
   roles/compute.securityAdmin
   roles/compute.instanceAdmin.v1
+  "${MONITORING_ROLES[@]}"
 )
 # Branch previews: a custom role with only what a Deployment Manager preview calls (a preview
 # is checked as create/update, so there is no read-only way to ask DM for one), and no compute
@@ -134,7 +148,7 @@ infra_manager_sa=$INFRA_MANAGER_SA@$PROJECT_ID.iam.gserviceaccount.com
 run gcloud services enable --project "$PROJECT_ID" \
   deploymentmanager.googleapis.com config.googleapis.com compute.googleapis.com \
   cloudresourcemanager.googleapis.com iam.googleapis.com iamcredentials.googleapis.com \
-  sts.googleapis.com
+  sts.googleapis.com monitoring.googleapis.com
 
 ensure_service_account() {
   local id=$1 display=$2

@@ -4,10 +4,11 @@
 # only for its purpose, so `make check` does not pull in qemu and a browser for a VM it never
 # boots.
 #
-#   scripts/install-system-deps.sh PURPOSE...          PURPOSE: lint | diagram | vm | https | bench | all
+#   scripts/install-system-deps.sh PURPOSE...          PURPOSE: lint | diagram | vm | browser | https | bench | all
 #   scripts/install-system-deps.sh --list PURPOSE...   print the packages, install nothing
 #
 # Needs root, or a user with passwordless sudo (as in CI), only when something is missing.
+# INSTALL_LOG=FILE (make up sets it): apt's output goes to FILE; a failure prints its end and path.
 # Exit codes: 0 installed or already there; 1 packages are missing and there is no root; 2 usage.
 set -euo pipefail
 
@@ -18,20 +19,21 @@ packages_for() {
     lint) echo apt-utils python3-venv shellcheck ;;
     # make diagram, tests/tooling/test_validate_diagram.py: DOT -> docs/architecture.svg.
     diagram) echo graphviz ;;
-    # localvm (make up, make image, make e2e, bench-boot): image build, TCG VM, metadata proxy,
-    # browser screenshot.
+    # localvm (make up, make image, make e2e, bench-boot): image build, TCG VM, metadata proxy.
     # The image builds without privileges (docs/ci.md): mmdebstrap under fakechroot and fakeroot,
     # then mkfs.ext4 -d.
-    # libnss3-tools: certutil, so Chromium trusts the local CA's root.
-    vm) echo chromium libnss3-tools mmdebstrap fakechroot fakeroot e2fsprogs qemu-system-x86 qemu-utils socat ;;
+    vm) echo mmdebstrap fakechroot fakeroot e2fsprogs qemu-system-x86 qemu-utils socat ;;
+    # The e2e tests' browser (screenshots, the CA trusted as a person would); make up has no use
+    # for it. libnss3-tools: certutil, so Chromium trusts the local CA's root.
+    browser) echo chromium libnss3-tools ;;
     # HTTPS: the front the VM runs (tests/stack/test_https.py runs it on loopback) and pebble, the
     # local ACME CA for make up and the e2e tests.
     https) echo nginx pebble ;;
     # make bench: the HTTP load generator.
     bench) echo wrk ;;
-    all) for purpose in lint diagram vm https bench; do packages_for "$purpose"; done ;;
+    all) for purpose in lint diagram vm browser https bench; do packages_for "$purpose"; done ;;
     *)
-      echo "install-system-deps: unknown purpose '$1' (lint, diagram, vm, https, bench or all; --help)" >&2
+      echo "install-system-deps: unknown purpose '$1' (lint, diagram, vm, browser, https, bench or all; --help)" >&2
       exit 2
       ;;
   esac
@@ -79,6 +81,15 @@ if [[ $(id -u) -ne 0 ]]; then
   fi
   as_root=(sudo)
 fi
-"${as_root[@]}" apt-get update -qq
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+install() {
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+if [[ -z ${INSTALL_LOG:-} ]]; then
+  install
+elif ! mkdir -p "$(dirname "$INSTALL_LOG")" || ! install >>"$INSTALL_LOG" 2>&1; then
+  tail -n 20 "$INSTALL_LOG" >&2
+  echo "install-system-deps: apt-get failed; full log: $INSTALL_LOG" >&2
+  exit 1
+fi

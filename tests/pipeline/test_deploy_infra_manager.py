@@ -40,6 +40,7 @@ from tests.conftest import REPO
 from tests.pipeline.test_deploy import DEPLOY, NAME, Pipeline, copy_stack, edit_config, ip_from
 
 LOCATION = "us-central1"
+MONITORING_CHECK = "gcp-types/monitoring-v3:projects.uptimeCheckConfigs"
 DMLOCAL = Path(sys.executable).parent / "dmlocal"
 
 
@@ -232,14 +233,16 @@ def test_preview_shows_the_change_and_changes_nothing(pipeline, tmp_path):
     result = pipeline.deploy(project, "--preview", stack=stack)
     assert result.returncode == 0, result.stderr
     assert "  update    google_compute_firewall.hello-firewall-allow-ssh" in result.stdout
-    assert "Plan: 0 to create, 1 to update, 0 to replace, 0 to delete, 9 unchanged" in result.stdout
+    # Unchanged: 9 Compute Engine resources and the uptime check.
+    summary = "Plan: 0 to create, 1 to update, 0 to replace, 0 to delete, 10 unchanged"
+    assert summary in result.stdout
     assert pipeline.cloud(project) == before
     assert len(pipeline.im.revisions(full_name(project))) == revisions
     assert pipeline.im.previews == {}
 
     fresh = pipeline.deploy("im-preview-new", "--preview")
     assert fresh.returncode == 0, fresh.stderr
-    assert "Plan: 10 to create, 0 to update" in fresh.stdout
+    assert "Plan: 11 to create, 0 to update" in fresh.stdout
     assert pipeline.im.deployment(full_name("im-preview-new")) is None
     assert pipeline.cloud("im-preview-new") == {}
 
@@ -305,7 +308,8 @@ def test_the_incident_deleted_deployment_comes_back_on_rerun(pipeline):
     because Terraform will not destroy the instance with deletion protection, and the stack
     stays. Deleted with ABANDON, the deployment is gone and the resources stay; re-running the
     pipeline creates the deployment again and adopts them (--import-existing-resources): the
-    same instance, the same IP."""
+    same instance, the same IP. The uptime check cannot be adopted (Monitoring names it, so no
+    create conflicts): a second one is created beside the abandoned one (docs/monitoring.md)."""
     project = "im-incident"
     deployed(pipeline, project)
     before = pipeline.cloud(project)
@@ -335,8 +339,14 @@ def test_the_incident_deleted_deployment_comes_back_on_rerun(pipeline):
         == before["compute.v1.instance"]["hello-vm"]["id"]
     )
     plan = pipeline.im.last_plan(full_name(project))
-    assert all("importing" in c["change"] for c in plan)
-    assert {tuple(c["change"]["actions"]) for c in plan} == {("no-op",)}
+    check = "google_monitoring_uptime_check_config.hello-vm-uptime"
+    adopted = [c for c in plan if c["address"] != check]
+    assert all("importing" in c["change"] for c in adopted)
+    assert {tuple(c["change"]["actions"]) for c in adopted} == {("no-op",)}
+    assert [c["change"]["actions"] for c in plan if c["address"] == check] == [["create"]]
+    checks = after[MONITORING_CHECK]
+    assert checks["hello-vm-uptime"] == before[MONITORING_CHECK]["hello-vm-uptime"]
+    assert len({c["name"] for c in checks.values()}) == 2
 
 
 class ShutDownDeploymentManager(DeploymentManagerEmulator):
@@ -403,26 +413,36 @@ def test_dm_shutdown_answer_exits_with_its_own_code_and_deploys_nothing(pipeline
 def test_migration_adopts_the_dm_stack_without_recreating_anything(pipeline):
     """9. THE MIGRATION: a stack created through the DM emulator (the request gcloud sends for
     `deployment-manager deployments create`) is adopted by an infra-manager apply with import
-    blocks (IM_ADOPT=true): every resource is imported with no change, no resource is recreated
-    (same ids, same creation times) and the IP is the same."""
+    blocks (IM_ADOPT=true): every Compute Engine resource is imported with no change, none is
+    recreated (same ids, same creation times) and the IP is the same. The uptime check has no
+    import ID (Monitoring names it): a new one is created and DM's stays, to be deleted by hand
+    (docs/migration.md)."""
     project = "im-migrate"
     pipeline.ensure_deployed(project)
     before = pipeline.cloud(project)
     result = pipeline.deploy(project, IM_ADOPT="true")
     assert result.returncode == 0, result.stderr
     after = pipeline.cloud(project)
+    checks = after.pop(MONITORING_CHECK)
+    dm_check = before.pop(MONITORING_CHECK)["hello-vm-uptime"]
     assert after == before  # nothing created, changed or deleted: ids and timestamps included
+    assert checks["hello-vm-uptime"] == dm_check  # DM's check stays as it was...
+    (new_check,) = (c for key, c in checks.items() if key != "hello-vm-uptime")
+    assert new_check["name"] != dm_check["name"]  # ...beside the one Terraform created
     ip = before["compute.v1.address"]["hello-vm-ip"]["address"]
     assert ip_from(result.stdout) == ip
     plan = pipeline.im.last_plan(full_name(project))
-    assert len(plan) == 10
-    for change in plan:
+    adopted = [c for c in plan if not c["address"].startswith("google_monitoring_")]
+    assert len(adopted) == 10
+    for change in adopted:
         assert change["change"]["actions"] == ["no-op"], change["address"]
         assert change["change"]["importing"]["id"].startswith(f"projects/{project}/")
     # And from now on Infrastructure Manager manages them: a change is an update.
     again = pipeline.deploy(project, IM_ADOPT="true")
     assert again.returncode == 0, again.stderr
-    assert pipeline.cloud(project) == before
+    settled = pipeline.cloud(project)
+    assert settled.pop(MONITORING_CHECK) == checks
+    assert settled == before
 
 
 def test_make_up_boots_from_the_metadata_infra_manager_deployed():

@@ -241,8 +241,9 @@ def test_preview_names_changes_that_need_a_new_resource_and_the_emulator_refuses
 
 
 def test_dmlocal_changes_reads_a_saved_manifest_and_says_what_applies_in_place(tmp_path):
-    """`dmlocal changes` offline, against a manifest saved as gcloud prints it: an in-place
-    change exits 0; a zone move exits 3 naming the URL the zone is part of.
+    """`dmlocal changes` offline, against a manifest saved as gcloud prints it: a machine type
+    change exits 0 but warns that it needs the VM stopped (instances.setMachineType changes "a
+    stopped instance"); a zone move exits 3 naming the URL the zone is part of.
 
     Real: dmlocal, the compute.v1 discovery document. Emulated: nothing.
     """
@@ -264,9 +265,11 @@ def test_dmlocal_changes_reads_a_saved_manifest_and_says_what_applies_in_place(t
     assert same.returncode == 0, same.stderr
     assert "no changes" in same.stdout
     edit_config(stack, "machineType: e2-small", "machineType: e2-medium")
-    in_place = changes()
-    assert in_place.returncode == 0, in_place.stderr
-    assert "in place hello-vm.machineType" in in_place.stdout
+    stop = changes()
+    assert stop.returncode == 0, stop.stderr
+    assert "STOP     hello-vm.machineType" in stop.stdout
+    assert "instances.setMachineType" in stop.stdout
+    assert "warning: Compute Engine changes this on hello-vm only while" in stop.stdout
     edit_config(stack, "zone: us-central1-a", "zone: us-central1-b")
     moved = changes()
     assert moved.returncode == 3, moved.stdout

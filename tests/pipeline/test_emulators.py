@@ -14,13 +14,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import date
 
 import pytest
 import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from emulators.deploymentmanager import DeploymentManagerEmulator
+from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
+from emulators.inframanager import terraform_version
 from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
 from tests.conftest import REPO
 
@@ -255,3 +257,34 @@ def test_dm_updates_only_what_changed_and_stops_at_the_first_resource_error():
         assert vm["update"]["state"] == "FAILED" and vm["update"]["intent"] == "UPDATE"
     finally:
         dm.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("constraint", "current", "today", "expected"),
+    [
+        (None, None, "2026-12-01", "1.5.7"),  # no constraint: the newest
+        ("=1.4.7", None, "2026-12-01", "1.4.7"),
+        ("~> 1.3.0", None, "2026-12-01", "1.3.10"),
+        (">= 1.2, < 1.4", None, "2026-12-01", "1.3.10"),
+        ("=1.2.3", None, "2026-01-20", "1.2.3"),  # deprecated, still supported
+        ("=1.2.3", None, "2026-12-01", "supports: 1.3.10, 1.4.7, 1.5.7"),  # support ended
+        (">= 1.6", None, "2026-12-01", "accepts no Terraform version"),
+        ("=1.4.7", "1.5.7", "2026-12-01", "a newer version only"),  # no downgrade
+        ("1.5.x", None, "2026-12-01", "Malformed constraint"),
+    ],
+)
+def test_im_runs_the_terraform_version_its_documentation_lists(
+    constraint, current, today, expected
+):
+    """Infrastructure Manager's "Supported Terraform versions"
+    (https://cloud.google.com/infrastructure-manager/docs/terraform): 1.3.10, 1.4.7, 1.5.7, and
+    1.2.3 until its end of support on 2026-02-08; the newest when no --tf-version-constraint is
+    given; an update may move to a newer version, not an older one. Emulated: which version the
+    IM emulator picks, and its 400 otherwise (the wording is the emulator's)."""
+    day = date.fromisoformat(today)
+    if expected[0].isdigit():
+        assert terraform_version(constraint, current, day) == expected
+    else:
+        with pytest.raises(ApiError) as refused:
+            terraform_version(constraint, current, day)
+        assert refused.value.status == 400 and expected in refused.value.message

@@ -19,10 +19,11 @@ def metadata(**overrides):
     return {i["key"]: i["value"] for i in instance(**overrides)["metadata"]["items"]}
 
 
-def test_creates_a_static_address_and_an_instance():
+def test_creates_a_static_address_an_instance_and_the_uptime_check_on_the_address():
     assert {n: r["type"] for n, r in rendered().items()} == {
         "hello-vm-ip": "compute.v1.address",
         "hello-vm": "compute.v1.instance",
+        "hello-vm-uptime": "gcp-types/monitoring-v3:projects.uptimeCheckConfigs",
     }
 
 

@@ -24,6 +24,7 @@ def test_prints_the_full_expanded_stack():
         "compute.v1.firewall": 6,
         "compute.v1.address": 1,
         "compute.v1.instance": 1,
+        "gcp-types/monitoring-v3:projects.uptimeCheckConfigs": 1,
     }
     for resource in document["resources"]:
         assert set(resource) >= {"name", "type", "properties"}

@@ -1,5 +1,6 @@
 """`dmlocal terraform`: the Deployment Manager stack as Terraform JSON, checked against
-the DM expansion of the real deployment.yaml.
+the DM expansion of the real deployment.yaml, with alertEmail set so that the uptime check, the
+email channel and the alert policy are all in it.
 
 What is verified here: every DM leaf resource has exactly one Terraform resource of the matching
 google provider type under the same GCE name; every `$(ref.NAME.FIELD)` became a Terraform
@@ -8,7 +9,8 @@ property shape by a small helper below, mean exactly what the DM rules mean; the
 (boot disk, NIC with the static NAT IP, Shielded VM, scheduling, tags, labels, deletion
 protection, no service account) follow the DM properties; its metadata, read back as Terraform
 would read a JSON template string, is byte-identical to app/ (startup-script included); import
-blocks use the google provider's documented `projects/...` ID formats; unsupported types and
+blocks use the google provider's documented `projects/...` ID formats (none for the Monitoring
+objects, whose names the server assigns); unsupported types and
 properties are refused with the file, the resource and the field.
 
 Argument names, nesting and value types are checked against the google provider's own schema
@@ -34,18 +36,28 @@ import pytest
 
 from dmlocal import provider_schema as provider_schema_module
 from dmlocal.errors import ConfigError
-from dmlocal.expand import expand_files, expand_path
+from dmlocal.expand import default_env, expand_files, expand_path
 from dmlocal.references import REFERENCE, follow, template_outputs
-from dmlocal.terraform import GOOGLE_PROVIDER_VERSION, to_terraform
-from tests.conftest import REPO, run_dmlocal
+from dmlocal.terraform import GOOGLE_PROVIDER_VERSION, SERVER_NAMED, TF_TYPES, to_terraform
+from tests.conftest import REPO, copy_stack, run_dmlocal
 
 PROJECT = "hello-prod-1234"
 TF_REF = re.compile(r"\$\{([a-z_]+)\.([-a-zA-Z0-9_]+)\.([a-z_]+)\}")
 
 
+def alerting_expansion(directory):
+    """deployment.yaml with alertEmail set, deployed to PROJECT: the stack with every resource
+    type it can declare, the alert's channel and policy included."""
+    config = copy_stack(directory) / "deployment.yaml"
+    text = config.read_text()
+    assert 'alertEmail: ""' in text
+    config.write_text(text.replace('alertEmail: ""', "alertEmail: oncall@example.com"))
+    return expand_path(config, default_env(project=PROJECT))
+
+
 @pytest.fixture(scope="module")
-def expansion():
-    return expand_path(REPO / "deployment.yaml")
+def expansion(tmp_path_factory):
+    return alerting_expansion(tmp_path_factory.mktemp("stack"))
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +154,14 @@ def test_every_dm_resource_has_exactly_one_terraform_resource_with_its_gce_name(
     assert sorted(tf_resources) == sorted(r["name"] for r in expansion.resources)
     for resource in expansion.resources:
         tf_type, body = tf_resources[resource["name"]]
-        assert body["name"] == resource["name"]
-        # compute.v1.subnetwork -> google_compute_subnetwork, etc.
-        assert tf_type == "google_compute_" + resource["type"].rsplit(".", 1)[1]
-    assert len(expansion.resources) == 10  # the stack as documented in the templates
+        assert tf_type == TF_TYPES[resource["type"]]
+        if resource["type"].startswith("compute.v1."):
+            assert body["name"] == resource["name"]
+            # compute.v1.subnetwork -> google_compute_subnetwork, etc.
+            assert tf_type == "google_compute_" + resource["type"].rsplit(".", 1)[1]
+        else:  # Monitoring names the object; the label alone carries the DM name
+            assert "name" not in body
+    assert len(expansion.resources) == 13  # the stack as documented in the templates
 
 
 def test_references_point_at_the_same_resources_and_fields(expansion, tf_resources, files):
@@ -282,7 +298,10 @@ IMPORT_ID = {
 
 def test_import_blocks_adopt_each_resource_by_a_well_formed_id(files, tf_resources):
     imports = files["imports.tf.json"]["import"]
-    assert sorted(block["to"].split(".", 1)[1] for block in imports) == sorted(tf_resources)
+    # Monitoring's server-assigned names cannot be known before the objects exist.
+    adoptable = sorted(n for n, (t, _) in tf_resources.items() if t not in SERVER_NAMED)
+    assert sorted(block["to"].split(".", 1)[1] for block in imports) == adoptable
+    assert len(adoptable) == 10
     for block in imports:
         tf_type, label = block["to"].split(".", 1)
         assert "${" not in block["to"] + block["id"]  # Terraform 1.5 wants literals here

@@ -15,19 +15,18 @@ import re
 import pytest
 
 from dmlocal import provider_schema
-from dmlocal.expand import expand_path
-from dmlocal.terraform import TF_TYPES, to_terraform
+from dmlocal.terraform import SERVER_NAMED, TF_TYPES, to_terraform
 from emulators import terraform_plan
 from emulators.terraform_plan import TerraformError, gce_properties, read_module, run
 from tests.conftest import REPO
-from tests.tooling.test_terraform import through_outputs
+from tests.tooling.test_terraform import alerting_expansion, through_outputs
 
 PROJECT = "hello-prod-1234"
 
 
 @pytest.fixture(scope="module")
-def expansion():
-    return expand_path(REPO / "deployment.yaml")
+def expansion(tmp_path_factory):
+    return alerting_expansion(tmp_path_factory.mktemp("stack"))
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +60,18 @@ def test_terraform_arguments_materialise_as_the_dm_properties(expansion):
     )
     for resource in expansion.resources:
         tf_type = TF_TYPES[resource["type"]]
-        got = gce_properties(tf_type, scope.evaluate(resources[tf_type][resource["name"]]))
+        arguments = scope.evaluate(resources[tf_type][resource["name"]])
+        got = gce_properties(tf_type, arguments, PROJECT)
+        named = {} if tf_type in SERVER_NAMED else {"name": resource["name"]}
         dm = re.sub(
             r"\$\(ref\.([^.()\s]+)\.(\w+)\)",
             lambda m: fake[m[1]][m[2]],
-            json.dumps(
-                {"name": resource["name"], **through_outputs(resource["properties"], expansion)}
-            ),
+            json.dumps({**named, **through_outputs(resource["properties"], expansion)}),
         )
         assert got == json.loads(dm), resource["name"]
 
 
-def test_the_real_module_plans_ten_creates_and_its_output(expansion, schema):
+def test_the_real_module_plans_a_create_per_resource_and_its_output(expansion, schema):
     files = files_of(to_terraform(expansion))
     module = read_module(files, {"project": PROJECT})
     cloud: dict = {}
@@ -82,9 +81,9 @@ def test_the_real_module_plans_ten_creates_and_its_output(expansion, schema):
         return {**properties, "name": name, "selfLink": link, "address": "192.0.2.7"}
 
     plan, state = run(module, {}, cloud, False, materialize)
-    assert [c.actions for c in plan.changes] == [["create"]] * 10
+    assert [c.actions for c in plan.changes] == [["create"]] * len(expansion.resources)
     assert plan.outputs == {"publicIp": "192.0.2.7"}
-    assert len(state) == 10
+    assert len(state) == len(expansion.resources) == 13
     vm = cloud["compute.v1.instance"]["hello-vm"]
     assert {i["key"]: i["value"] for i in vm["metadata"]["items"]}["startup-script"] == (
         REPO / "app" / "startup.sh"
@@ -124,3 +123,59 @@ def test_an_import_of_a_missing_object_fails(expansion, schema):
     module = read_module(files_of(to_terraform(expansion, PROJECT)), {})
     with pytest.raises(TerraformError, match="Cannot import non-existent remote object"):
         run(module, {}, {}, False, lambda *a: {})
+
+
+def _applied(expansion):
+    """The real module applied to an empty cloud: (documents, state, cloud, materialize)."""
+    documents = to_terraform(expansion)
+    files = files_of(documents)
+    cloud: dict = {}
+
+    def materialize(dm_type, name, properties, existing):
+        link = f"https://www.googleapis.com/compute/v1/projects/{PROJECT}/x/{name}"
+        held = {**(existing or {}), **properties, "name": name, "selfLink": link}
+        return {"address": "192.0.2.7", **held}
+
+    _, state = run(read_module(files, {"project": PROJECT}), {}, cloud, False, materialize)
+    return documents, state, cloud, materialize
+
+
+def test_a_machine_type_change_needs_allow_stopping_for_update_on_a_running_instance(
+    expansion, schema
+):
+    """The google provider refuses to change machine_type on a started instance unless
+    allow_stopping_for_update is true ("Changing the machine_type, ... on a started instance
+    requires stopping it. To acknowledge this, please set allow_stopping_for_update = true in
+    your config"). The export sets it false on purpose, so the apply fails; with true, or on a
+    stopped instance, it updates in place."""
+    documents, state, cloud, materialize = _applied(expansion)
+    vm = documents["main.tf.json"]["resource"]["google_compute_instance"]["hello-vm"]
+    assert vm["allow_stopping_for_update"] is False
+    vm["machine_type"] = "e2-medium"
+    module = read_module(files_of(documents), {"project": PROJECT})
+    with pytest.raises(TerraformError, match="requires stopping it") as refused:
+        run(module, state, cloud, False, materialize)
+    assert "machine_type" in str(refused.value)
+    assert "allow_stopping_for_update = true" in str(refused.value)
+
+    vm["allow_stopping_for_update"] = True
+    module = read_module(files_of(documents), {"project": PROJECT})
+    plan, _ = run(module, state, cloud, False, materialize)
+    assert [c.actions for c in plan.changes if c.address.endswith("hello-vm")] == [["update"]]
+
+    vm.update(allow_stopping_for_update=False, machine_type="e2-standard-2")
+    cloud["compute.v1.instance"]["hello-vm"]["status"] = "TERMINATED"
+    module = read_module(files_of(documents), {"project": PROJECT})
+    plan, _ = run(module, state, cloud, False, materialize)
+    assert [c.actions for c in plan.changes if c.address.endswith("hello-vm")] == [["update"]]
+
+
+def test_the_module_runs_only_on_the_terraform_it_requires(expansion, schema):
+    """Terraform refuses a configuration whose required_version excludes it ("Unsupported
+    Terraform Core version"); the export asks for the 1.5 line Infrastructure Manager runs."""
+    module = read_module(files_of(to_terraform(expansion)), {"project": PROJECT})
+    assert module.required_versions == ["~> 1.5.7"]
+    module.check_core("1.5.7")
+    for older in ("1.4.7", "1.3.10"):
+        with pytest.raises(TerraformError, match=f"does not support Terraform version {older}"):
+            module.check_core(older)

@@ -329,3 +329,44 @@ def test_reference_fields_are_checked_against_the_target_schema():
     assert "has no field 'accessConfig' (NetworkInterface): did you mean 'accessConfigs'?" in (
         f.message
     )
+
+
+def test_integers_where_the_api_declares_strings_are_a_warning_as_deployment_manager_accepts():
+    """Google's own Deployment Manager samples pass integers where the Compute Engine API
+    declares strings, and DM deploys them: GoogleCloudPlatform/deploymentmanager-samples
+    examples/v2/step_by_step_guide/step6_use_multiple_templates/python/firewall-template.py
+    (`'ports': [80]`), google/resource-snippets/compute-v1/global_forwarding_rule.jinja
+    (`portRange: 80`), examples/v2/build_configuration/use_outputs/template_with_outputs.jinja
+    (`value: 88`). The dry run warns; it refuses what DM refuses (a boolean, a list)."""
+    firewall = {
+        "name": "fw",
+        "type": "compute.v1.firewall",
+        "properties": {
+            "network": "$(ref.net.selfLink)",
+            "allowed": [{"IPProtocol": "tcp", "ports": [80, "443"]}],
+        },
+    }
+    rule = {
+        "name": "fr",
+        "type": "compute.v1.globalForwardingRule",
+        "properties": {"portRange": 80, "target": "$(ref.proxy.selfLink)"},
+    }
+    vm = instance(metadata={"items": [{"key": "answer", "value": 88}]})
+    findings = [f for r in (firewall, rule, vm) for f in check_resource(r, "c.yaml")]
+    assert {f.severity for f in findings} == {"warning"}
+    assert messages(findings) == [
+        "fw.allowed[0].ports[0]: is a string in the API; Deployment Manager accepts the "
+        'integer 80 as "80", quote it to say so',
+        "fr.portRange: is a string in the API; Deployment Manager accepts the integer 80 as "
+        '"80", quote it to say so',
+        "vm.metadata.items[0].value: is a string in the API; Deployment Manager accepts the "
+        'integer 88 as "88", quote it to say so',
+    ]
+    assert semantic_checks([firewall]) == []  # 80 is a port either way
+
+    firewall["properties"]["allowed"][0]["ports"] = [True, [22]]
+    got = messages(check_resource(firewall, "c.yaml"))
+    assert got == [
+        "fw.allowed[0].ports[0]: must be a string, not boolean True; quote it in YAML",
+        "fw.allowed[0].ports[1]: must be a string, not list [22]; quote it in YAML",
+    ]

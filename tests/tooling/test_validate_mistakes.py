@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_stack, run_dmlocal
+from tests.conftest import REPO, copy_stack, run_dmlocal
 
 # A second firewall rule an operator might add for a load balancer's health checks. Variants of
 # it carry the mistakes that only a resource written directly in deployment.yaml can have.
@@ -403,6 +403,12 @@ def test_ssh_lockout_is_caught_before_merging(stack):
 # -- several mistakes at once: one preview reports them all ---------------------------------------
 
 
+def vm_properties() -> str:
+    """What the message lists: vm.py.schema's properties, sorted."""
+    schema = yaml.safe_load((REPO / "vm.py.schema").read_text())
+    return ", ".join(sorted(schema["properties"]))
+
+
 def test_three_mistakes_in_one_preview(stack):
     """A schema error no longer hides the later checks: with the unknown property set aside,
     the SSH range and the template's port are checked too, each with the line to edit."""
@@ -412,9 +418,8 @@ def test_three_mistakes_in_one_preview(stack):
     assert_invalid(
         stack.preview(),
         f"error: {stack.config}: resources[hello-vm].properties: unknown property 'machinetype': "
-        "did you mean 'machineType'? valid properties: acmeDirectory, acmeDirectoryCa, acmeEmail, "
-        "bootDiskSizeGb, deletionProtection, image, labels, machineType, networkTag, subnetwork, "
-        f"zone [set at {stack.config}:{stack.line_of('machinetype:')}]",
+        f"did you mean 'machineType'? valid properties: {vm_properties()} "
+        f"[set at {stack.config}:{stack.line_of('machinetype:')}]",
         "error: firewall.py: hello-firewall-allow-ssh.sourceRanges[0]: '104.154.0.0/33' is not a "
         "CIDR range: the prefix length /33 is out of range for IPv4 (/0 to /32); write "
         "ADDRESS/PREFIX, e.g. 10.10.0.0/24 or 203.0.113.7/32 "
@@ -476,7 +481,7 @@ def test_json_format_for_an_engine_error(stack):
 def test_valid_stack_yaml_on_stdout_summary_on_stderr(stack):
     result = stack.preview()
     document = yaml.safe_load(result.stdout)
-    assert [r["name"] for r in document["resources"]][-1] == "hello-vm"
+    assert [r["name"] for r in document["resources"]][-2:] == ["hello-vm", "hello-vm-uptime"]
     assert "firewall for hello-vm (network tags: hello-web):" in result.stderr
     assert "resources" not in result.stderr.split("\n", 1)[1]  # the YAML never leaks to stderr
 

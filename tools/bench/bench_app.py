@@ -27,8 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app.app import GREETING
-from localvm.stack import REPO
+from localvm.stack import REPO, app_greeting
 
 
 def free_port() -> int:
@@ -60,7 +59,7 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 20)
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
-                if response.read().decode() == GREETING:
+                if response.read().decode() == app_greeting():
                     return
         except OSError:
             time.sleep(0.1)

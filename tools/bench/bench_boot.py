@@ -24,9 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.app import GREETING
 from localvm import image as image_module
-from localvm.stack import ARTIFACTS, SERVING_UNIT, LocalStack, render_preview
+from localvm.stack import ARTIFACTS, SERVING_UNIT, LocalStack, app_greeting, render_preview
 
 TARGETS = {"cold_boot_s": 90, "reset_s": 25, "kill9_s": 5}
 _STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
@@ -68,6 +67,7 @@ def bench_image(runs: int) -> dict[str, list[float]]:
 def bench_boots(runs: int, kills: int) -> dict[str, list]:
     expanded = render_preview()
     image = image_module.ensure_image()
+    greeting = app_greeting()
     results: dict[str, list] = {"cold_boot_s": [], "reset_s": [], "kill9_s": [], "phases": []}
     for run in range(runs):
         workdir = Path(tempfile.mkdtemp(prefix="hello-bench-"))
@@ -75,7 +75,7 @@ def bench_boots(runs: int, kills: int) -> dict[str, list]:
         try:
             started = time.monotonic()
             stack.start()
-            cold = stack.vm.wait_http("/", timeout=1200, expect=GREETING, interval=0.1)
+            cold = stack.vm.wait_http("/", timeout=1200, expect=greeting, interval=0.1)
             results["cold_boot_s"].append(time.monotonic() - started)
             stack.vm.wait_serial("hello-startup: serving on :80", timeout=300)
             results["phases"].append(serial_phases(stack.vm.serial_text()))
@@ -89,7 +89,7 @@ def bench_boots(runs: int, kills: int) -> dict[str, list]:
                 pid = int(out)
                 stack.vm.guest_exec(f"kill -9 {pid}")
                 killed = time.monotonic()
-                stack.vm.wait_http("/", timeout=120, expect=GREETING, interval=0.05)
+                stack.vm.wait_http("/", timeout=120, expect=greeting, interval=0.05)
                 results["kill9_s"].append(time.monotonic() - killed)
                 print(f"run {run + 1}: kill -9 -> 200 in {results['kill9_s'][-1]:.2f} s")
                 # Let the new master finish booting its workers before the next kill.
@@ -98,7 +98,7 @@ def bench_boots(runs: int, kills: int) -> dict[str, list]:
             mark = len(stack.vm.serial_text())
             reset = time.monotonic()
             stack.vm.reset()
-            stack.vm.wait_http("/", timeout=600, expect=GREETING, interval=0.1)
+            stack.vm.wait_http("/", timeout=600, expect=greeting, interval=0.1)
             results["reset_s"].append(time.monotonic() - reset)
             print(f"run {run + 1}: reset -> 200 in {results['reset_s'][-1]:.1f} s", flush=True)
             stack.vm.wait_serial("hello-startup: serving on :80", start=mark, timeout=300)

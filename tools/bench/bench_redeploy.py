@@ -35,17 +35,11 @@ import time
 from pathlib import Path
 
 from localvm.acme import Pebble
-from localvm.stack import REPO, LocalStack, attributes, render_preview
+from localvm.stack import REPO, LocalStack, app_greeting, attributes, render_preview
 from localvm.vm import NETWORK
 
 IP = NETWORK["external-ip"]
 SETTLE = 10  # seconds after the new version answered that still count as "during"
-
-
-def greeting_of(stack_dir: Path) -> str:
-    """The greeting the checkout's app.py answers with, read, not imported."""
-    text = (stack_dir / "app/app.py").read_text()
-    return text.split('GREETING = "', 1)[1].split('"', 1)[0]
 
 
 def version_of(stack_dir: Path, values: dict[str, str]) -> str:
@@ -139,7 +133,7 @@ def main() -> int:
     pebble = Pebble(workdir / "pebble", validation_port=stack.http_port)
     original = {**attributes(stack.instance), **pebble.attributes()}
     stack.set_attributes(original)
-    greeting = greeting_of(stack_dir)
+    greeting = app_greeting(stack_dir / "app/app.py")
     other = greeting.replace("!", ", redeployed!")
     loop = None
     try:

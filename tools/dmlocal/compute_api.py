@@ -1,4 +1,4 @@
-"""Checks compute.v1.* resource properties against the real Compute Engine v1 API schema.
+"""Checks resource properties against the real Google API schemas (Compute v1, Monitoring v3).
 
 Deployment Manager turns a `compute.v1.<kind>` resource into the `<kinds>.insert` call of the
 Compute Engine v1 API: the path parameters (`zone`, `region`) and query parameters come from the
@@ -7,6 +7,11 @@ rejects unknown fields, wrong JSON types and values outside an enum, but only at
 module finds those mistakes offline, from the discovery document that ships inside
 google-api-python-client (googleapiclient/discovery_cache/documents/compute.v1.json): the same
 schema the API client itself is generated from, so no field list is hand-maintained here.
+
+The same walk checks the Cloud Monitoring resources (`gcp-types/monitoring-v3:projects.<kind>`,
+DM's type provider for the Monitoring v3 API) against monitoring.v3.json: DM calls
+`projects.<kind>.create`, whose URL takes the project from the `parent` or `name` property
+(`projects/PROJECT`), and sends the rest as the body.
 
 A `$(ref.NAME.FIELD)` string is accepted wherever a value goes: DM substitutes it at deploy time.
 """
@@ -29,34 +34,42 @@ from dmlocal.errors import Finding
 from dmlocal.references import REFERENCE, compute_v1_type, singular, template_outputs
 
 DM_TYPE = re.compile(r"^compute\.v1\.([a-zA-Z]+)$")
+MONITORING_TYPE = re.compile(r"^gcp-types/monitoring-v3:(projects\.[a-zA-Z]+)$")
 DOCS_URL = "https://cloud.google.com/compute/docs/reference/rest/v1/{collection}/insert"
+MONITORING_DOCS_URL = "https://cloud.google.com/monitoring/api/ref_v3/rest/v3/{collection}/create"
+# Per API: its name in messages, and the docs page of a collection's create/insert method.
+APIS = {
+    "compute.v1": ("Compute Engine v1 API", DOCS_URL),
+    "monitoring.v3": ("Cloud Monitoring v3 API", MONITORING_DOCS_URL),
+}
 # Listing every field of a big message (Instance has ~60) buries the hint; past this, say where
 # the full list is instead.
 MAX_LISTED = 16
 
 
-def discovery_path() -> Path:
-    """Where google-api-python-client keeps its copy of the Compute Engine v1 discovery doc."""
+def discovery_path(api: str = "compute.v1") -> Path:
+    """Where google-api-python-client keeps its copy of an API's discovery document."""
     spec = importlib.util.find_spec("googleapiclient")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("google-api-python-client is not installed (requirements-dev.txt)")
     base = Path(next(iter(spec.submodule_search_locations)))
-    return base / "discovery_cache" / "documents" / "compute.v1.json"
+    return base / "discovery_cache" / "documents" / f"{api}.json"
 
 
 @functools.cache
-def discovery() -> dict:
-    """The Compute Engine v1 discovery document bundled with google-api-python-client.
+def discovery(api: str = "compute.v1") -> dict:
+    """An API's discovery document bundled with google-api-python-client (Compute Engine v1
+    unless named).
 
     Only what validation reads is kept (insert methods, schemas without their prose), and that
     subset is cached outside the repository, keyed by the document's content (hashing it takes
     ~10 ms; parsing the full 5 MB document on every `make preview` cost ~0.15 s of a 1 s budget),
     so every checkout and venv with the same client version shares one entry.
     """
-    source = discovery_path().read_bytes()
+    source = discovery_path(api).read_bytes()
     key = hashlib.sha256(source + f":{CACHE_VERSION}".encode())
     cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmlocal"
-    cache = cache_dir / f"compute.v1-{key.hexdigest()[:20]}.json"
+    cache = cache_dir / f"{api}-{key.hexdigest()[:20]}.json"
     try:
         return json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -72,7 +85,7 @@ def discovery() -> dict:
     return subset
 
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _PROSE = frozenset({"description", "enumDescriptions"})
 
 
@@ -89,11 +102,20 @@ def _strip(node, names: bool = False):
     return node
 
 
+def _creating_methods(resources: dict, prefix: str = ""):
+    """(collection, method name, method) of every insert/create, nested collections dotted
+    (Monitoring's `projects.uptimeCheckConfigs`)."""
+    for name, body in resources.items():
+        for verb in ("insert", "create"):
+            if verb in body.get("methods", {}):
+                yield prefix + name, verb, body["methods"][verb]
+        yield from _creating_methods(body.get("resources", {}), f"{prefix}{name}.")
+
+
 def _trim(doc: dict) -> dict:
     resources = {
-        name: {"methods": {"insert": _strip(body["methods"]["insert"])}}
-        for name, body in doc["resources"].items()
-        if "insert" in body.get("methods", {})
+        collection: {"methods": {verb: _strip(method)}}
+        for collection, verb, method in _creating_methods(doc["resources"])
     }
     return {
         "revision": doc.get("revision"),
@@ -112,10 +134,17 @@ class Method:
     path_params: tuple[str, ...]
     query_params: tuple[str, ...]
     required_params: tuple[str, ...]
+    api: str = "compute.v1"
+    verb: str = "insert"
+    path_patterns: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
-        return f"{self.collection}.insert"
+        return f"{self.collection}.{self.verb}"
+
+    @property
+    def docs(self) -> str:
+        return APIS[self.api][1].format(collection=self.collection)
 
 
 @functools.cache
@@ -126,6 +155,9 @@ def method_for(dm_type: str) -> Method | None:
     found by that rule in the discovery document rather than from a hand-written table. Returns
     None for a type that is not compute.v1 or has no insert method.
     """
+    monitoring = MONITORING_TYPE.match(dm_type)
+    if monitoring:
+        return _monitoring_method(dm_type, monitoring.group(1))
     m = DM_TYPE.match(dm_type)
     if not m:
         return None
@@ -142,6 +174,27 @@ def method_for(dm_type: str) -> Method | None:
         required = tuple(p for p in path if params.get(p, {}).get("required"))
         return Method(dm_type, collection, insert["request"]["$ref"], path, query, required)
     return None
+
+
+def _monitoring_method(dm_type: str, collection: str) -> Method | None:
+    create = discovery("monitoring.v3")["resources"].get(collection, {}).get("methods", {})
+    create = create.get("create")
+    if create is None:
+        return None
+    params = create.get("parameters", {})
+    path = tuple(create.get("parameterOrder", []))
+    patterns = tuple((p, params[p]["pattern"]) for p in path if params[p].get("pattern"))
+    return Method(
+        dm_type,
+        collection,
+        create["request"]["$ref"],
+        path,
+        (),
+        tuple(p for p in path if params.get(p, {}).get("required")),
+        api="monitoring.v3",
+        verb="create",
+        path_patterns=patterns,
+    )
 
 
 def supported_types() -> list[str]:
@@ -163,11 +216,11 @@ def _describe(value: Any) -> str:
 
 
 class _Walker:
-    def __init__(self, resource: str, file: str, collection: str):
+    def __init__(self, resource: str, file: str, method: Method):
         self.resource = resource
         self.file = file
-        self.collection = collection
-        self.schemas = discovery()["schemas"]
+        self.method = method
+        self.schemas = discovery(method.api)["schemas"]
 
     def finding(self, path: str, message: str, severity: str = "error") -> Finding:
         return Finding(self.file, self.resource, path, message, severity)
@@ -217,6 +270,16 @@ class _Walker:
                     path, f"must be a whole number (64-bit), not {_describe(value)} {value!r}"
                 )
             return
+        if isinstance(value, int) and not isinstance(value, bool) and not spec.get("enum"):
+            # Deployment Manager sends the config as JSON and the API takes a number where it
+            # declares a string: Google's own samples write `ports: [22]` and `portRange: 80`.
+            yield self.finding(
+                path,
+                f"is a string in the API; Deployment Manager accepts the integer {value} as "
+                f'"{value}", quote it to say so',
+                "warning",
+            )
+            return
         if not isinstance(value, str):
             yield self.finding(
                 path, f"must be a string, not {_describe(value)} {value!r}; quote it in YAML"
@@ -260,9 +323,8 @@ class _Walker:
         if len(names) <= MAX_LISTED:
             valid = f"valid fields of {schema_name}: {', '.join(sorted(names))}"
         else:
-            url = DOCS_URL.format(collection=self.collection)
-            valid = f"{schema_name} has {len(names)} settable fields, listed at {url}"
-        return f"unknown field '{key}' in the Compute Engine v1 API: {hint}{valid}"
+            valid = f"{schema_name} has {len(names)} settable fields, listed at {self.method.docs}"
+        return f"unknown field '{key}' in the {APIS[self.method.api][0]}: {hint}{valid}"
 
 
 def check_resource(resource: dict, file: str) -> list[Finding]:
@@ -271,6 +333,19 @@ def check_resource(resource: dict, file: str) -> list[Finding]:
     name = resource.get("name", "?")
     method = method_for(dm_type)
     if method is None:
+        if MONITORING_TYPE.match(dm_type):
+            kinds = sorted(discovery("monitoring.v3")["resources"])
+            close = difflib.get_close_matches(dm_type.split(":", 1)[1], kinds, n=1)
+            hint = f"did you mean 'gcp-types/monitoring-v3:{close[0]}'? " if close else ""
+            return [
+                Finding(
+                    file,
+                    name,
+                    "type",
+                    f"'{dm_type}' has no create method in the Cloud Monitoring v3 API: {hint}"
+                    "for example gcp-types/monitoring-v3:projects.uptimeCheckConfigs",
+                )
+            ]
         if DM_TYPE.match(dm_type):
             kind = dm_type.rsplit(".", 1)[1]
             close = difflib.get_close_matches(dm_type, supported_types(), n=1)
@@ -286,9 +361,11 @@ def check_resource(resource: dict, file: str) -> list[Finding]:
             ]
         return []
     properties = dict(resource.get("properties") or {})
-    walker = _Walker(name, file, method.collection)
+    walker = _Walker(name, file, method)
     findings: list[Finding] = []
     body_fields = walker.schemas[method.schema]["properties"]
+    if method.api != "compute.v1":
+        return findings + _project_path(walker, method, properties)
     for param in method.path_params:
         value = properties.get(param)
         example = "us-central1-a" if param == "zone" else "us-central1"
@@ -322,6 +399,32 @@ def check_resource(resource: dict, file: str) -> list[Finding]:
     return findings
 
 
+def _project_path(walker: _Walker, method: Method, properties: dict) -> list[Finding]:
+    """A Monitoring create: the URL's `projects/PROJECT` comes from its path property, the rest
+    is the body (the server names the new object, so a body `name` would be the project)."""
+    findings: list[Finding] = []
+    for param, pattern in method.path_patterns:
+        value = properties.pop(param, None)
+        if value is None:
+            findings.append(
+                walker.finding(
+                    param,
+                    f"is required: {method.dm_type} is created with {method.id}, whose URL "
+                    f"needs the project (e.g. {param}: projects/my-project)",
+                )
+            )
+        elif not _is_ref(value) and not (isinstance(value, str) and re.match(pattern, value)):
+            findings.append(
+                walker.finding(
+                    param,
+                    f"{value!r} is not a project for {method.id}'s URL: write "
+                    f"{param}: projects/PROJECT_ID (pattern {pattern})",
+                )
+            )
+    findings += walker.walk({"$ref": method.schema}, properties, "", method.schema)
+    return findings
+
+
 def check_resources(resources: list[dict], origins: dict[str, str] | None = None) -> list[Finding]:
     """Findings for every compute.v1 resource; `origins` maps resource name -> declaring file."""
     origins = origins or {}
@@ -336,9 +439,11 @@ def _field_parts(path: str) -> list[str]:
     return [p for p in re.split(r"[.\[\]]+", path) if p and not p.isdigit()]
 
 
-def _walk_field(schema_name: str, parts: list[str]) -> tuple[str, str, list[str]] | None:
+def _walk_field(
+    schema_name: str, parts: list[str], api: str = "compute.v1"
+) -> tuple[str, str, list[str]] | None:
     """None when the field path exists in the schema; else (bad part, schema, its fields)."""
-    schemas = discovery()["schemas"]
+    schemas = discovery(api)["schemas"]
     node: dict = schemas[schema_name]
     current = schema_name
     for part in parts:
@@ -361,7 +466,7 @@ def _walk_field(schema_name: str, parts: list[str]) -> tuple[str, str, list[str]
 
 
 def _resource_docs(method: Method) -> str:
-    return DOCS_URL.format(collection=method.collection).rsplit("/", 1)[0]
+    return method.docs.rsplit("/", 1)[0]
 
 
 def check_references(expansion) -> list[Finding]:
@@ -392,7 +497,7 @@ def check_references(expansion) -> list[Finding]:
                 method = method_for(compute_v1_type(leaf["type"])) if leaf else None
                 if method is None:
                     continue
-                bad = _walk_field(method.schema, _field_parts(ref_field))
+                bad = _walk_field(method.schema, _field_parts(ref_field), method.api)
                 if bad is None:
                     continue
                 part, schema, fields = bad

@@ -285,6 +285,8 @@ def build(expansion) -> Model:
         model.add(Node(_id("ip", aname), label, "address"))
         model.edges.append(Edge(_id("ip", aname), _id("vm", vname), ["1:1 NAT"], "nat"))
 
+    _monitoring(model, by_type, outputs)
+
     notes: dict[str, list[str]] = {}
     for rule in sorted(
         firewall_rules(resources), key=lambda r: (r.get("priority", 1000), r["name"])
@@ -351,6 +353,40 @@ def build(expansion) -> Model:
     return model
 
 
+def _monitoring(model: Model, by_type: dict[str, list[dict]], outputs) -> None:
+    """Uptime checks as probes into the static IP they watch, and the alerts that mail on them."""
+    checks = by_type.get("gcp-types/monitoring-v3:projects.uptimeCheckConfigs", [])
+    channels = {
+        c["name"]: c
+        for c in by_type.get("gcp-types/monitoring-v3:projects.notificationChannels", [])
+    }
+    for check in checks:
+        p = check["properties"]
+        host = _ref_target(
+            (p.get("monitoredResource") or {}).get("labels", {}).get("host"), outputs
+        )
+        http = p.get("httpCheck") or {}
+        scheme = "https" if http.get("useSsl") else "http"
+        label = [
+            f"uptime check {check['name']}",
+            f"GET {scheme}://IP{http.get('path', '/')} every {p.get('period', '60s')}",
+            f"from {', '.join(p.get('selectedRegions') or ['all regions'])}",
+        ]
+        src = model.add(Node(_id("uptime", check["name"]), label, "source"))
+        if host:
+            model.edges.append(Edge(src, _id("ip", host), [f"probe {scheme}"], "probe"))
+        for policy in by_type.get("gcp-types/monitoring-v3:projects.alertPolicies", []):
+            pp = policy["properties"]
+            mails = [
+                channels[t]["properties"].get("labels", {}).get("email_address", "?")
+                for t in (_ref_target(c, outputs) for c in pp.get("notificationChannels") or [])
+                if t in channels
+            ]
+            label = [f"alert {policy['name']}", f"mails {', '.join(mails) or 'nobody'}"]
+            dst = model.add(Node(_id("alert", policy["name"]), label, "source"))
+            model.edges.append(Edge(src, dst, ["fails from more than one region"], "probe"))
+
+
 def _merge(edges: list[Edge]) -> list[Edge]:
     """One arrow per (source, destination, kind), carrying every rule's lines, in first order."""
     merged: dict[tuple[str, str, str], Edge] = {}
@@ -384,6 +420,8 @@ _EDGE_STYLE = {
     "allow": 'color="#188038"',
     "nat": 'color="#1a73e8", style=bold',
     "flow": 'color="#8430ce"',
+    # Cloud Monitoring's probes and the alert they feed: watching, not traffic the firewall admits.
+    "probe": 'color="#d08000", style=dashed',
 }
 
 

@@ -2,7 +2,7 @@
 
 The provider binary cannot be downloaded here, so its schema comes from the npm package
 @cdktf/provider-google 16.12.1, which is generated from hashicorp/google 6.50.0 (the version
-`dmlocal terraform` pins). Five files of it hold the schemas of our five resource types; they
+`dmlocal terraform` pins). Eight files of it hold the schemas of our eight resource types; they
 are cached under /var/cache/hello-stack (HELLO_STACK_CACHE overrides) and fetched with
 `npm pack` when missing.
 
@@ -33,8 +33,17 @@ SCHEMA_CACHE = Path(os.environ.get("HELLO_STACK_CACHE", "/var/cache/hello-stack"
     "cdktf-provider-google-16.12.1"
 )
 SCHEMA_FILES = ["package/package.json"] + [
-    f"package/lib/compute-{kind}/index.js"
-    for kind in ("network", "subnetwork", "firewall", "address", "instance")
+    f"package/lib/{kind}/index.js"
+    for kind in (
+        "compute-network",
+        "compute-subnetwork",
+        "compute-firewall",
+        "compute-address",
+        "compute-instance",
+        "monitoring-uptime-check-config",
+        "monitoring-notification-channel",
+        "monitoring-alert-policy",
+    )
 ]
 # cdktf's generated code lists every argument as `name: {value: ..., isBlock, type,
 # storageClassType}`; nested blocks' values call the block's own *ToHclTerraform function.
@@ -105,7 +114,7 @@ def _resource_schema(tf_type: str) -> tuple[dict, dict[str, str]] | None:
     top = re.search(r"synthesizeHclAttributes\(\) \{(.*?)\n    \}", text, re.S).group(1)
     functions = dict(re.findall(r"function (\w+ToHclTerraform)\(struct\) \{(.*?)\n\}", text, re.S))
     arguments = _arguments(top)
-    if "name" not in arguments:
+    if "project" not in arguments:
         raise SchemaUnavailable(f"schema parsing found nothing in {source}: the layout changed")
     return arguments, functions
 

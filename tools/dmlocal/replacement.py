@@ -35,10 +35,16 @@ from dmlocal.errors import ConfigError
 from dmlocal.expand import expand_path
 
 DM_TYPE = re.compile(r"^compute\.v1\.([a-zA-Z]+)$")
+# The discovery text wraps lines anywhere ("set only\nat resource creation time"): any run of
+# whitespace stands between the words.
 CREATION_ONLY = re.compile(
-    r"[^.]*(set only at resource creation time|is set at resource creation time|immutable)[^.]*\.",
+    r"[^.]*(set\s+only\s+at\s+resource\s+creation\s+time|is\s+set\s+at\s+resource\s+creation"
+    r"\s+time|immutable)[^.]*\.",
     re.IGNORECASE,
 )
+# instances.setMachineType "Changes the machine type for a stopped instance ...", setScheduling
+# "You can only call this method on a stopped instance": the methods a running instance refuses.
+STOPPED_ONLY = re.compile(r"[^.]*stopped\s+(VM\s+)?instance[^.]*\.", re.IGNORECASE)
 ONLY_MODIFIABLE = re.compile(r"Only (\w+) can be modified")
 
 
@@ -50,6 +56,7 @@ class Change:
     old: Any
     new: Any
     replace: str | None  # why the resource must be replaced; None = DM applies it in place
+    stop: str | None = None  # why the instance must be stopped first; None = changes running
 
 
 @functools.cache
@@ -89,7 +96,7 @@ def replacement_reason(dm_type: str, field: str) -> str | None:
     description = (schema["properties"].get(field) or {}).get("description", "")
     described = CREATION_ONLY.search(description)
     if described:
-        quoted = described.group(0).strip()
+        quoted = " ".join(described.group(0).split())
         return f"the Compute Engine API says of {schema['id']}.{field}: {quoted!r}"
     patch = methods.get("patch") or methods.get("update")
     if patch:
@@ -104,6 +111,27 @@ def replacement_reason(dm_type: str, field: str) -> str | None:
             f"{name} has no update or patch method (only {', '.join(setters) or 'none'}), so "
             f"'{field}' cannot change on a live resource"
         )
+    return None
+
+
+def stop_reason(dm_type: str, field: str) -> str | None:
+    """Why changing top-level `field` of a running `dm_type` needs it stopped first, or None.
+
+    Compute Engine changes such a field only through a `set<Field>`/`update<Field>` method whose
+    description says it works on a stopped instance (instances.setMachineType, setScheduling,
+    setMinCpuPlatform, updateShieldedInstanceConfig, ...)."""
+    found = _collection(dm_type)
+    if found is None:
+        return None
+    name, methods, schema = found
+    if field not in schema["properties"]:
+        return None
+    suffix = field[:1].upper() + field[1:]
+    for verb in ("set", "update"):
+        method = methods.get(verb + suffix)
+        said = STOPPED_ONLY.search(method.get("description", "")) if method else None
+        if said:
+            return f"{name}.{verb}{suffix}: {' '.join(said.group(0).split())!r}"
     return None
 
 
@@ -127,6 +155,7 @@ def compare(old: list[dict], new: list[dict]) -> list[Change]:
                         old_props.get(field),
                         new_props.get(field),
                         replacement_reason(resource["type"], field),
+                        stop_reason(resource["type"], field),
                     )
                 )
     return changes
@@ -159,13 +188,13 @@ def report(old: list[dict], new: list[dict]) -> tuple[str, bool]:
         lines.append(f"  delete   {name}")
     changes = compare(old, new)
     for change in changes:
-        verb = "REPLACE " if change.replace else "in place"
+        verb = "REPLACE " if change.replace else "STOP    " if change.stop else "in place"
         lines.append(
             f"  {verb} {change.resource}.{change.field}: {_short(change.old)} -> "
             f"{_short(change.new)}"
         )
-        if change.replace:
-            lines.append(f"           why: {change.replace}")
+        if change.replace or change.stop:
+            lines.append(f"           why: {change.replace or change.stop}")
     blocked = [c for c in changes if c.replace]
     if blocked:
         names = ", ".join(sorted({c.resource for c in blocked}))
@@ -175,6 +204,14 @@ def report(old: list[dict], new: list[dict]) -> tuple[str, bool]:
             "resource a new name in deployment.yaml (DM creates the new one and deletes the old), "
             "or add the new resource beside the old one, move what references it, then remove "
             "the old one in a second deploy."
+        )
+    stopped = sorted({c.resource for c in changes if c.stop and not c.replace})
+    if stopped:
+        lines.append(
+            f"warning: Compute Engine changes this on {', '.join(stopped)} only while the "
+            "instance is stopped: Deployment Manager's update fails at that resource on a "
+            "running VM. Stop it (gcloud compute instances stop NAME --zone ZONE), deploy, then "
+            "start it; the app is down meanwhile."
         )
     if not lines:
         lines.append("  no changes")

@@ -42,10 +42,47 @@ from dmlocal.references import REFERENCE, last_segment, template_outputs
 # (the last 6.x) because it is the newest release whose schema tests/test_terraform.py can check
 # these arguments against offline; moving to 7.x after the adoption is a separate, planned change.
 GOOGLE_PROVIDER_VERSION = "6.50.0"
-# Import blocks need Terraform >= 1.5; Infrastructure Manager's newest Terraform is 1.5.7
-# (https://cloud.google.com/infrastructure-manager/docs/terraform), passed as
-# --tf-version-constraint in docs/migration.md.
-TERRAFORM_REQUIRED_VERSION = ">= 1.5.0"
+# The Terraform versions Infrastructure Manager runs -> the date its support ends (None: none
+# announced), from the "Supported Terraform versions" table of
+# https://cloud.google.com/infrastructure-manager/docs/terraform (read 2026-12-01): 1.2.3 was
+# deprecated on 2026-01-08 and unsupported from 2026-02-08 (deployments move to 1.5.7); 1.3.10,
+# 1.4.7 and 1.5.7 are available since 2024-03-14. Without a constraint it runs the newest; an
+# update may move a deployment to a newer version, never to an older one.
+INFRA_MANAGER_TERRAFORM = {"1.2.3": "2026-02-08", "1.3.10": None, "1.4.7": None, "1.5.7": None}
+# Import blocks need Terraform 1.5, and 1.5.7 is the newest Infrastructure Manager runs: the
+# module pins that line, as the provider is pinned, so a core upgrade is a reviewed change.
+# scripts/lib/infra-manager.sh passes --tf-version-constraint==1.5.7, which it accepts.
+TERRAFORM_REQUIRED_VERSION = "~> 1.5.7"
+VERSION_CONSTRAINT = re.compile(r"^\s*(=|!=|>=|<=|>|<|~>)?\s*v?(\d+(?:\.\d+){0,2})\s*$")
+
+
+def satisfies(version: str, constraint: str) -> bool:
+    """Whether Terraform `version` meets a version constraint string, as Terraform reads it
+    (https://developer.hashicorp.com/terraform/language/expressions/version-constraints): a
+    comma-separated list of `=`, `!=`, `>`, `>=`, `<`, `<=` or `~>` (only the rightmost part
+    may grow) and a version; each must hold. Raises ValueError for a malformed one."""
+    have = tuple(int(part) for part in version.split("."))
+    for part in constraint.split(","):
+        match = VERSION_CONSTRAINT.match(part)
+        if not match:
+            raise ValueError(f"Malformed constraint: {part.strip()!r}")
+        operator = match.group(1) or "="
+        given = tuple(int(piece) for piece in match.group(2).split("."))
+        want = given + (0,) * (3 - len(given))
+        held = {
+            "=": have == want,
+            "!=": have != want,
+            ">": have > want,
+            ">=": have >= want,
+            "<": have < want,
+            "<=": have <= want,
+            "~>": have >= want
+            and have[: max(len(given) - 1, 1)] == given[: max(len(given) - 1, 1)],
+        }[operator]
+        if not held:
+            return False
+    return True
+
 
 TF_TYPES = {
     "compute.v1.network": "google_compute_network",
@@ -53,6 +90,92 @@ TF_TYPES = {
     "compute.v1.firewall": "google_compute_firewall",
     "compute.v1.address": "google_compute_address",
     "compute.v1.instance": "google_compute_instance",
+    "gcp-types/monitoring-v3:projects.uptimeCheckConfigs": "google_monitoring_uptime_check_config",
+    "gcp-types/monitoring-v3:projects.notificationChannels": (
+        "google_monitoring_notification_channel"
+    ),
+    "gcp-types/monitoring-v3:projects.alertPolicies": "google_monitoring_alert_policy",
+}
+# Cloud Monitoring names these objects itself (projects/P/alertPolicies/ID): no import ID can be
+# written before they exist, so they are created, never adopted (docs/migration.md).
+SERVER_NAMED = {tf for dm, tf in TF_TYPES.items() if dm.startswith("gcp-types/monitoring-v3:")}
+# The property holding `projects/PROJECT` for each Monitoring create call's URL.
+PROJECT_PATH = {
+    "uptimeCheckConfigs": "parent",
+    "notificationChannels": "name",
+    "alertPolicies": "name",
+}
+
+# Monitoring v3 field -> google provider argument; a (argument, fields) pair is a nested block
+# (a list of blocks for a list), a plain name a value or a map. Anything else is refused.
+UPTIME_CHECK = {
+    "displayName": "display_name",
+    "period": "period",
+    "timeout": "timeout",
+    "selectedRegions": "selected_regions",
+    "userLabels": "user_labels",
+    "checkerType": "checker_type",
+    "monitoredResource": ("monitored_resource", {"type": "type", "labels": "labels"}),
+    "contentMatchers": ("content_matchers", {"content": "content", "matcher": "matcher"}),
+    "httpCheck": (
+        "http_check",
+        {
+            "path": "path",
+            "port": "port",
+            "useSsl": "use_ssl",
+            "validateSsl": "validate_ssl",
+            "requestMethod": "request_method",
+            "maskHeaders": "mask_headers",
+            "headers": "headers",
+        },
+    ),
+}
+# The Monitoring fields above that are lists of blocks rather than one block.
+REPEATED_BLOCKS = {"contentMatchers", "conditions", "aggregations"}
+NOTIFICATION_CHANNEL = {
+    "displayName": "display_name",
+    "description": "description",
+    "type": "type",
+    "labels": "labels",
+    "userLabels": "user_labels",
+    "enabled": "enabled",
+}
+ALERT_POLICY = {
+    "displayName": "display_name",
+    "combiner": "combiner",
+    "enabled": "enabled",
+    "severity": "severity",
+    "userLabels": "user_labels",
+    "notificationChannels": "notification_channels",
+    "documentation": (
+        "documentation",
+        {"content": "content", "mimeType": "mime_type", "subject": "subject"},
+    ),
+    "conditions": (
+        "conditions",
+        {
+            "displayName": "display_name",
+            "conditionThreshold": (
+                "condition_threshold",
+                {
+                    "filter": "filter",
+                    "comparison": "comparison",
+                    "thresholdValue": "threshold_value",
+                    "duration": "duration",
+                    "trigger": ("trigger", {"count": "count", "percent": "percent"}),
+                    "aggregations": (
+                        "aggregations",
+                        {
+                            "alignmentPeriod": "alignment_period",
+                            "perSeriesAligner": "per_series_aligner",
+                            "crossSeriesReducer": "cross_series_reducer",
+                            "groupByFields": "group_by_fields",
+                        },
+                    ),
+                },
+            ),
+        },
+    ),
 }
 
 # DM reference field -> the google provider attribute holding the same value.
@@ -65,6 +188,12 @@ TF_ATTRIBUTES = {
 }
 
 _TEMPLATE_OPENERS = re.compile(r"([$%])\{")
+
+MONITORING_FIELDS = {
+    "uptimeCheckConfigs": UPTIME_CHECK,
+    "notificationChannels": NOTIFICATION_CHANNEL,
+    "alertPolicies": ALERT_POLICY,
+}
 
 
 class _Translator:
@@ -167,6 +296,8 @@ class _Translator:
                 f"{', '.join(TF_TYPES)}. Translate it by hand or extend dmlocal/terraform.py.",
             )
         properties = dict(leaf.get("properties") or {})
+        if TF_TYPES[type_] in SERVER_NAMED:
+            return self._monitoring(name, type_, properties)
         gce_name = properties.pop("name", name)
         if gce_name != name:
             raise self.refuse(
@@ -341,6 +472,51 @@ class _Translator:
             ]
         if "metadata" in p:
             body["metadata"] = self._metadata(name, p["metadata"])
+        # Explicitly false: the provider then refuses a change that needs the VM stopped
+        # (machine_type, service_account, ...) instead of stopping the one VM the service runs
+        # on in the middle of an apply. Such a change is planned downtime, done by hand as
+        # with Deployment Manager (docs/deploy.md), and `dmlocal changes` names it beforehand.
+        body["allow_stopping_for_update"] = False
+        return body
+
+    def _monitoring(self, name: str, type_: str, p: dict) -> dict:
+        """A Cloud Monitoring object: DM's `projects/PROJECT` URL property becomes the
+        provider's project (var.project), and so does that project in the object's labels."""
+        kind = type_.rsplit(".", 1)[1]
+        path = PROJECT_PATH[kind]
+        url = p.pop(path, None)
+        if not isinstance(url, str) or not re.fullmatch(r"projects/[^/]+", url):
+            raise self.refuse(
+                name, f"properties.{path}", "must be projects/PROJECT (the deployment's project)"
+            )
+        project = url.split("/", 1)[1]
+        body = self._tree(name, p, "properties", MONITORING_FIELDS[kind])
+        for block in body.get("monitored_resource", []):
+            if block.get("labels", {}).get("project_id") == project:
+                block["labels"]["project_id"] = "${var.project}"
+        return body
+
+    def _tree(self, name: str, value: dict, field: str, spec: dict) -> dict:
+        """Monitoring fields as provider arguments, by `spec` (see UPTIME_CHECK)."""
+        body: dict[str, Any] = {}
+        for key, item in value.items():
+            where = f"{field}.{key}"
+            if key not in spec:
+                raise self.refuse(
+                    name,
+                    where,
+                    "has no Terraform translation in dmlocal/terraform.py; translated: "
+                    + ", ".join(sorted(spec)),
+                )
+            target = spec[key]
+            if isinstance(target, str):
+                body[target] = self.value(item, name, where)
+            elif isinstance(item, list):
+                body[target[0]] = [
+                    self._tree(name, v, f"{where}[{i}]", target[1]) for i, v in enumerate(item)
+                ]
+            else:
+                body[target[0]] = [self._tree(name, item, where, target[1])]
         return body
 
     def _block(self, name: str, value: dict, field: str, known: dict[str, str]) -> dict:
@@ -447,7 +623,7 @@ def to_terraform(expansion: Expansion, project: str | None = None) -> dict[str, 
         body = translator.resource(leaf)
         tf_type = TF_TYPES[leaf["type"]]
         resources.setdefault(tf_type, {})[leaf["name"]] = body
-        if project is not None:
+        if project is not None and tf_type not in SERVER_NAMED:
             imports.append(
                 {"to": f"{tf_type}.{leaf['name']}", "id": import_id(tf_type, body, project)}
             )

@@ -29,11 +29,15 @@ What it does, as Infrastructure Manager documents it:
     download URLs) for the JSON plan, in Terraform's `show -json` format, and a binary plan
     file that only says it is emulated (no real Terraform plan exists here);
   * deletePolicy DELETE runs a destroy, which an instance with deletion protection refuses;
-    ABANDON forgets the deployment and leaves the resources.
+    ABANDON forgets the deployment and leaves the resources;
+  * `tfVersionConstraint` picks the Terraform version: the newest supported one it accepts
+    (1.3.10, 1.4.7 or 1.5.7; 1.2.3's support ended 2026-02-08), never older than the
+    deployment's; the module's own required_version must accept it, as Terraform checks.
 
 Emulator choices, where the documentation does not pin the behaviour down (not verified against
 Google): a patch, delete, lock or preview while an operation runs on the deployment, or while
-it is locked, is HTTP 409 ABORTED; a failed apply is a DONE operation whose response is the
+it is locked, is HTTP 409 ABORTED; a tfVersionConstraint no supported version meets is HTTP 400
+INVALID_ARGUMENT; a failed apply is a DONE operation whose response is the
 FAILED deployment (gcloud then prints its stateDetail); operations finish after `op_seconds`
 (0 by default) and `hold_operations = True` keeps them RUNNING, so tests can race two applies.
 """
@@ -47,13 +51,15 @@ import os
 import re
 import threading
 import time
+from datetime import UTC, date, datetime
 from http import HTTPStatus
 
+from dmlocal.terraform import INFRA_MANAGER_TERRAFORM, satisfies
 from emulators import terraform_plan
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
 from emulators.deploymentmanager.api import TokenVerifier, authenticate
 from emulators.deploymentmanager.api import _Handler as JsonApiHandler
-from emulators.deploymentmanager.cloud import COMPUTE_ROOT
+from emulators.deploymentmanager.cloud import COMPUTE_ROOT, ComputeError
 from emulators.deploymentmanager.cloud import now as _now
 from emulators.deploymentmanager.state import DEPLOYMENT_NAME
 from emulators.loopback import LoopbackService
@@ -205,6 +211,7 @@ class InfraManagerEmulator(LoopbackService):
         if name in self.deployments:
             raise ApiError(HTTPStatus.CONFLICT, "alreadyExists", f"{name} already exists")
         blueprint = self._check_body(body)
+        version = terraform_version(body.get("tfVersionConstraint"), None)
         record = {
             "name": name,
             "project": parent.split("/")[1],
@@ -221,16 +228,17 @@ class InfraManagerEmulator(LoopbackService):
             "operation": None,
         }
         self.deployments[name] = record
-        return self._apply(record, body, blueprint, "CREATE")
+        return self._apply(record, body, blueprint, "CREATE", version)
 
     def _patch(self, name: str, body: dict):
         record = self._get(name)
         self._check_free(record)
         blueprint = self._check_body(body)
+        version = terraform_version(body.get("tfVersionConstraint"), record.get("tf_version"))
         if body.get("labels") is not None:
             record["labels"] = body["labels"]
         record["serviceAccount"] = body["serviceAccount"]
-        return self._apply(record, body, blueprint, "UPDATE")
+        return self._apply(record, body, blueprint, "UPDATE", version)
 
     def _check_body(self, body: dict) -> dict:
         if not SERVICE_ACCOUNT.match(body.get("serviceAccount") or ""):
@@ -275,13 +283,17 @@ class InfraManagerEmulator(LoopbackService):
             raise terraform_plan.TerraformError(f"no files at {gcs_source}")
         return {name[len(prefix) :]: self.storage.read(bucket, name) for name in names}
 
-    def _terraform(self, record: dict | None, blueprint: dict, import_existing: bool, apply: bool):
-        """Runs Terraform on a copy of the cloud; returns (plan, new state, new cloud copy)."""
+    def _terraform(
+        self, record: dict | None, blueprint: dict, import_existing: bool, apply: bool, version: str
+    ):
+        """Runs Terraform `version` on a copy of the cloud; returns (plan, new state, new cloud
+        copy)."""
         inputs = {
             key: (value or {}).get("inputValue")
             for key, value in (blueprint.get("inputValues") or {}).items()
         }
         module = terraform_plan.read_module(self._source_files(blueprint["gcsSource"]), inputs)
+        module.check_core(version)
         project = module.provider_project
         if not isinstance(project, str) or not project:
             raise terraform_plan.TerraformError("provider google: no project configured")
@@ -289,7 +301,13 @@ class InfraManagerEmulator(LoopbackService):
 
         def materialize(dm_type, name, properties, existing):
             if apply:
-                return self.compute.materialize(project, dm_type, name, properties, existing)
+                try:
+                    return self.compute.materialize(project, dm_type, name, properties, existing)
+                except ComputeError as refusal:  # as the provider reports the API's answer
+                    raise terraform_plan.TerraformError(
+                        f"Error {'updating' if existing else 'creating'} {dm_type} {name}: "
+                        f"googleapi: Error {refusal.code}: {refusal.message}, {refusal.reason}"
+                    ) from None
             planned = {**(existing or {}), **properties, "name": name}
             planned.setdefault("selfLink", f"{COMPUTE_ROOT}{project}/(known after apply)/{name}")
             planned.setdefault("address", "(known after apply)")
@@ -299,7 +317,7 @@ class InfraManagerEmulator(LoopbackService):
         plan, new_state = terraform_plan.run(module, state, cloud, import_existing, materialize)
         return plan, new_state, project, cloud
 
-    def _apply(self, record: dict, body: dict, blueprint: dict, action: str):
+    def _apply(self, record: dict, body: dict, blueprint: dict, action: str, version: str):
         number = len(record["revisions"]) + 1
         revision = {
             "name": f"{record['name']}/revisions/r-{number}",
@@ -310,7 +328,7 @@ class InfraManagerEmulator(LoopbackService):
             "terraformBlueprint": blueprint,
             "importExistingResources": bool(body.get("importExistingResources")),
             "tfVersionConstraint": body.get("tfVersionConstraint"),
-            "tfVersion": "1.5.7",
+            "tfVersion": version,
             "_resources": [],
             "_plan": [],
         }
@@ -319,7 +337,7 @@ class InfraManagerEmulator(LoopbackService):
         def work():
             try:
                 plan, new_state, project, cloud = self._terraform(
-                    record, blueprint, revision["importExistingResources"], apply=True
+                    record, blueprint, revision["importExistingResources"], True, version
                 )
             except terraform_plan.TerraformError as error:
                 revision.update(
@@ -334,8 +352,9 @@ class InfraManagerEmulator(LoopbackService):
                     stateDetail=f"{revision['name']} failed: terraform error: {error}",
                 )
                 return "Deployment", self._view(record)
-            self.compute.cloud.projects[project] = cloud
+            self.compute.cloud.replace(project, cloud)
             record["tf_state"] = new_state
+            record["tf_version"] = version
             record.update(state="ACTIVE", errorCode=None, stateDetail="")
             revision.update(state="APPLIED", stateDetail="")
             revision["applyResults"] = {
@@ -405,7 +424,8 @@ class InfraManagerEmulator(LoopbackService):
                 except terraform_plan.TerraformError as error:
                     record.update(state="FAILED", stateDetail=f"delete failed: {error}")
                     return None, {"code": 9, "message": f"terraform destroy failed: {error}"}
-                self.compute.cloud.projects.update(clouds)
+                for project, cloud in clouds.items():
+                    self.compute.cloud.replace(project, cloud)
             del self.deployments[name]
             return "Deployment", {**self._view(record), "state": "DELETED"}
 
@@ -421,7 +441,7 @@ class InfraManagerEmulator(LoopbackService):
                 "operation": "lock",
                 "info": "",
                 "who": principal,
-                "version": "1.5.7",
+                "version": record.get("tf_version") or "",
                 "createTime": _now(),
             }
             return "Deployment", self._view(record)
@@ -468,6 +488,9 @@ class InfraManagerEmulator(LoopbackService):
         if body.get("deployment"):
             record = self._get(body["deployment"])
             self._check_free(record)
+        version = terraform_version(
+            body.get("tfVersionConstraint"), record.get("tf_version") if record else None
+        )
         preview = {
             "name": name,
             "createTime": _now(),
@@ -479,12 +502,13 @@ class InfraManagerEmulator(LoopbackService):
         }
         if record:
             preview["deployment"] = record["name"]
+        preview["tfVersion"] = version
         self.previews[name] = preview
         project = parent.split("/")[1]
 
         def work():
             try:
-                plan, *_ = self._terraform(record, blueprint, False, apply=False)
+                plan, *_ = self._terraform(record, blueprint, False, False, version)
             except terraform_plan.TerraformError as error:
                 preview.update(
                     state="FAILED",
@@ -592,7 +616,7 @@ class InfraManagerEmulator(LoopbackService):
             "serviceAccount": record["serviceAccount"],
             "state": record["state"],
             "lockState": "LOCKED" if record["lock"] else "UNLOCKED",
-            "tfVersion": "1.5.7",
+            "tfVersion": record.get("tf_version") or "",
         }
         op = self.operations.get(record["operation"] or "")
         if op and not op["done"]:
@@ -626,3 +650,43 @@ def _not_found(name: str) -> ApiError:
 
 
 InfraManagerEmulator.handler = JsonApiHandler
+
+
+def terraform_version(constraint: str | None, current: str | None, today: date | None = None):
+    """The Terraform version Infrastructure Manager runs a revision or preview with: the newest
+    supported one the constraint accepts, never older than the deployment's `current` one
+    (dmlocal.terraform.INFRA_MANAGER_TERRAFORM cites the documentation). The refusal's wording
+    and its being an HTTP 400 are the emulator's."""
+    today = today or datetime.now(UTC).date()
+    supported = sorted(
+        (
+            v
+            for v, ends in INFRA_MANAGER_TERRAFORM.items()
+            if not ends or date.fromisoformat(ends) > today
+        ),
+        key=_version_key,
+    )
+    try:
+        accepted = [v for v in supported if not constraint or satisfies(v, constraint)]
+    except ValueError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "invalid", f"tfVersionConstraint: {error}") from None
+    if not accepted:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "invalid",
+            f"tfVersionConstraint {constraint!r} accepts no Terraform version Infrastructure "
+            f"Manager supports: {', '.join(supported)}",
+        )
+    version = accepted[-1]
+    if current and _version_key(version) < _version_key(current):
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            "invalid",
+            f"tfVersionConstraint {constraint!r} selects Terraform {version}, older than the "
+            f"{current} the deployment runs; a deployment can move to a newer version only",
+        )
+    return version
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))

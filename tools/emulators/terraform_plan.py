@@ -18,7 +18,15 @@ strict as the parts of Terraform it replaces that this stack uses:
     Compute Engine gives, unless the deployment set importExistingResources, which adopts it;
   * changes to an argument the provider marks "forces replacement" (REPLACE_ON) are a
     delete-then-create; everything else is an in-place update; a resource no longer in the
-    configuration is destroyed; an instance with deletion_protection is never deleted.
+    configuration is destroyed; an instance with deletion_protection is never deleted;
+  * a change google_compute_instance makes only on a stopped instance (machine_type, ...) fails
+    on a RUNNING one with the provider's error unless `allow_stopping_for_update = true`;
+  * the module's `terraform.required_version` must accept the Terraform version Infrastructure
+    Manager runs it with ("Unsupported Terraform Core version", as Terraform says);
+  * Cloud Monitoring objects are named by the server, so a create never conflicts and has no
+    import ID (an object DM or an abandoned deployment left stays beside the new one); the
+    emulated cloud applies Monitoring's rules to them (emulators/monitoring.py), and its refusal
+    fails the apply as the provider's googleapi error does.
 
 The resources live in the emulated Compute Engine of the Deployment Manager emulator, in the
 compute.v1 API shape (the shape DM writes there), so one state serves both engines.
@@ -36,7 +44,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmlocal import provider_schema
-from dmlocal.terraform import TF_ATTRIBUTES, TF_TYPES
+from dmlocal.terraform import (
+    MONITORING_FIELDS,
+    PROJECT_PATH,
+    REPEATED_BLOCKS,
+    SERVER_NAMED,
+    TF_ATTRIBUTES,
+    TF_TYPES,
+    satisfies,
+)
+from emulators import monitoring
+from emulators.deploymentmanager.errors import OperationFailed
 
 DM_TYPES = {tf: dm for dm, tf in TF_TYPES.items()}
 GCE_FIELDS = {tf: dm for dm, tf in TF_ATTRIBUTES.items()}
@@ -50,6 +68,25 @@ IMPORT_ID = re.compile(
     r"(?P<name>[^/]+)$"
 )
 
+# What google_compute_instance changes only on a stopped instance, in the provider's words when
+# allow_stopping_for_update is not true (its error, as `terraform apply` prints it):
+STOPPING_ARGUMENTS = {
+    "machineType": "machine_type",
+    "minCpuPlatform": "min_cpu_platform",
+    "serviceAccounts": "service_account",
+    "displayDevice": "enable_display",
+    "shieldedInstanceConfig": "shielded_instance_config",
+    "advancedMachineFeatures": "advanced_machine_features",
+}
+STOPPING_REFUSED = (
+    "Changing the machine_type, min_cpu_platform, service_account, enable_display, "
+    "shielded_instance_config, scheduling.node_affinities or "
+    "network_interface.[#d].(network/subnetwork/subnetwork_project) or advanced_machine_features "
+    "on a started instance requires stopping it. To acknowledge this, please set "
+    "allow_stopping_for_update = true in your config. You can also stop it by setting "
+    'desired_status = "TERMINATED", but the instance will not be restarted after the update.'
+)
+
 # Arguments whose change "forces replacement" in the google provider 6.x documentation.
 REPLACE_ON = {
     "compute.v1.network": {"name", "autoCreateSubnetworks"},
@@ -57,6 +94,8 @@ REPLACE_ON = {
     "compute.v1.firewall": {"name", "network", "direction"},
     "compute.v1.address": {"name", "region", "address", "addressType", "networkTier"},
     "compute.v1.instance": {"name", "zone", "disks"},
+    # Emulator choice, not checked against the provider: Monitoring objects update in place.
+    **{dm: set() for dm in monitoring.TYPES},
 }
 
 
@@ -71,6 +110,22 @@ class Module:
     outputs: dict[str, Any]
     imports: dict[str, str]  # address -> import id
     variables: dict[str, Any]
+    required_versions: list[str] = field(default_factory=list)  # terraform.required_version
+
+    def check_core(self, version: str) -> None:
+        """Terraform refuses to run a module whose required_version excludes it."""
+        for constraint in self.required_versions:
+            try:
+                accepted = satisfies(version, constraint)
+            except ValueError as error:
+                raise TerraformError(f"Invalid required_version {constraint!r}: {error}") from None
+            if not accepted:
+                raise TerraformError(
+                    f"Unsupported Terraform Core version: This configuration does not support "
+                    f"Terraform version {version} (required_version {constraint!r}). To proceed, "
+                    "either choose another supported Terraform version or update this version "
+                    "constraint."
+                )
 
 
 @dataclass
@@ -136,7 +191,10 @@ def read_module(files: dict[str, bytes], input_values: dict[str, Any]) -> Module
     merged: dict[str, Any] = {"resource": {}, "variable": {}, "output": {}, "import": []}
     provider = None
     required = None
+    core: list[str] = []
     for path, document in documents:
+        if "required_version" in (document.get("terraform") or {}):
+            core.append(document["terraform"]["required_version"])
         for unsupported in ("locals", "data"):
             if unsupported in document:
                 raise TerraformError(f"{path}: `{unsupported}` is not evaluated by this emulator")
@@ -194,6 +252,7 @@ def read_module(files: dict[str, bytes], input_values: dict[str, Any]) -> Module
         outputs={name: body.get("value") for name, body in merged["output"].items()},
         imports=imports,
         variables=variables,
+        required_versions=core,
     )
 
 
@@ -300,9 +359,12 @@ def references(value: Any) -> set[str]:
 # -- Terraform arguments -> Compute Engine resource -----------------------------------------
 
 
-def gce_properties(tf_type: str, body: dict) -> dict:
-    """The compute.v1 properties a google provider resource with these arguments creates."""
+def gce_properties(tf_type: str, body: dict, project: str | None = None) -> dict:
+    """The API properties (DM's shape) a google provider resource with these arguments creates."""
     b = dict(body)
+    if tf_type in SERVER_NAMED:
+        kind = DM_TYPES[tf_type].rsplit(".", 1)[1]
+        return {PROJECT_PATH[kind]: f"projects/{project}"} | _api_fields(b, MONITORING_FIELDS[kind])
     if tf_type == "google_compute_network":
         props = _renamed(
             b, {"auto_create_subnetworks": "autoCreateSubnetworks"}, skip={"routing_mode"}
@@ -350,6 +412,20 @@ def gce_properties(tf_type: str, body: dict) -> dict:
     raise TerraformError(f"{tf_type}: not materialised by this emulator")
 
 
+def _api_fields(body: dict, spec: dict) -> dict:
+    """Provider arguments back to Monitoring fields: dmlocal/terraform.py's mapping, reversed."""
+    fields: dict[str, Any] = {}
+    for api_name, target in spec.items():
+        if isinstance(target, str):
+            if target in body:
+                fields[api_name] = body[target]
+            continue
+        blocks = [_api_fields(block, target[1]) for block in body.get(target[0]) or []]
+        if blocks:
+            fields[api_name] = blocks if api_name in REPEATED_BLOCKS else blocks[0]
+    return fields
+
+
 def _renamed(body: dict, names: dict[str, str], skip: frozenset | set = frozenset()) -> dict:
     return {names.get(k, k): v for k, v in body.items() if k not in skip}
 
@@ -368,6 +444,7 @@ def _instance(b: dict) -> dict:
             "shielded_instance_config",
             "scheduling",
             "metadata",
+            "allow_stopping_for_update",
         },
     )
     props["machineType"] = f"zones/{zone}/machineTypes/{b['machine_type']}"
@@ -439,7 +516,10 @@ COLLECTION_TYPES = {
 
 
 def import_id_of(tf_type: str, resource: dict) -> str:
-    """The provider's `id` of a resource: its selfLink's path from `projects/`."""
+    """The provider's `id` of a resource: its selfLink's path from `projects/`, or a Monitoring
+    object's server-assigned name."""
+    if tf_type in SERVER_NAMED:
+        return resource["name"]
     return resource["selfLink"].split("/compute/v1/", 1)[1]
 
 
@@ -498,8 +578,10 @@ def run(
     for address in _order(module):
         tf_type, label, body = module.resources[address]
         dm_type = DM_TYPES[tf_type]
-        wanted = gce_properties(tf_type, scope.evaluate(body))
-        name = wanted.get("name", label)
+        arguments = scope.evaluate(body)
+        wanted = gce_properties(tf_type, arguments, project)
+        server_named = tf_type in SERVER_NAMED
+        name = label if server_named else wanted.get("name", label)
         importing = None
         tracked = state.get(address)
         existing = None
@@ -513,6 +595,8 @@ def run(
                 raise TerraformError(
                     f"{address}: Cannot import non-existent remote object ({importing})"
                 )
+        elif server_named:
+            name = _free_key(cloud.get(dm_type, {}), label)
         else:
             taken = cloud.get(dm_type, {}).get(name)
             if taken is not None and import_existing:
@@ -527,7 +611,8 @@ def run(
         if existing is None:
             actions = ["create"]
         else:
-            changed = {k for k in wanted if existing.get(k) != wanted[k]}
+            compared = monitoring.body_of(dm_type, wanted) if server_named else wanted
+            changed = {k for k in compared if existing.get(k) != compared[k]}
             if changed & REPLACE_ON[dm_type]:
                 if existing.get("deletionProtection"):
                     raise _protected(address)
@@ -535,9 +620,22 @@ def run(
                 existing, actions = None, ["delete", "create"]
             else:
                 actions = ["update"] if changed else ["no-op"]
+                stopping = sorted(STOPPING_ARGUMENTS[k] for k in changed & set(STOPPING_ARGUMENTS))
+                running = existing.get("status", "RUNNING") == "RUNNING"
+                if stopping and running and arguments.get("allow_stopping_for_update") is not True:
+                    raise TerraformError(
+                        f"{address}: changing {', '.join(stopping)}: {STOPPING_REFUSED}"
+                    )
         actual = existing
         if actions != ["no-op"]:
-            actual = materialize(dm_type, name, wanted, existing)
+            try:
+                actual = materialize(dm_type, name, wanted, existing)
+            except OperationFailed as refused:
+                detail = json.loads(refused.message)
+                raise TerraformError(
+                    f"Error creating {tf_type} {address}: googleapi: Error "
+                    f"{detail['ResourceErrorCode']}: {detail['ResourceErrorMessage']}"
+                ) from None
             cloud.setdefault(dm_type, {})[name] = actual
         attributes[address] = actual
         new_state[address] = {"project": project, "type": dm_type, "name": name}
@@ -555,6 +653,17 @@ def run(
         plan.changes.append(Change(address, ["delete"], before=copy.deepcopy(existing)))
     plan.outputs = {name: scope.evaluate(value) for name, value in module.outputs.items()}
     return plan, new_state
+
+
+def _free_key(objects: dict, label: str) -> str:
+    """Where a new Monitoring object goes in the emulated cloud: under its label, or beside an
+    object already there (one DM made, or an abandoned deployment left) as LABEL-2, -3, ...:
+    Monitoring keeps both, each under its own server-assigned name."""
+    key, number = label, 1
+    while key in objects:
+        number += 1
+        key = f"{label}-{number}"
+    return key
 
 
 def destroy(state: dict[str, dict], cloud: dict[str, dict[str, dict]]) -> None:
@@ -578,4 +687,4 @@ def _protected(address: str) -> TerraformError:
 def _managed_view(resource: dict | None, wanted: dict) -> dict | None:
     if resource is None:
         return None
-    return {k: resource.get(k) for k in (*wanted, "selfLink") if k in resource}
+    return {k: resource.get(k) for k in (*wanted, "selfLink", "name") if k in resource}

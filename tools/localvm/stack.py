@@ -1,12 +1,16 @@
 """The rendered stack on a local VM: expanded config -> metadata emulator -> qemu VM.
 
-Shared by the e2e tests, the boot benchmark and `make up`, so all three boot the instance exactly
-as `make preview` renders it (the metadata is read from the expansion, never hard-coded).
+LocalStack is for the e2e tests and the benchmarks: they boot the instance exactly as `make
+preview` renders it (the metadata is read from the expansion, never hard-coded). `make up` boots
+the instance its deploy created instead (localvm.cloud); both show the VM the same host view of
+it (with_local_public_ip, without_public_ca). The app is read here, never imported (app_source).
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +26,54 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "build" / "artifacts"  # gitignored; CI stores it
 # The unit serving the app in the guest, as a shell word: hello@<port> of the serving slot.
 SERVING_UNIT = "hello@$(readlink /opt/hello/serving | sed 's/.*-//').service"
+APP = REPO / "app" / "app.py"
+
+
+class AppError(ValueError):
+    """app/app.py cannot be deployed: the message names the file, the line and the fix."""
+
+
+def app_source(path: Path = APP) -> ast.Module:
+    """app.py parsed, not imported: the tools never import what they deploy, so an app that
+    cannot run is refused with a message instead of crashing them."""
+    try:
+        source = path.read_text()
+        return ast.parse(source, str(path))
+    except OSError as error:
+        raise AppError(f"{path}: cannot read it ({error.strerror})") from None
+    except SyntaxError as error:
+        raise AppError(
+            f"{path}, line {error.lineno}: {error.msg}; the VM could not import it: fix it "
+            "(`python3 -m py_compile app/app.py` shows the same) and run it again"
+        ) from None
+
+
+def app_greeting(path: Path = APP) -> str:
+    """The GREETING string app.py serves at /, read from its source."""
+    for node in app_source(path).body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "GREETING" for t in node.targets)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            return node.value.value
+    raise AppError(f'{path}: no `GREETING = "..."` string at the top level; put it back')
+
+
+def checkout_version(repo: Path = REPO) -> str:
+    """The version a VM reports in /healthz once it runs this checkout's files: app/startup.sh's
+    digest over the files vm.py puts in the instance's metadata (what scripts/smoke.sh waits
+    for)."""
+    files = runpy.run_path(str(repo / "vm.py"))["METADATA_FILES"]
+    result = subprocess.run(
+        ["bash", str(repo / "app" / "startup.sh"), "version"]
+        + [f"{key}={repo / path}" for key, path in files.items()],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
 
 
 def render_preview(config: str | Path = "deployment.yaml") -> dict[str, Any]:

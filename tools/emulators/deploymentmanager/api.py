@@ -10,6 +10,10 @@ makes, with the URLs and bodies gcloud 528 sends (checked with `--log-http`):
   manifests:   get, list
   resources:   list, get
 
+The same server answers the Compute Engine v1 API (compute.py) under /compute/v1/, over the
+same emulated cloud: one process, one state, for `api_endpoint_overrides/deploymentmanager`
+(`url`) and `api_endpoint_overrides/compute` (`compute_url`).
+
 Every request must carry `Authorization: Bearer TOKEN` accepted by the injected verifier
 (emulators.oauth2 issues the tokens); anything else gets 401.
 """
@@ -26,6 +30,8 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from emulators.deploymentmanager.cloud import AddressAllocator, Cloud
+from emulators.deploymentmanager.compute import API_ROOT as COMPUTE_API_ROOT
+from emulators.deploymentmanager.compute import ComputeApi
 from emulators.deploymentmanager.errors import ApiError, not_found
 from emulators.deploymentmanager.state import Deployments
 from emulators.loopback import LoopbackService
@@ -66,6 +72,7 @@ class DeploymentManagerEmulator(LoopbackService):
         ids = itertools.count(7_000_000_000_000_000_001)
         self.cloud = Cloud(address_allocator, ids)
         self.state = Deployments(self.cloud, op_seconds, project_number, ids)
+        self.compute = ComputeApi(self.cloud, ids)
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) for tests
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -76,6 +83,11 @@ class DeploymentManagerEmulator(LoopbackService):
     @property
     def url(self) -> str:
         return self.base_url + "/"
+
+    @property
+    def compute_url(self) -> str:
+        """The value for gcloud's `api_endpoint_overrides/compute`."""
+        return self.base_url + COMPUTE_API_ROOT.removesuffix("projects/")
 
     # -- inspection helpers for tests and `make up` -----------------------------------------
 
@@ -114,8 +126,10 @@ class DeploymentManagerEmulator(LoopbackService):
 
     def materialize(self, project: str, type_: str, name: str, properties: dict, existing):
         """Creates or updates one resource in the emulated cloud; the Infrastructure Manager
-        emulator creates its resources through this too, so both engines share one cloud."""
+        emulator creates its resources through this too, so both engines share one cloud.
+        Raises cloud.ComputeError for a body Compute Engine rejects."""
         with self.lock:
+            self.cloud.check_body(project, type_, name, properties)
             return self.cloud.store(project, type_, name, properties, existing)
 
     def forget_cloud(self, project: str) -> None:
@@ -126,13 +140,16 @@ class DeploymentManagerEmulator(LoopbackService):
     def delete_behind_dms_back(self, project: str, type_: str, name: str) -> None:
         """Simulates one resource deleted out of band (console, another tool)."""
         with self.lock:
-            del self.cloud.projects[project][type_][name]
+            self.cloud.remove(project, type_, name)
 
     # -- request dispatch -------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict, body: dict | None, token: str | None):
         """Returns (status, json body). Raises ApiError for HTTP errors."""
         principal = authenticate(self.verify_token, token)
+        if path.startswith(COMPUTE_API_ROOT):
+            with self.lock:
+                return self.compute.handle(method, path, query, body, principal)
         if not path.startswith(API_ROOT):
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         parts = path[len(API_ROOT) :].strip("/").split("/")

@@ -51,7 +51,7 @@ import yaml
 
 from dmlocal.errors import ConfigError
 from dmlocal.expand import default_env, expand_files
-from emulators.deploymentmanager.cloud import Cloud, now
+from emulators.deploymentmanager.cloud import Cloud, now, operation_name
 from emulators.deploymentmanager.errors import ApiError, OperationFailed, not_found
 
 PUBLIC_ROOT = "https://www.googleapis.com/deploymentmanager/v2/projects/"
@@ -257,8 +257,7 @@ class Deployments:
     def _run(self, record: dict, op_type: str, principal: str, work: Callable[[], Any]):
         """Does the work now; the operation reports DONE after `op_seconds`."""
         project = record["project"]
-        millis = int(time.time() * 1000)
-        name = f"operation-{millis}-{os.urandom(6).hex()}"
+        name = operation_name()
         op = {
             "kind": "deploymentmanager#operation",
             "id": str(next(self._ids)),
