@@ -17,8 +17,8 @@ SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke \
-	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls bench-redeploy \
-	system-deps gcloud clean
+	record-good rollback lint pytest image image-key bench bench-preview bench-boot bench-deploy \
+	bench-tls bench-redeploy system-deps gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -73,8 +73,28 @@ deploy: $(ENGINE_DEPS) gcloud ## create or update the deployment with gcloud (GC
 deploy-preview: $(VENV)/.installed gcloud ## preview CONFIG on a branch deployment; compare with live
 	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) DMLOCAL=$(BIN)/dmlocal bash scripts/deploy.sh --preview
 
+# The operator targets (smoke, drift, repair) act on production, or with LOCAL=1 on the stack
+# `make up` runs: its gcloud.env points gcloud, the scripts and the API client at it.
+LOCAL_ENV := .state/localvm/gcloud.env
+OPERATOR_ENV := $(if $(filter 1,$(LOCAL)),{ [[ -f $(LOCAL_ENV) ]] || { echo "no local stack: run make up" >&2; exit 2; }; source $(LOCAL_ENV); } &&)
+# The engine and config acted on; with LOCAL=1 the engine is the local stack's, and the address
+# smoke-tested its forwarded HTTP port (LOCAL_ADDRESS), both from gcloud.env.
+ENGINE_ENV := $(if $(filter 1,$(LOCAL)),,DEPLOY_ENGINE=$(DEPLOY_ENGINE)) DM_CONFIG=$(CONFIG)
+
 smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), until it greets
-	@bash scripts/smoke.sh $(IP)
+	@$(OPERATOR_ENV) bash scripts/smoke.sh $(or $(IP),$${LOCAL_ADDRESS:-})
+	@$(if $(filter 1,$(LOCAL)),$(MAKE) --no-print-directory record-good LOCAL=1)
+
+# After `make smoke` passed: CI's deploy job on master, and LOCAL=1's smoke. A checkout with
+# uncommitted changes has no commit that names what is live, so it records nothing.
+record-good: $(ENGINE_DEPS) gcloud ## record the checked-out commit as the last good version
+	@if git diff --quiet HEAD --; then \
+		$(OPERATOR_ENV) $(ENGINE_ENV) bash scripts/deploy.sh --record-good "$$(git rev-parse HEAD)"; \
+	else echo "record-good: uncommitted changes: no commit names what is live; nothing recorded"; fi
+
+rollback: $(ENGINE_DEPS) gcloud ## redeploy the last good version (or REF=commit) and smoke-test it
+	@$(OPERATOR_ENV) $(ENGINE_ENV) IP=$(or $(IP),$${LOCAL_ADDRESS:-}) bash scripts/rollback.sh $(if $(REF),--ref $(REF)) \
+		$(if $(AFTER_FAILED_SMOKE),--after-failed-smoke)
 
 lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
 	$(BIN)/ruff check .
