@@ -16,9 +16,9 @@ SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
 # lanes that start first, in collection order (tests/conftest.py, VM_LANE_*).
 PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
-.PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke drift repair \
-	lint pytest image image-key bench bench-preview bench-boot bench-deploy bench-tls bench-redeploy \
-	system-deps gcloud clean
+.PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke drift \
+	repair record-good rollback lint pytest image image-key bench bench-preview bench-boot bench-deploy \
+	bench-tls bench-redeploy system-deps gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -74,13 +74,16 @@ deploy-preview: $(VENV)/.installed gcloud ## preview CONFIG on a branch deployme
 	@DEPLOY_ENGINE=$(DEPLOY_ENGINE) DM_CONFIG=$(CONFIG) DMLOCAL=$(BIN)/dmlocal bash scripts/deploy.sh --preview
 
 # The operator targets (smoke, drift, repair) act on production, or with LOCAL=1 on the stack
-# `make up` runs: its gcloud.env points gcloud, the scripts and the API client at it, and names
-# the address smoke tests (LOCAL_ADDRESS, the forwarded HTTP port).
+# `make up` runs: its gcloud.env points gcloud, the scripts and the API client at it.
 LOCAL_ENV ?= $(or $(LOCALVM_STATE),.state/localvm)/gcloud.env
 OPERATOR_ENV := $(if $(filter 1,$(LOCAL)),{ [[ -f $(LOCAL_ENV) ]] || { echo "no local stack: run make up" >&2; exit 2; }; source $(LOCAL_ENV); } &&)
+# The engine and config acted on; with LOCAL=1 the engine is the local stack's, and the address
+# smoke-tested its forwarded HTTP port (LOCAL_ADDRESS), both from gcloud.env.
+ENGINE_ENV := $(if $(filter 1,$(LOCAL)),,DEPLOY_ENGINE=$(DEPLOY_ENGINE)) DM_CONFIG=$(CONFIG)
 
 smoke: ## GET the IP the last deploy wrote, with either engine (or IP=...), until it greets
-	@$(OPERATOR_ENV) bash scripts/smoke.sh $(or $(IP),$(if $(filter 1,$(LOCAL)),"$$LOCAL_ADDRESS"))
+	@$(OPERATOR_ENV) bash scripts/smoke.sh $(or $(IP),$${LOCAL_ADDRESS:-})
+	@$(if $(filter 1,$(LOCAL)),$(MAKE) --no-print-directory record-good LOCAL=1)
 
 drift: $(VENV)/.installed ## compare the live stack with CONFIG (GCP_PROJECT=...; LOCAL=1: make up's)
 	@$(OPERATOR_ENV) $(BIN)/drift check $(CONFIG) $(if $(JSON),--json) \
@@ -88,6 +91,17 @@ drift: $(VENV)/.installed ## compare the live stack with CONFIG (GCP_PROJECT=...
 
 repair: $(VENV)/.installed ## put the live stack back to CONFIG; never deletes what is not its own
 	@$(OPERATOR_ENV) $(BIN)/drift repair $(CONFIG)
+
+# After `make smoke` passed: CI's deploy job on master, and LOCAL=1's smoke. A checkout with
+# uncommitted changes has no commit that names what is live, so it records nothing.
+record-good: $(ENGINE_DEPS) gcloud ## record the checked-out commit as the last good version
+	@if git diff --quiet HEAD --; then \
+		$(OPERATOR_ENV) $(ENGINE_ENV) bash scripts/deploy.sh --record-good "$$(git rev-parse HEAD)"; \
+	else echo "record-good: uncommitted changes: no commit names what is live; nothing recorded"; fi
+
+rollback: $(ENGINE_DEPS) gcloud ## redeploy the last good version (or REF=commit) and smoke-test it
+	@$(OPERATOR_ENV) $(ENGINE_ENV) IP=$(or $(IP),$${LOCAL_ADDRESS:-}) bash scripts/rollback.sh $(if $(REF),--ref $(REF)) \
+		$(if $(AFTER_FAILED_SMOKE),--after-failed-smoke)
 
 lint: $(VENV)/.installed ## ruff, shellcheck, yamllint
 	$(BIN)/ruff check .

@@ -8,12 +8,21 @@
 #                                plus what changes against the live deployment's manifest: in
 #                                place, or needing a new resource (production is only read)
 #   scripts/deploy.sh --auth-only  authenticate as below, then stop (checks credentials)
+#   scripts/deploy.sh --last-good  print the commit recorded as the last good version: the one
+#                                live when `make smoke` last passed (nothing when none is)
+#   scripts/deploy.sh --record-good COMMIT  record COMMIT (live, and its smoke test passed) as
+#                                the last good version; `make rollback` redeploys it
 #
-# Engines: DEPLOY_ENGINE=dm (the default) deploys with Deployment Manager, as below;
+# Engines: DEPLOY_ENGINE=dm (the default) deploys with Deployment Manager (scripts/lib/dm.sh);
 # DEPLOY_ENGINE=infra-manager deploys the same stack, as Terraform, with Infrastructure Manager
-# (scripts/lib/infra-manager.sh: its settings, commands and flags). Same arguments, same exit
-# codes. The script never switches engines by itself: two engines must never manage the same
-# resources by accident, so moving a live stack is the runbook in docs/migration.md.
+# (scripts/lib/infra-manager.sh: its settings, commands and flags). Each engine file has the same
+# verbs; this script authenticates and calls one. Same arguments, same exit codes. The script
+# never switches engines by itself: two engines must never manage the same resources by
+# accident, so moving a live stack is the runbook in docs/migration.md.
+#
+# The last good version is a label on the deployment, LAST_GOOD_LABEL=<commit sha>: the next
+# CI run reads it with the deploy credentials it already has, it needs no write access to the
+# repository, it lives and dies with the deployment it describes, and both engines have labels.
 #
 # Settings (environment):
 #   DEPLOY_ENGINE          dm or infra-manager; default: dm
@@ -45,17 +54,6 @@
 # token exchange and impersonation URLs at local emulators: gcloud's create-cred-config always
 # writes Google's, and gcloud has no endpoint property for STS.
 #
-# Delete policy: updates run with --delete-policy=DELETE. deployment.yaml is the truth, so a
-# resource removed from it (say a firewall rule) is removed from the project; ABANDON would leave
-# it live and unmanaged, which for an "allow" rule is an open door nobody sees in code. Nothing
-# here deletes the live deployment; the instance carries deletion protection against that.
-#
-# Previews never touch the live deployment: DM keeps one preview per deployment, so previews on
-# its name would cancel each other, and a preview job killed mid-run would leave branch config
-# pending there. Each branch previews on its own deployment, which only ever holds preview
-# shells; it is deleted with --delete-policy=ABANDON on exit (and, after a SIGKILL, at the start
-# of the branch's next preview), so even a mistake there cannot delete a real resource.
-#
 # Serialized deploys: DM allows one operation per deployment and checks the fingerprint read
 # before an update. A deploy that finds another one running (HTTP 409, or 412 for a stale
 # fingerprint, or a create that lost the race to create) backs off and retries, re-reading the
@@ -77,22 +75,34 @@ shopt -s inherit_errexit 2>/dev/null || true
 
 readonly EXIT_USAGE=2 EXIT_AUTH=3 EXIT_REJECTED=4 EXIT_BUSY=5 EXIT_API=6 EXIT_NO_IP=7
 readonly EXIT_PARTIAL=8 EXIT_DM_SHUT_DOWN=9
+readonly LAST_GOOD_LABEL=last-good-commit
 
-preview=false
-auth_only=false
-for arg in "$@"; do
-  case "$arg" in
-    --preview) preview=true ;;
-    --auth-only) auth_only=true ;;
+action=deploy
+while (($#)); do
+  case "$1" in
+    --preview) action=preview ;;
+    --auth-only) action=auth-only ;;
+    --last-good) action=last-good ;;
+    --record-good)
+      action=record-good
+      good_commit=${2:-}
+      # A label value: lowercase letters, digits, '-' and '_', at most 63 characters.
+      [[ $good_commit =~ ^[0-9a-f]{40}$ ]] || {
+        echo "deploy: --record-good needs a full commit sha (git rev-parse HEAD), got '$good_commit'" >&2
+        exit "$EXIT_USAGE"
+      }
+      shift
+      ;;
     -h | --help)
       sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "deploy: unknown argument: $arg (try --help)" >&2
+      echo "deploy: unknown argument: $1 (try --help)" >&2
       exit "$EXIT_USAGE"
       ;;
   esac
+  shift
 done
 
 engine=${DEPLOY_ENGINE:-dm}
@@ -103,13 +113,9 @@ out_dir=${DEPLOY_OUT_DIR:-build/deploy}
 retries=${DEPLOY_RETRIES:-10}
 backoff=${DEPLOY_RETRY_SECONDS:-5}
 
-log() { printf 'deploy: %s\n' "$*" >&2; }
-die() {
-  local code=$1
-  shift
-  printf 'deploy: error: %s\n' "$*" >&2
-  exit "$code"
-}
+message_prefix=deploy
+# shellcheck source=scripts/lib/messages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/messages.sh"
 
 [[ $engine == dm || $engine == infra-manager ]] ||
   die "$EXIT_USAGE" "DEPLOY_ENGINE must be dm or infra-manager, not '$engine'"
@@ -121,7 +127,7 @@ command -v gcloud >/dev/null || die "$EXIT_USAGE" "gcloud is not on PATH"
 # The project is checked here, before anything talks to Google: without it gcloud would fail
 # later with "property [project] is not currently set", which names neither the variable nor
 # the fix. A credential-less skip (below) needs no project.
-if [[ -z ${GCP_PROJECT:-${CLOUDSDK_CORE_PROJECT:-}} ]] && ! "$auth_only" &&
+if [[ -z ${GCP_PROJECT:-${CLOUDSDK_CORE_PROJECT:-}} ]] && [[ $action != auth-only ]] &&
   ! [[ ${SKIP_WITHOUT_CREDENTIALS:-} == true && -z ${GCP_WIF_PROVIDER:-}${GCP_SA_KEY_B64:-} ]]; then
   die "$EXIT_USAGE" "GCP_PROJECT is not set: export GCP_PROJECT=<your project id> and run it again"
 fi
@@ -150,29 +156,6 @@ gcloud_run() {
   return "$rc"
 }
 
-# Classifies the last failure: partial (the operation stopped at a resource: DM reports
-# RESOURCE_ERROR located at /deployments/NAME/resources/NAME) or rejected (any other operation
-# error: the config failed before a resource was touched), checked first as their text may
-# quote anything; shutdown (Google's answer for an API that is turned off for the project, 403
-# SERVICE_DISABLED); busy (HTTP 409/412: someone else is deploying), missing (404), or api.
-last_failure() {
-  if grep -q 'Error in Operation' "$stderr_file"; then
-    if grep -Eq 'code: RESOURCE_ERROR|location: /deployments/[^/ ]+/resources/' "$stderr_file"; then
-      echo partial
-    else
-      echo rejected
-    fi
-  elif grep -q 'code=403' "$stderr_file" &&
-    grep -qi 'SERVICE_DISABLED\|accessNotConfigured\|has not been used in project\|it is disabled' "$stderr_file"; then
-    echo shutdown
-  elif grep -q 'code=409\|code=412' "$stderr_file"; then
-    echo busy
-  elif grep -q 'code=404\|NOT_FOUND:' "$stderr_file"; then
-    echo missing
-  else
-    echo api
-  fi
-}
 
 # Gives gcloud a config of its own in the private temp dir: what the script logs in with stays
 # there and goes with it, and the caller's config (credentials, active account) is not written.
@@ -249,121 +232,6 @@ authenticate() {
   fi
 }
 
-# One create-or-update attempt. Returns 0 on success, 75 when busy (retry), else dies.
-# `gcloud ... update` first reads the deployment (GET) and then updates it (PUT); when the read
-# says 404 the deployment does not exist and is created instead. That is describe -> update or
-# create at the API level, in one gcloud process fewer than a separate describe.
-create_or_update() {
-  local verb=update
-  log "create-or-update of $deployment from $config"
-  if hide_not_found=true gcloud_run deployment-manager deployments update "$deployment" \
-    --config="$config" --delete-policy=DELETE --create-policy=CREATE_OR_ACQUIRE |
-    tee "$private/result"; then
-    log "deployment $deployment existed: updated in place"
-    return 0
-  fi
-  if [[ $(last_failure) == missing ]]; then
-    verb=create
-    log "deployment $deployment does not exist: creating it"
-    if gcloud_run deployment-manager deployments create "$deployment" --config="$config" |
-      tee "$private/result"; then
-      log "deployment $deployment created"
-      return 0
-    fi
-  fi
-  fail_operation "$verb"
-}
-
-# Dies with the exit code and message that match what the failed operation left behind.
-fail_operation() {
-  local verb=$1
-  case $(last_failure) in
-    busy) return 75 ;;
-    shutdown) die "$EXIT_DM_SHUT_DOWN" "Deployment Manager answered that its API is turned off for this project (it reached end of support on 2026-03-31); nothing was deployed. Deploy with DEPLOY_ENGINE=infra-manager after moving the stack as docs/migration.md describes; this script never switches engines by itself" ;;
-    rejected) die "$EXIT_REJECTED" "Deployment Manager rejected the $verb of $deployment before applying any resource (errors above); the live deployment is unchanged" ;;
-    partial) die "$EXIT_PARTIAL" "the $verb of $deployment stopped at a resource error (above). Deployment Manager applies resources in order and does not roll back: the resources before it are already changed. Fix the config and deploy again; see the state with: gcloud deployment-manager deployments describe $deployment" ;;
-    *) die "$EXIT_API" "$verb of $deployment failed (see gcloud's message above)" ;;
-  esac
-}
-
-# The branch's own preview deployment: DEPLOYMENT_NAME-preview-<branch slug>-<hash>, within DM's
-# name rule [a-z]([-a-z0-9]{0,61}[a-z0-9])?; the hash keeps branches that slug alike apart.
-preview_deployment_name() {
-  local branch=${CIRCLE_BRANCH:-}
-  [[ -n $branch ]] || branch=$(git rev-parse --abbrev-ref HEAD 2>/dev/null) || branch=local
-  local prefix=$deployment-preview- slug hash
-  hash=$(printf '%s' "$branch" | sha256sum | cut -c1-6)
-  slug=$(printf '%s' "$branch" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9' '-' | tr -s '-')
-  slug=${slug#-}
-  slug=${slug:0:$((63 - ${#prefix} - ${#hash} - 1))}
-  slug=${slug%-}
-  echo "$prefix${slug:+$slug-}$hash"
-}
-
-# One attempt at DM's server-side preview on the branch's deployment: expands and checks the
-# config on DM itself and lists the resources (all new there, so the INTENT is CREATE_OR_ACQUIRE;
-# show_changes compares with the live deployment). A deployment of that name left by a killed
-# run (or the branch's other preview) is removed first.
-create_preview() {
-  log "server-side preview of $config on $deployment (production $production is not touched)"
-  local try
-  for try in first second; do
-    if gcloud_run deployment-manager deployments create "$deployment" --config="$config" \
-      --preview | tee "$private/result"; then
-      return 0
-    fi
-    if [[ $try == second ]] || ! grep -q 'already exists' "$stderr_file"; then
-      break
-    fi
-    log "$deployment is left from an earlier preview; removing it"
-    remove_preview_deployment || break
-  done
-  fail_operation "preview"
-}
-
-# Deletes the branch's preview deployment, if any. It only ever holds preview shells, and ABANDON
-# means that even so, nothing real can be deleted through it.
-remove_preview_deployment() {
-  local attempt
-  for attempt in 1 2 3 4 5; do
-    if hide_not_found=true gcloud_run deployment-manager deployments delete "$deployment" \
-      --delete-policy=ABANDON --quiet --format=none 2>/dev/null; then
-      log "removed preview deployment $deployment"
-      return 0
-    fi
-    [[ $(last_failure) == missing ]] && return 0
-    sleep "$attempt"
-  done
-  log "warning: could not remove preview deployment $deployment; remove it with: gcloud deployment-manager deployments delete $deployment --delete-policy=ABANDON"
-  return 1
-}
-
-# What the config changes against the live deployment's last manifest (read only), and whether
-# DM can apply each change in place. Returns 3 when a change needs a new resource.
-show_changes() {
-  local live=$private/live-manifest.yaml tool=${DMLOCAL:-dmlocal}
-  if ! hide_not_found=true gcloud_run deployment-manager manifests describe \
-    --deployment="$production" --format=yaml >"$live"; then
-    if [[ $(last_failure) == missing ]]; then
-      log "$production has no deployed manifest yet: every resource above would be created"
-    else
-      log "warning: could not read the live manifest of $production; no comparison"
-    fi
-    return 0
-  fi
-  if ! command -v "$tool" >/dev/null; then
-    log "warning: $tool not found (make installs it into .venv/bin); skipped the comparison with $production"
-    return 0
-  fi
-  local rc=0
-  "$tool" changes "$config" --against "$live" || rc=$?
-  case $rc in
-    0) return 0 ;;
-    3) return 3 ;;
-    *) die "$EXIT_API" "$tool changes failed (exit $rc)" ;;
-  esac
-}
-
 with_retries() {
   local attempt=0 delay=$backoff rc
   while true; do
@@ -380,64 +248,29 @@ with_retries() {
   done
 }
 
-public_ip() {
-  local ip
-  # gcloud's create/update print the deployment's outputs after the resources
-  # ("OUTPUTS  VALUE" table); read the IP there rather than spend another API round trip.
-  ip=$(awk -v name="$ip_output" '$1 == "OUTPUTS" { outputs = 1; next }
-    outputs && $1 == name { print $2; exit }' "$private/result")
-  if [[ -z $ip ]]; then
-    ip=$(gcloud deployment-manager deployments describe "$deployment" --flatten=outputs \
-      --format='csv[no-heading](outputs.name,outputs.finalValue)' 2>"$stderr_file" |
-      awk -F, -v name="$ip_output" '$1 == name { print $2 }')
-  fi
-  if [[ -z $ip ]]; then
-    # No output: read the static address's final properties instead.
-    ip=$(gcloud deployment-manager resources list --deployment="$deployment" \
-      --filter='type=compute.v1.address' --format='value(finalProperties)' 2>"$stderr_file" |
-      awk '/^address:/ { print $2; exit }')
-  fi
-  [[ $ip =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] && echo "$ip"
+
+# The IP a deploy ends with: written for the smoke test, and printed.
+publish_ip() {
+  mkdir -p "$out_dir"
+  printf '%s\n' "$1" >"$out_dir/public-ip"
+  echo "Public IP: $1"
+  echo "URL: http://$1/"
 }
 
 authenticate
-if "$auth_only"; then
+if [[ $action == auth-only ]]; then
   log "authenticated; --auth-only: stopping here"
   exit 0
 fi
 
-if [[ $engine == infra-manager ]]; then
-  # shellcheck source=scripts/lib/infra-manager.sh
-  source "$(dirname "${BASH_SOURCE[0]}")/lib/infra-manager.sh"
-  if "$preview"; then
-    im_preview
-  else
-    im_deploy
-  fi
-  exit 0
-fi
-
-if "$preview"; then
-  production=$deployment
-  deployment=$(preview_deployment_name)
-  # Removed on every exit; INT/TERM (a cancelled CI job) become exits so the trap runs.
-  trap 'remove_preview_deployment || true; rm -rf "$private"' EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  with_retries create_preview
-  changes=0
-  show_changes || changes=$?
-  if ((changes == 3)); then
-    die "$EXIT_PARTIAL" "a change above cannot be applied in place: deployed as is, the update would stop at that resource after changing the ones before it"
-  fi
-  log "preview of $production done (on $deployment, now removed)"
-  exit 0
-fi
-
-with_retries create_or_update
-ip=$(public_ip) || die "$EXIT_NO_IP" "deployed, but found no public IP (output '$ip_output' or a compute.v1.address)"
-mkdir -p "$out_dir"
-printf '%s\n' "$ip" >"$out_dir/public-ip"
-log "deployment $deployment is up to date"
-echo "Public IP: $ip"
-echo "URL: http://$ip/"
+# shellcheck source=scripts/lib/dm.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/$engine.sh"
+case $action in
+  deploy) engine_deploy ;;
+  preview) engine_preview ;;
+  last-good) engine_last_good ;;
+  record-good)
+    engine_record_good "$good_commit"
+    log "recorded $good_commit as the last good version of $deployment ($LAST_GOOD_LABEL label)"
+    ;;
+esac

@@ -12,7 +12,10 @@
 # Settings (environment):
 #   SMOKE_ATTEMPTS  default 30; SMOKE_FIRST_WAIT seconds, doubled per try up to SMOKE_MAX_WAIT
 #   (defaults 2 and 20: about 8 minutes in all); SMOKE_PATH default /.
-#   SMOKE_VERSION   the version to wait for; default: computed from this checkout.
+#   SMOKE_VERSION   the version to wait for; default: computed from SMOKE_CHECKOUT, the checkout
+#   that was deployed (default: this one; scripts/rollback.sh sets it to the commit it redeploys).
+#   The outcome goes to DEPLOY_OUT_DIR/smoke-failure (default build/deploy): the last reason on a
+#   failure, which the pipeline's rollback names; removed on success.
 #   HTTPS (SMOKE_HTTPS=0 skips it): http://ADDRESS/ must redirect to https://HOST/, which must
 #   answer the greeting with a certificate curl verifies for the IP. SMOKE_CACERT: the root to
 #   trust instead of the system's (pebble's, locally); SMOKE_HTTPS_PORT: where HOST's 443 really
@@ -81,8 +84,16 @@ attempts=${SMOKE_ATTEMPTS:-30}
 delay=${SMOKE_FIRST_WAIT:-2}
 max_wait=${SMOKE_MAX_WAIT:-20}
 url="http://$target${SMOKE_PATH:-/}"
+failure_file=${DEPLOY_OUT_DIR:-build/deploy}/smoke-failure
+# Ends the test failed: fail MESSAGE REASON; REASON is kept for the pipeline's rollback to name.
+fail() {
+  echo "smoke: FAILED: $1" >&2
+  mkdir -p "$(dirname "$failure_file")"
+  printf '%s\n' "$2" >"$failure_file"
+  exit 1
+}
 expected_version=${SMOKE_VERSION:-$(
-  cd "$(dirname "$0")/.."
+  cd "${SMOKE_CHECKOUT:-$(dirname "$0")/..}"
   python3 -c 'from vm import METADATA_FILES as f; print("\n".join(f"{k}={v}" for k, v in f.items()))' |
     xargs bash app/startup.sh version
 )}
@@ -129,9 +140,8 @@ print(health.get("version") or "-", refused.get("version") or "-", refused.get("
     )
     [[ $version != - ]] || version=''
     if [[ $refused_version == "$expected_version" ]]; then
-      echo "smoke: FAILED: the VM refused version $expected_version: $refused_reason;" \
-        "it still serves version ${version:-unknown}" >&2
-      exit 1
+      refusal="the VM refused version $expected_version: $refused_reason"
+      fail "$refusal; it still serves version ${version:-unknown}" "$url: $refusal"
     fi
     problem=$(https_problem)
     if [[ $version == "$expected_version" && -z $problem ]]; then
@@ -139,6 +149,7 @@ print(health.get("version") or "-", refused.get("version") or "-", refused.get("
       if [[ ${SMOKE_HTTPS:-1} != 0 ]]; then
         echo "smoke: http://$target/ redirects to https://$host/, verified, with the same greeting"
       fi
+      rm -f "$failure_file"
       exit 0
     fi
     if [[ $version != "$expected_version" ]]; then
@@ -156,6 +167,5 @@ print(health.get("version") or "-", refused.get("version") or "-", refused.get("
   sleep "$delay"
   delay=$((delay * 2 > max_wait ? max_wait : delay * 2))
 done
-echo "smoke: FAILED: $url never answered \"$EXPECTED\" at version $expected_version in" \
-  "$attempts tries" >&2
-exit 1
+fail "$url never answered \"$EXPECTED\" at version $expected_version in $attempts tries" \
+  "$url: $reason"

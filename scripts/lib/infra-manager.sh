@@ -2,7 +2,10 @@
 # shellcheck disable=SC2154 # config, deployment, private, ... are set by scripts/deploy.sh
 #
 # The Infrastructure Manager engine of scripts/deploy.sh (DEPLOY_ENGINE=infra-manager), sourced by
-# it after authentication; it uses deploy.sh's log, die, gcloud_run, with_retries and exit codes.
+# it after authentication; it uses deploy.sh's log, die, gcloud_run, with_retries, publish_ip and
+# exit codes. scripts/lib/dm.sh is the other engine, with the same verbs (engine_deploy,
+# engine_preview, engine_last_good, engine_record_good; a rollback is engine_deploy of an older
+# commit's config, scripts/rollback.sh).
 #
 # Deploy: deployment.yaml is expanded and written as Terraform JSON (`dmlocal terraform`, the same
 # resources, names, firewall rules, labels and metadata as the Deployment Manager expansion), then
@@ -18,6 +21,12 @@
 # re-run brings the deployment back with the same instance and IP. It only adopts resources with
 # the names this config gives them.
 #
+# The last good version is the deployment's label LAST_GOOD_LABEL. gcloud has no metadata-only
+# update for Infrastructure Manager (`deployments apply` is its one write, and the API's PATCH
+# always carries a blueprint), so recording it is an apply of the same Terraform with --labels:
+# a revision that changes no resource. A plain apply keeps the labels (gcloud sends the live ones
+# back when --labels is not given); --labels replaces them all, so the others are passed along.
+#
 # Preview: `previews create` (against the deployment when it exists), `previews export` of the
 # JSON plan, a create/update/replace/delete summary per resource, then `previews delete`.
 #
@@ -25,7 +34,8 @@
 #   IM_LOCATION         Infrastructure Manager location; default: us-central1
 #   IM_SERVICE_ACCOUNT  the service account Terraform runs as (email or
 #                       projects/P/serviceAccounts/EMAIL);
-#                       default: infra-manager@PROJECT.iam.gserviceaccount.com (docs/deploy.md)
+#                       default: hello-infra-manager@PROJECT.iam.gserviceaccount.com, the
+#                       account scripts/gcp-bootstrap.sh creates
 #   IM_TF_VERSION       Terraform version constraint; default: =1.5.7 (the newest it offers that
 #                       this Terraform was written for)
 #   IM_ADOPT            true: also write import blocks for the resources as Deployment Manager
@@ -39,7 +49,7 @@ im_setup() {
   fi
   [[ -n $im_project ]] || die "$EXIT_USAGE" "no project: set GCP_PROJECT"
   local location=${IM_LOCATION:-us-central1}
-  local account=${IM_SERVICE_ACCOUNT:-infra-manager@$im_project.iam.gserviceaccount.com}
+  local account=${IM_SERVICE_ACCOUNT:-hello-infra-manager@$im_project.iam.gserviceaccount.com}
   [[ $account == projects/* ]] || account="projects/$im_project/serviceAccounts/$account"
   im_location_path="projects/$im_project/locations/$location"
   im_deployment="$im_location_path/deployments/$deployment"
@@ -70,12 +80,13 @@ im_busy() {
   grep -q 'ABORTED\|code=409\|HTTPError 409\|is locked' "$stderr_file"
 }
 
-# One apply attempt. Returns 0 on success, 75 when busy (retry), else dies.
+# One apply attempt, with any extra flags given. Returns 0 on success, 75 when busy (retry),
+# else dies.
 im_apply() {
   log "apply of $im_deployment from $config (Terraform in $private/terraform)"
   if gcloud_run infra-manager deployments apply "$im_deployment" "${im_flags[@]}" \
     --tf-version-constraint="${IM_TF_VERSION:-=1.5.7}" --import-existing-resources \
-    --format='value(latestRevision)' >"$private/revision"; then
+    --format='value(latestRevision)' "$@" >"$private/revision"; then
     return 0
   fi
   im_busy && return 75
@@ -88,7 +99,7 @@ im_apply() {
   die "$EXIT_API" "apply of $im_deployment failed (see gcloud's message above)"
 }
 
-im_deploy() {
+engine_deploy() {
   im_setup
   im_render
   with_retries im_apply
@@ -102,11 +113,34 @@ im_deploy() {
     --format="value(applyResults.outputs.$ip_output.value)" 2>"$stderr_file" || true)
   [[ $ip =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
     die "$EXIT_NO_IP" "deployed, but revision ${revision##*/} has no Terraform output '$ip_output' holding an IP"
-  mkdir -p "$out_dir"
-  printf '%s\n' "$ip" >"$out_dir/public-ip"
   log "deployment $deployment is up to date"
-  echo "Public IP: $ip"
-  echo "URL: http://$ip/"
+  publish_ip "$ip"
+}
+
+# The deployment's labels, one KEY=VALUE a line; nothing when it does not exist.
+im_labels() {
+  if ! gcloud infra-manager deployments describe "$im_deployment" --format='json(labels)' \
+    >"$private/labels.json" 2>"$stderr_file"; then
+    grep -q 'NOT_FOUND\|code=404' "$stderr_file" && return 0
+    cat "$stderr_file" >&2
+    die "$EXIT_API" "could not read the labels of $im_deployment (see gcloud's message above)"
+  fi
+  python3 -c 'import json, sys
+for key, value in (json.load(sys.stdin).get("labels") or {}).items():
+    print(f"{key}={value}")' <"$private/labels.json"
+}
+
+engine_last_good() {
+  im_setup
+  im_labels | sed -n "s/^$LAST_GOOD_LABEL=//p"
+}
+
+engine_record_good() {
+  im_setup
+  local labels
+  labels=$(im_labels | sed "/^$LAST_GOOD_LABEL=/d" | tr '\n' ',')
+  im_render
+  with_retries im_apply --labels="$labels$LAST_GOOD_LABEL=$1"
 }
 
 im_preview_create() {
@@ -122,7 +156,7 @@ im_preview_delete() {
     log "warning: could not delete $im_preview; delete it by hand: gcloud infra-manager previews delete $im_preview"
 }
 
-im_preview() {
+engine_preview() {
   im_setup
   im_render
   im_against=()

@@ -155,6 +155,45 @@ def test_the_drift_check_is_read_only_and_fails_red_with_its_report():
     assert "make drift" in (REPO / "docs" / "ci.md").read_text()
 
 
+def test_the_deploy_job_rolls_back_only_after_a_failed_smoke_test_on_master():
+    """The steps after `make deploy`: smoke; on success only, record the commit; on failure
+    only, the rollback. The job is master's only and sits in the serial group, so the rollback
+    never overlaps another deploy. That the rollback acts on a smoke failure and not on a
+    failed deploy is scripts/rollback.sh's check of the file smoke writes
+    (tests/pipeline/test_rollback.py runs these steps and that check)."""
+    runs = [
+        s["run"] for s in load()["jobs"]["deploy"]["steps"] if isinstance(s, dict) and "run" in s
+    ]
+    commands = [shlex.split(run["command"])[:2] for run in runs]
+    assert commands == [
+        ["make", "deploy"],
+        ["make", "smoke"],
+        ["make", "record-good"],
+        ["make", "rollback"],
+    ]
+    assert [run.get("when", "on_success") for run in runs] == [
+        "on_success",
+        "on_success",
+        "on_success",
+        "on_fail",
+    ]
+    assert shlex.split(runs[-1]["command"])[2:] == ["AFTER_FAILED_SMOKE=1"]
+    # What make runs for that step (-n: print, do not run).
+    dry_run = subprocess.run(
+        ["make", "-n", "--no-print-directory", *shlex.split(runs[-1]["command"])[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "scripts/rollback.sh" in dry_run.stdout
+    assert "--after-failed-smoke" in dry_run.stdout
+    workflow = next(iter(load()["workflows"].values()))
+    deploy = next(e["deploy"] for e in workflow["jobs"] if isinstance(e, dict) and "deploy" in e)
+    assert deploy["filters"]["branches"] == {"only": "master"}
+    assert deploy.get("serial-group")
+
+
 def test_test_job_keeps_results_manifest_and_a_pip_cache_keyed_on_requirements():
     steps = load()["jobs"]["test"]["steps"]
     restore = next(s["restore_cache"] for s in steps if "restore_cache" in s)
@@ -201,7 +240,7 @@ def test_ci_gcloud_is_the_version_the_offline_tests_ran():
         if (target := shlex.split(command)[1])
         not in ("image-key", "image", "preview", "smoke", "drift")
     }
-    assert uses_gcloud == {"check", "e2e", "deploy-preview", "deploy"}
+    assert uses_gcloud == {"check", "e2e", "deploy-preview", "deploy", "record-good", "rollback"}
     for target in uses_gcloud:
         assert "gcloud" in make_prerequisites(target), f"make {target} does not install gcloud"
 

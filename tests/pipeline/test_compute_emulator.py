@@ -20,7 +20,8 @@ import subprocess
 import pytest
 
 from emulators.deploymentmanager import DeploymentManagerEmulator
-from tests.pipeline.test_emulators import call, target
+from emulators.iam import Identity, Policy
+from tests.pipeline.test_emulators import CLOUD_PLATFORM, call, target
 
 TOKEN = "compute-test-token"
 _projects = (f"compute-{n}" for n in itertools.count())
@@ -30,8 +31,10 @@ class Stack:
     """One emulator serving DM and Compute, and gcloud configured for it."""
 
     def __init__(self, tmp):
+        operator = Identity("operator@example.com", CLOUD_PLATFORM)
+        self.policy = Policy()
         self.emulator = DeploymentManagerEmulator(
-            verify_token=lambda t: "operator@example.com" if t == TOKEN else None
+            verify_token=lambda t: operator if t == TOKEN else None, policy=self.policy
         )
         self.emulator.serve()
         self.changes: list[tuple[str, str, str, dict | None, dict | None]] = []
@@ -53,6 +56,8 @@ class Stack:
     def deploy(self, project: str | None = None, config_edit=None) -> str:
         """Deploys deployment.yaml with DM into a fresh project; returns the project."""
         project = project or next(_projects)
+        editor = "roles/deploymentmanager.editor"
+        self.policy.grant(f"projects/{project}", "user:operator@example.com", editor)
         body = {"name": "hello", "target": target()}
         if config_edit:
             body["target"]["config"]["content"] = config_edit(body["target"]["config"]["content"])

@@ -8,6 +8,11 @@ it). Emulated: Google's servers only. Deployment Manager's v2 API is emulators/d
 resources and allocates the static IP from TEST-NET-3), and Google's OAuth 2.0 token endpoint is
 emulators/oauth2.py, which verifies the RS256 assertion signed with a throwaway key made here.
 
+Permissions: the emulators check the caller's permission for every call (emulators/iam.py).
+The deployer here holds, on each project a test deploys to, exactly the roles
+scripts/gcp-bootstrap.sh --engine dm grants its deployer (read from its --dry-run output), so
+every test in this file also shows those roles suffice for that path.
+
 gcloud talks to them through its own documented properties, set as CLOUDSDK_* environment
 variables: api_endpoint_overrides/deploymentmanager and auth/token_host; its config lives in a
 temp dir (CLOUDSDK_CONFIG), so nothing here touches the machine's gcloud setup.
@@ -29,6 +34,7 @@ import yaml
 
 from dmlocal.expand import expand_path
 from emulators.deploymentmanager import DeploymentManagerEmulator
+from emulators.iam import Identity, Policy, bootstrap_commands
 from emulators.oauth2 import OAuth2Emulator, new_service_account_key
 from tests.conftest import REPO
 
@@ -36,6 +42,7 @@ DEPLOY = REPO / "scripts" / "deploy.sh"
 GCLOUD = shutil.which("gcloud")
 DEPLOYER = "deployer@hello-proj.iam.gserviceaccount.com"
 NAME = "hello"
+CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
 
 pytestmark = pytest.mark.skipif(GCLOUD is None, reason="needs the real gcloud on PATH")
 
@@ -68,11 +75,16 @@ def edit_config(stack: Path, old: str, new: str) -> None:
 class Pipeline:
     """Both emulators, a registered throwaway key, and a way to run deploy.sh and gcloud."""
 
+    engine = "dm"
+
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.oauth = OAuth2Emulator()
         self.token_url = self.oauth.serve()
-        self.dm = DeploymentManagerEmulator(verify_token=self.oauth.verify)
+        self.policy = Policy()
+        self.bootstrapped: set[tuple[str, str]] = set()
+        self.deployers = [DEPLOYER]  # who deploys: each holds the bootstrap's deployer roles
+        self.dm = DeploymentManagerEmulator(verify_token=self.oauth.verify, policy=self.policy)
         self.dm_url = self.dm.serve()
         self.key, public_pem = new_service_account_key(DEPLOYER, "hello-proj", self.token_url)
         self.oauth.register_key(DEPLOYER, self.key["private_key_id"], public_pem)
@@ -81,7 +93,23 @@ class Pipeline:
         self.config_dir = tmp / "gcloud"
         self.config_dir.mkdir()
 
+    def bootstrap(self, project: str, engine: str | None = None) -> None:
+        """What gcp-bootstrap.sh grants in `project` for `engine` (default: this pipeline's),
+        with each of `deployers` as its deployer."""
+        engine = engine or self.engine
+        if (project, engine) in self.bootstrapped:
+            return
+        self.bootstrapped.add((project, engine))
+        commands = bootstrap_commands(
+            engine, PROJECT_ID=project, CIRCLE_ORG_ID="org", CIRCLE_PROJECT_ID="circle"
+        )
+        bootstrap_deployer = f"serviceAccount:hello-deployer@{project}.iam.gserviceaccount.com"
+        for deployer in self.deployers:
+            rename = {bootstrap_deployer: f"serviceAccount:{deployer}"}
+            self.policy.add_bootstrap(commands, rename=rename)
+
     def env(self, project: str, config_dir: Path | None = None, **extra: str) -> dict:
+        self.bootstrap(project)
         env = {
             "PATH": os.environ["PATH"],
             "HOME": str(self.tmp),
@@ -129,6 +157,7 @@ class Pipeline:
     def ensure_deployed(self, project: str) -> dict:
         """A live deployment to start from, inserted straight into the emulator (the body gcloud
         sends for `create --config deployment.yaml`); deploying it is the first test's job."""
+        self.bootstrap(project)
         if self.dm.live_manifest(project, NAME) is None:
             target = {
                 "config": {"content": (REPO / "deployment.yaml").read_text()},
@@ -141,7 +170,7 @@ class Pipeline:
                 f"/deploymentmanager/v2/projects/{project}/global/deployments",
                 {},
                 {"name": NAME, "target": target},
-                self.oauth.issue(DEPLOYER),
+                self.oauth.issue(DEPLOYER, CLOUD_PLATFORM),
             )
             assert status == 200 and "error" not in op, op
         return self.live(project)
@@ -523,8 +552,14 @@ def test_local_run_with_an_access_token_file_and_an_injected_address(tmp_path):
     """
     token_file = tmp_path / "token"
     token_file.write_text("local-token")
+    operator = Identity("operator@example.com", CLOUD_PLATFORM)
+    policy = Policy()
+    policy.grant(
+        "projects/local-project", "user:" + operator.principal, "roles/deploymentmanager.editor"
+    )
     dm = DeploymentManagerEmulator(
-        verify_token=lambda t: "operator@example.com" if t == "local-token" else None,
+        verify_token=lambda t: operator if t == "local-token" else None,
+        policy=policy,
         address_allocator=lambda project, name, properties: "127.0.0.42",
     )
     dm.serve()

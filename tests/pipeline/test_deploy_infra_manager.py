@@ -50,17 +50,30 @@ def full_name(project: str) -> str:
 
 class InfraManagerPipeline(Pipeline):
     """The DM pipeline's emulators and key, plus Cloud Storage and Infrastructure Manager,
-    sharing the DM emulator's cloud."""
+    sharing the DM emulator's cloud; the deployer holds what gcp-bootstrap.sh --engine
+    infra-manager grants, and the staging bucket it creates exists."""
+
+    engine = "infra-manager"
 
     def __init__(self, tmp: Path):
+        self.buckets: set[str] = set()
         super().__init__(tmp)
-        self.storage = CloudStorage()
+        self.storage = CloudStorage(verify_token=self.oauth.verify, policy=self.policy)
         self.im = InfraManagerEmulator(
-            self.storage, compute=self.dm, verify_token=self.oauth.verify
+            self.storage, compute=self.dm, verify_token=self.oauth.verify, policy=self.policy
         )
         self.im.serve()
 
+    def bootstrap(self, project: str, engine: str | None = None) -> None:
+        super().bootstrap(project, engine)
+        for bucket, owner in list(self.policy.bucket_projects.items()):
+            if owner == project and bucket not in self.buckets:
+                self.buckets.add(bucket)
+                self.storage.create_bucket(bucket, owner)
+
     def env(self, project: str, config_dir: Path | None = None, **extra: str) -> dict:
+        # A project deployed with an engine was set up for it (both, for a migration).
+        self.bootstrap(project, extra.get("DEPLOY_ENGINE"))
         env = super().env(project, config_dir)
         env.update(
             DEPLOY_ENGINE="infra-manager",
@@ -416,8 +429,10 @@ def test_migration_adopts_the_dm_stack_without_recreating_anything(pipeline):
     blocks (IM_ADOPT=true): every Compute Engine resource is imported with no change, none is
     recreated (same ids, same creation times) and the IP is the same. The uptime check has no
     import ID (Monitoring names it): a new one is created and DM's stays, to be deleted by hand
-    (docs/migration.md)."""
+    (docs/migration.md). The project was bootstrapped for Deployment Manager first, then for
+    Infrastructure Manager."""
     project = "im-migrate"
+    pipeline.bootstrap(project, "dm")
     pipeline.ensure_deployed(project)
     before = pipeline.cloud(project)
     result = pipeline.deploy(project, IM_ADOPT="true")

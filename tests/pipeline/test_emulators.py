@@ -22,12 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
+from emulators.iam import Identity, Policy
 from emulators.inframanager import terraform_version
 from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
+from emulators.storage import CloudStorage
 from tests.conftest import REPO
 
 EMAIL = "deployer@p.iam.gserviceaccount.com"
 BASE = "deploymentmanager/v2/projects/p/global"
+CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
 def target() -> dict:
@@ -70,7 +73,9 @@ def sign(key_file: dict, claims: dict, kid: str | None = None) -> str:
 def servers():
     oauth = OAuth2Emulator()
     oauth.serve()
-    dm = DeploymentManagerEmulator(verify_token=oauth.verify)
+    policy = Policy()
+    policy.grant("projects/p", f"serviceAccount:{EMAIL}", "roles/deploymentmanager.editor")
+    dm = DeploymentManagerEmulator(verify_token=oauth.verify, policy=policy)
     dm.serve()
     key, public = new_service_account_key(EMAIL, "p", oauth.token_url)
     oauth.register_key(EMAIL, key["private_key_id"], public)
@@ -103,7 +108,7 @@ def test_token_endpoint_issues_a_token_for_a_good_assertion_only(servers):
     oauth, _, key = servers
     status, body = grant(oauth, sign(key, claims()))
     assert status == 200 and body["token_type"] == "Bearer"
-    assert oauth.verify(body["access_token"]) == EMAIL
+    assert oauth.verify(body["access_token"]) == Identity(EMAIL, CLOUD_PLATFORM)
 
     good = sign(key, claims())
     tampered = good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
@@ -126,9 +131,34 @@ def test_dm_answers_401_without_a_token_it_issued(servers):
         assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
 
 
+def test_dm_answers_403_without_the_permission_or_the_scope(servers):
+    """IAM as Google applies it, before the deployment is looked up: a caller without a role on
+    the project, or a token without a scope the API accepts, gets 403 PERMISSION_DENIED in
+    Google's error shape, naming the permission (deploymentmanager.deployments.get for a GET).
+
+    Real: nothing but HTTP. Emulated: DM's server and its IAM check (emulators/iam.py)."""
+    oauth, dm, _ = servers
+    url = f"{dm.url}{BASE}/deployments/nothing-here"
+    status, body = call(
+        url, "GET", token=oauth.issue("stranger@p.iam.gserviceaccount.com", CLOUD_PLATFORM)
+    )
+    assert status == 403 and body["error"]["status"] == "PERMISSION_DENIED"
+    assert body["error"]["message"] == (
+        "Permission 'deploymentmanager.deployments.get' denied on resource 'projects/p' "
+        "(or it may not exist)."
+    )
+    assert body["error"]["errors"][0]["reason"] == "forbidden"
+    status, body = call(
+        url, "GET", token=oauth.issue(EMAIL, ("https://www.googleapis.com/auth/userinfo.email",))
+    )
+    assert status == 403 and "insufficient authentication scopes" in body["error"]["message"]
+    status, _ = call(url, "GET", token=oauth.issue(EMAIL, CLOUD_PLATFORM))
+    assert status == 404
+
+
 def test_dm_fingerprints_conflicts_and_rejected_configs(servers):
     oauth, dm, _ = servers
-    token = oauth.issue(EMAIL)
+    token = oauth.issue(EMAIL, CLOUD_PLATFORM)
     deployments = f"{dm.url}{BASE}/deployments"
     status, op = call(deployments, "POST", {"name": "fp", "target": target()}, token)
     assert status == 200 and op["status"] == "DONE" and "error" not in op
@@ -257,6 +287,50 @@ def test_dm_updates_only_what_changed_and_stops_at_the_first_resource_error():
         assert vm["update"]["state"] == "FAILED" and vm["update"]["intent"] == "UPDATE"
     finally:
         dm.shutdown()
+
+
+def test_storage_checks_each_methods_permission_and_honours_signed_urls(servers):
+    """The Cloud Storage stand-in (gcp-storage-emulator behind emulators/iam.py): no token is
+    401; a caller holding only storage.objects.create on the bucket may upload but not list,
+    and the 403 is Cloud Storage's body naming the permission; a stranger may not upload; a
+    signed download URL needs no token, and a tampered one is refused.
+
+    Real: nothing but HTTP. Emulated: Cloud Storage and its IAM check."""
+    oauth, _, _ = servers
+    policy = Policy()
+    policy.custom_roles["projects/p/roles/uploader"] = frozenset({"storage.objects.create"})
+    policy.grant("projects/_/buckets/b", f"serviceAccount:{EMAIL}", "projects/p/roles/uploader")
+    storage = CloudStorage(verify_token=oauth.verify, policy=policy)
+    try:
+        storage.create_bucket("b", "p")
+        url = f"{storage.base_url}/upload/storage/v1/b/b/o?uploadType=media&name=x.txt"
+
+        def upload(token: str | None) -> tuple[int, dict]:
+            headers = {"Content-Type": "text/plain"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            request = urllib.request.Request(url, b"hello", headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        assert upload(None)[0] == 401
+        status, body = upload(oauth.issue("stranger@p.iam.gserviceaccount.com", CLOUD_PLATFORM))
+        assert status == 403 and body["error"]["errors"][0]["reason"] == "forbidden"
+        assert "Permission 'storage.objects.create' denied" in body["error"]["message"]
+        token = oauth.issue(EMAIL, CLOUD_PLATFORM)
+        assert upload(token)[0] == 200
+        status, body = call(f"{storage.endpoint}b/b/o", "GET", token=token)
+        assert status == 403 and "storage.objects.list" in body["error"]["message"]
+
+        signed = storage.download_url("b", "x.txt")
+        with urllib.request.urlopen(signed, timeout=10) as response:
+            assert response.read() == b"hello"
+        assert call(signed.replace("Signature=", "Signature=0"), "GET")[0] == 401
+    finally:
+        storage.shutdown()
 
 
 @pytest.mark.parametrize(

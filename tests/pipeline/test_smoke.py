@@ -90,14 +90,17 @@ def server():
         process.wait(timeout=10)
 
 
-def test_smoke_passes_against_the_running_app(server, converged):
-    """The app is up at the deployed version: the first try passes and smoke.sh exits 0."""
+def test_smoke_passes_against_the_running_app(server, converged, tmp_path):
+    """The app is up at the deployed version: the first try passes and smoke.sh exits 0,
+    removing the failure an earlier run left."""
     port = free_port()
     server.append(gunicorn(port, converged))
-    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="20")
+    (tmp_path / "smoke-failure").write_text("an earlier run's reason\n")
+    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="20", DEPLOY_OUT_DIR=str(tmp_path))
     out, err = result.communicate(timeout=60)
     assert result.returncode == 0, err
     assert GREETING in out
+    assert not (tmp_path / "smoke-failure").exists()
 
 
 def test_smoke_waits_for_an_app_that_comes_up_late(server, converged):
@@ -125,18 +128,27 @@ class _Wrong(BaseHTTPRequestHandler):
         pass
 
 
-def test_smoke_fails_on_the_wrong_body():
-    """A server that answers 200 with a different body fails the smoke test (exit 1)."""
+def test_smoke_fails_on_the_wrong_body(tmp_path):
+    """A server that answers 200 with a different body fails the smoke test (exit 1), and the
+    last reason is left in DEPLOY_OUT_DIR/smoke-failure for the pipeline's rollback to name; a
+    passing run removes it."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Wrong)
     Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     try:
-        result = smoke(f"127.0.0.1:{httpd.server_address[1]}", SMOKE_ATTEMPTS="2")
+        result = smoke(
+            url.removeprefix("http://").rstrip("/"),
+            SMOKE_ATTEMPTS="2",
+            DEPLOY_OUT_DIR=str(tmp_path),
+        )
         _, err = result.communicate(timeout=60)
     finally:
         httpd.shutdown()
     assert result.returncode == 1
     assert "unexpected body" in err
     assert "FAILED" in err
+    failure = tmp_path / "smoke-failure"
+    assert failure.read_text() == f"{url}: unexpected body: Hello World from BenchSci\n"
 
 
 def test_smoke_fails_while_the_app_serves_another_version(server, tmp_path):
@@ -146,7 +158,7 @@ def test_smoke_fails_while_the_app_serves_another_version(server, tmp_path):
     stale.write_text("0123456789abcdef\n")
     port = free_port()
     server.append(gunicorn(port, stale))
-    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="3")
+    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="3", DEPLOY_OUT_DIR=str(tmp_path))
     _, err = result.communicate(timeout=60)
     assert result.returncode == 1
     assert f"serving version 0123456789abcdef, not the deployed {deployed_version()}" in err
@@ -164,7 +176,7 @@ def test_smoke_fails_at_once_when_the_vm_refused_the_deployed_version(server, tm
     )
     port = free_port()
     server.append(gunicorn(port, stale))
-    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="30")
+    result = smoke(f"127.0.0.1:{port}", SMOKE_ATTEMPTS="30", DEPLOY_OUT_DIR=str(tmp_path))
     _, err = result.communicate(timeout=60)
     assert result.returncode == 1
     assert (
@@ -172,3 +184,6 @@ def test_smoke_fails_at_once_when_the_vm_refused_the_deployed_version(server, tm
         "version 0123456789abcdef"
     ) in err
     assert "try 2/30" not in err
+    assert (tmp_path / "smoke-failure").read_text() == (
+        f"http://127.0.0.1:{port}/: the VM refused version {deployed_version()}: {reason}\n"
+    )

@@ -57,6 +57,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from emulators import iam
+from emulators.iam import flags
 from emulators.oauth2 import new_service_account_key
 from emulators.oidc_issuer import CIRCLECI_OIDC_ORIGIN, OidcIssuerEmulator
 from emulators.workload_identity import WorkloadIdentityEmulator, parse_attribute_mapping
@@ -77,35 +79,22 @@ LONG_ORIGIN = (
 pytestmark = pytest.mark.skipif(GCLOUD is None, reason="needs the real gcloud on PATH")
 
 
-def bootstrap_dry_run(**overrides: str) -> str:
-    """What `gcp-bootstrap.sh --dry-run` prints for this test's project and CircleCI ids."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "PROJECT_ID": PROJECT_ID,
-        "PROJECT_NUMBER": PROJECT_NUMBER,
-        "CIRCLE_ORG_ID": ORG_ID,
-        "CIRCLE_PROJECT_ID": CIRCLE_PROJECT_ID,
-        **overrides,
-    }
-    result = subprocess.run(
-        [str(BOOTSTRAP), "--dry-run"], env=env, capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+SETTINGS = {
+    "PROJECT_ID": PROJECT_ID,
+    "PROJECT_NUMBER": PROJECT_NUMBER,
+    "CIRCLE_ORG_ID": ORG_ID,
+    "CIRCLE_PROJECT_ID": CIRCLE_PROJECT_ID,
+}
 
 
-def bootstrap_commands(**overrides: str) -> list[list[str]]:
-    """The gcloud commands gcp-bootstrap.sh would run, as argv lists."""
-    return [
-        shlex.split(line[2:], comments=True)
-        for line in bootstrap_dry_run(**overrides).splitlines()
-        if line.startswith("+ ")
-    ]
+def bootstrap_dry_run(engine: str = "dm", **overrides: str) -> str:
+    """What `gcp-bootstrap.sh --engine ENGINE --dry-run` prints for this test's project and
+    CircleCI ids."""
+    return iam.bootstrap_dry_run(engine, **(SETTINGS | overrides))
 
 
-def flags(argv: list[str]) -> dict[str, str]:
-    """--name value pairs of one command."""
-    return {a[2:]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--") and "=" not in a}
+def bootstrap_commands(engine: str = "dm", **overrides: str) -> list[list[str]]:
+    return iam.bootstrap_commands(engine, **(SETTINGS | overrides))
 
 
 def provider_command(commands: list[list[str]]) -> list[str]:
@@ -119,8 +108,9 @@ def provider_command(commands: list[list[str]]) -> list[str]:
 
 
 def configure_from_bootstrap(sts: WorkloadIdentityEmulator, commands: list[list[str]]) -> str:
-    """Adds the provider and the workloadIdentityUser bindings the bootstrap script creates, the
-    way the IAM API would hold them; returns the provider's resource name."""
+    """Adds the provider and the bindings the bootstrap script creates (workloadIdentityUser
+    among them, in the STS emulator's policy), the way the IAM API would hold them; returns the
+    provider's resource name."""
     command = provider_command(commands)
     f = flags(command)
     name = (
@@ -135,12 +125,21 @@ def configure_from_bootstrap(sts: WorkloadIdentityEmulator, commands: list[list[
         attribute_condition=f.get("attribute-condition"),
         allowed_audiences=f["allowed-audiences"].split(","),
     )
-    for c in commands:
-        if c[:4] == ["gcloud", "iam", "service-accounts", "add-iam-policy-binding"]:
-            b = flags(c)
-            if b["role"] == "roles/iam.workloadIdentityUser":
-                sts.add_iam_binding(c[4], b["role"], b["member"])
+    sts.policy.add_bootstrap(commands)
     return name
+
+
+def printed_contexts(out: str) -> dict[str, dict]:
+    """The CircleCI contexts gcp-bootstrap.sh prints: each one's variables, and `restricted`."""
+    contexts: dict[str, dict] = {}
+    for line in out.split("CircleCI contexts")[1].splitlines():
+        if line.startswith("  gcp-"):
+            name = line.split()[0]
+            contexts[name] = {"restricted": "restrict to" in line}
+        elif line.startswith("    ") and "=" in line:
+            key, _, value = line.strip().partition("=")
+            contexts[name][key] = value
+    return contexts
 
 
 class CircleCI:
@@ -176,17 +175,19 @@ class CircleCI:
 class Federation:
     def __init__(self, tmp: Path):
         self.pipeline = Pipeline(tmp)
+        self.deployer = f"hello-deployer@{PROJECT_ID}.iam.gserviceaccount.com"
+        self.pipeline.deployers.append(self.deployer)
         self.issuer = OidcIssuerEmulator(f"{CIRCLECI_OIDC_ORIGIN}/org/{ORG_ID}")
         self.issuer.serve()
         self.sts = WorkloadIdentityEmulator(
             issue_access_token=self.pipeline.oauth.issue,
+            policy=self.pipeline.policy,
             url_overrides={CIRCLECI_OIDC_ORIGIN: self.issuer.base_url},
         )
         self.sts_url = self.sts.serve()
         self.commands = bootstrap_commands()
         self.provider = configure_from_bootstrap(self.sts, self.commands)
         self.circleci = CircleCI(self.issuer)
-        self.deployer = f"hello-deployer@{PROJECT_ID}.iam.gserviceaccount.com"
         self.previewer = f"hello-previewer@{PROJECT_ID}.iam.gserviceaccount.com"
         self.drift_checker = f"hello-drift-check@{PROJECT_ID}.iam.gserviceaccount.com"
         # The caller's own gcloud config: an operator's account, active, that deploy.sh must
@@ -496,22 +497,36 @@ def test_the_endpoint_rewrite_changes_only_the_two_urls(federation, tmp_path):
 
 def test_bootstrap_dry_run_runs_nothing_and_every_create_is_described_first(tmp_path):
     """--dry-run only prints: it passes with only bash and cat on PATH (a gcloud call would fail).
-    Every create is preceded by its describe, so a re-run creates nothing twice. A missing
-    setting is named."""
+    Every create is preceded by its describe, so a re-run creates nothing twice, for either
+    engine. A missing setting, or a missing engine, is named."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "cat"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
-    commands = bootstrap_commands(PATH=str(bin_dir))
-    creates = [c for c in commands if {"create", "create-oidc"} & set(c)]
-    assert len(creates) == 7  # four service accounts, the preview role, the pool, the provider
-    for create in creates:
-        before = commands[commands.index(create) - 1]
-        assert "describe" in before, f"{shlex.join(create)} is not preceded by a describe"
+    expected = {
+        # three service accounts, the preview role, the pool, the provider
+        "dm": 6,
+        # five service accounts, the preview role, the bucket, its three roles, pool, provider
+        "infra-manager": 12,
+    }
+    for engine, count in expected.items():
+        commands = bootstrap_commands(engine, PATH=str(bin_dir))
+        creates = [c for c in commands if {"create", "create-oidc"} & set(c)]
+        assert len(creates) == count, engine
+        for create in creates:
+            before = commands[commands.index(create) - 1]
+            assert "describe" in before, f"{shlex.join(create)} is not preceded by a describe"
     missing = subprocess.run(
-        [str(BOOTSTRAP), "--dry-run"], env={"PATH": str(bin_dir)}, capture_output=True, text=True
+        [str(BOOTSTRAP), "--engine", "dm", "--dry-run"],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
     )
     assert missing.returncode == 2 and "set PROJECT_ID" in missing.stderr
+    no_engine = subprocess.run(
+        [str(BOOTSTRAP), "--dry-run"], env={"PATH": str(bin_dir)}, capture_output=True, text=True
+    )
+    assert no_engine.returncode == 2 and "--engine infra-manager" in no_engine.stderr
 
 
 def test_branch_jobs_use_the_unrestricted_preview_context():
@@ -520,15 +535,7 @@ def test_branch_jobs_use_the_unrestricted_preview_context():
     must not use the master-only context. The contexts gcp-bootstrap.sh prints: gcp-deploy is
     restricted and holds the deployer; gcp-preview is not and holds the previewer. The CircleCI
     config gives each job the matching one."""
-    out = bootstrap_dry_run()
-    contexts: dict[str, dict] = {}
-    for line in out.split("CircleCI contexts")[1].splitlines():
-        if line.startswith("  gcp-"):
-            name = line.split()[0]
-            contexts[name] = {"restricted": "restrict to" in line}
-        elif "=" in line and contexts:
-            key, _, value = line.strip().partition("=")
-            contexts[name][key] = value
+    contexts = printed_contexts(bootstrap_dry_run())
     assert contexts["gcp-deploy"]["restricted"]
     assert contexts["gcp-deploy"]["GCP_DEPLOYER_SA"].startswith("hello-deployer@")
     assert not contexts["gcp-preview"]["restricted"]

@@ -34,6 +34,13 @@ What it does, as Infrastructure Manager documents it:
     (1.3.10, 1.4.7 or 1.5.7; 1.2.3's support ended 2026-02-08), never older than the
     deployment's; the module's own required_version must accept it, as Terraform checks.
 
+Permissions: every call is authorized first (emulators/iam.py): the caller's permission for the
+method on the deployment, preview or operation (config.deployments.create, .update, ...), and, for
+a create, patch or preview, iam.serviceAccounts.actAs on the service account Terraform runs as,
+which Infrastructure Manager's access-control page asks of the caller. 403 PERMISSION_DENIED
+otherwise. Not emulated: the permissions of that service account itself (roles/config.agent and
+the compute roles Terraform needs) are not checked when the emulated Terraform runs.
+
 Emulator choices, where the documentation does not pin the behaviour down (not verified against
 Google): a patch, delete, lock or preview while an operation runs on the deployment, or while
 it is locked, is HTTP 409 ABORTED; a tfVersionConstraint no supported version meets is HTTP 400
@@ -57,11 +64,12 @@ from http import HTTPStatus
 from dmlocal.terraform import INFRA_MANAGER_TERRAFORM, satisfies
 from emulators import terraform_plan
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
-from emulators.deploymentmanager.api import TokenVerifier, authenticate
+from emulators.deploymentmanager.api import TokenVerifier, authenticate, authorize
 from emulators.deploymentmanager.api import _Handler as JsonApiHandler
 from emulators.deploymentmanager.cloud import COMPUTE_ROOT, ComputeError
 from emulators.deploymentmanager.cloud import now as _now
 from emulators.deploymentmanager.state import DEPLOYMENT_NAME
+from emulators.iam import Policy
 from emulators.loopback import LoopbackService
 from emulators.storage import CloudStorage
 
@@ -80,12 +88,14 @@ class InfraManagerEmulator(LoopbackService):
         storage: CloudStorage,
         compute: DeploymentManagerEmulator | None = None,
         verify_token: TokenVerifier | None = None,
+        policy: Policy | None = None,
         op_seconds: float = 0.0,
     ):
         self.storage = storage
         # The emulated Compute Engine: DM's emulator holds it; share one to test both engines.
         self.compute = compute or DeploymentManagerEmulator()
         self.verify_token = verify_token
+        self.policy = policy
         self.op_seconds = op_seconds
         self.hold_operations = False
         self.lock: threading.RLock = self.compute.lock
@@ -124,7 +134,8 @@ class InfraManagerEmulator(LoopbackService):
 
     def handle(self, method: str, path: str, query: dict, body: dict | None, token: str | None):
         """Returns (status, json body). Raises ApiError for HTTP errors."""
-        principal = authenticate(self.verify_token, token)
+        identity = authenticate(self.verify_token, token)
+        principal = identity.principal if identity else "anonymous@example.com"
         if not path.startswith(API_PREFIX + "projects/"):
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         name, _, verb = path[len(API_PREFIX) :].partition(":")
@@ -134,6 +145,11 @@ class InfraManagerEmulator(LoopbackService):
         parent = "/".join(parts[:4])
         collection, rest = parts[4], parts[5:]
         body = body or {}
+        method_name = config_method(method, collection, rest, verb)
+        authorize(self.policy, identity, name, method_name)
+        if method_name.endswith(("deployments.create", "deployments.patch", "previews.create")):
+            account = body.get("serviceAccount") or ""
+            authorize(self.policy, identity, account, permission="iam.serviceAccounts.actAs")
         with self.lock:
             self._settle()
             if collection == "operations" and method == "GET" and len(rest) == 1 and not verb:
@@ -635,6 +651,25 @@ class InfraManagerEmulator(LoopbackService):
     @staticmethod
     def _revision_view(revision: dict) -> dict:
         return _public(revision)
+
+
+def config_method(method: str, collection: str, rest: list[str], verb: str) -> str:
+    """The config v1 method a request calls, as config.projects.locations.COLLECTION.METHOD."""
+    names = [collection]
+    if collection == "deployments" and len(rest) >= 2:
+        names.append(rest[1])  # revisions
+        if len(rest) >= 4:
+            names.append(rest[3])  # resources
+    leaf = len(rest) in (1, 3)  # a named deployment, preview, operation or revision
+    standard = {
+        ("GET", True): "get",
+        ("GET", False): "list",
+        ("POST", False): "create",
+        ("PATCH", True): "patch",
+        ("DELETE", True): "delete",
+    }
+    action = verb or standard.get((method, leaf), method.lower())
+    return "config.projects.locations." + ".".join(names) + "." + action
 
 
 def _public(record: dict) -> dict:

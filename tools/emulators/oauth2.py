@@ -12,9 +12,10 @@ can run `auth activate-service-account --key-file=KEY` against loopback (gcloud'
 
 It answers like Google: an access token (`scope` in the assertion) or an ID token
 (`target_audience`, which gcloud also asks for on activation), or HTTP 400 `invalid_grant`.
-Tokens it issues are what the Deployment Manager emulator accepts: pass `verify` as its
-`verify_token`. Keys are generated in the test (never a real key); tokens are random and live in
-memory only.
+Tokens carry the principal and the scopes they were issued for: `verify` returns them as an
+emulators.iam.Identity, and every emulated API takes it as its `verify_token`, checking the
+scope and the principal's permissions (emulators/iam.py). Keys are generated in the test (never
+a real key); tokens are random and live in memory only.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from emulators.iam import Identity
 from emulators.loopback import LoopbackService
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -120,13 +122,13 @@ class OAuth2Emulator(LoopbackService):
             self.tokens[token] = Issued(principal, scopes, time.time() + self.token_lifetime)
         return token
 
-    def verify(self, token: str) -> str | None:
-        """The principal an access token was issued to, if it is ours and unexpired."""
+    def verify(self, token: str) -> Identity | None:
+        """Who an access token was issued to, and for which scopes, if it is ours and unexpired."""
         with self.lock:
             issued = self.tokens.get(token)
         if issued is None or issued.expires_at < time.time():
             return None
-        return issued.principal
+        return Identity(issued.principal, issued.scopes)
 
     # -- the grant ---------------------------------------------------------------------------
 

@@ -24,10 +24,11 @@ token exchange (`POST /v1/token`, form-encoded, no Authorization header)
 generateAccessToken (`POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`, JSON)
   * a bearer token this STS issued; the `-` project wildcard; at least one `scope`; a lifetime of
     at most 3600 s;
-  * the federated identity is allowed only if the service account's policy binds
-    `roles/iam.workloadIdentityUser` to its principal
-    (`principal://iam.googleapis.com/POOL/subject/SUBJECT`) or to a principal set it belongs to
-    (`principalSet://iam.googleapis.com/POOL/attribute.NAME/VALUE`, `.../group/GROUP`, `.../*`).
+  * the federated identity needs iam.serviceAccounts.getAccessToken on the service account
+    (emulators/iam.py, the policy the bootstrap grants: roles/iam.workloadIdentityUser bound to
+    its principal `principal://iam.googleapis.com/POOL/subject/SUBJECT` or to a principal set
+    it belongs to, `principalSet://iam.googleapis.com/POOL/attribute.NAME/VALUE`,
+    `.../group/GROUP`, `.../*`).
 
 The provider's configuration is checked when it is added, with the limits of the iam.v1
 WorkloadIdentityPoolProvider schema (mapping keys, expression lengths, `google.subject` required
@@ -60,6 +61,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from emulators.iam import Identity, PermissionDenied, Policy
 from emulators.loopback import LoopbackService
 from emulators.oidc_issuer import b64url_decode
 
@@ -69,7 +71,6 @@ JWT_TOKEN_TYPES = (
     "urn:ietf:params:oauth:token-type:jwt",
     "urn:ietf:params:oauth:token-type:id_token",
 )
-WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
 SUBJECT_MAX_BYTES = 127
 ATTRIBUTES_MAX_BYTES = 8 * 1024
 MAPPING_EXPRESSION_MAX = 2048
@@ -142,13 +143,14 @@ class WorkloadIdentityEmulator(LoopbackService):
     def __init__(
         self,
         issue_access_token: Callable[[str, tuple[str, ...]], str],
+        policy: Policy,
         url_overrides: dict[str, str] | None = None,
     ):
         self.issue_access_token = issue_access_token
+        self.policy = policy
         self.url_overrides = dict(url_overrides or {})
         self.lock = threading.Lock()
         self.providers: dict[str, Provider] = {}
-        self.bindings: dict[str, set[tuple[str, str]]] = {}  # sa email -> {(role, member)}
         self.tokens: dict[str, FederatedToken] = {}
         self.rejections: list[str] = []  # every refusal's message, for tests to inspect
         self.exchanges: list[dict] = []  # accepted exchanges: claims and mapped attributes
@@ -188,10 +190,6 @@ class WorkloadIdentityEmulator(LoopbackService):
         with self.lock:
             self.providers[name] = provider
         return provider
-
-    def add_iam_binding(self, service_account: str, role: str, member: str) -> None:
-        with self.lock:
-            self.bindings.setdefault(service_account, set()).add((role, member))
 
     def _compile(self, expression: str, what: str) -> celpy.Runner:
         try:
@@ -385,17 +383,21 @@ class WorkloadIdentityEmulator(LoopbackService):
         lifetime = str(body.get("lifetime") or "3600s")
         if not re.fullmatch(r"[0-9]+s", lifetime) or int(lifetime[:-1]) > MAX_LIFETIME:
             raise ApiError(400, "INVALID_ARGUMENT", f"Lifetime {lifetime} is not at most 3600s.")
-        with self.lock:
-            members = {
-                m for role, m in self.bindings.get(email, set()) if role == WORKLOAD_IDENTITY_USER
-            }
-        if federated.principal not in members and not (federated.principal_sets & members):
+        caller = Identity(federated.principal, member_sets=federated.principal_sets)
+        owner = email.partition("@")[2].removesuffix(".iam.gserviceaccount.com")
+        try:
+            self.policy.check_permission(
+                caller,
+                "iam.serviceAccounts.getAccessToken",
+                f"projects/{owner}/serviceAccounts/{email}",
+            )
+        except PermissionDenied:
             raise ApiError(
                 403,
                 "PERMISSION_DENIED",
                 "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may "
                 "not exist).",
-            )
+            ) from None
         with self.lock:
             self.impersonations.append((federated.principal, email))
         expires = datetime.fromtimestamp(time.time() + int(lifetime[:-1]), UTC)

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from emulators.deploymentmanager import DeploymentManagerEmulator
+from emulators.iam import Policy, bootstrap_commands
 from emulators.inframanager import InfraManagerEmulator
 from emulators.metadata import MetadataEmulator
 from emulators.oauth2 import OAuth2Emulator, new_service_account_key
@@ -81,7 +82,18 @@ class LocalCloud:
         self.project = project
         self.deployer = DEPLOYER.format(project=project)
         self.oauth = OAuth2Emulator()
-        self.dm = DeploymentManagerEmulator(verify_token=self.oauth.verify)
+        # The deployer holds what gcp-bootstrap.sh grants the deployer, for both engines (as in
+        # a project moved from one to the other).
+        self.policy = Policy()
+        bootstrap_deployer = f"serviceAccount:hello-deployer@{project}.iam.gserviceaccount.com"
+        for engine in ("dm", "infra-manager"):
+            self.policy.add_bootstrap(
+                bootstrap_commands(
+                    engine, PROJECT_ID=project, CIRCLE_ORG_ID="local", CIRCLE_PROJECT_ID="local"
+                ),
+                rename={bootstrap_deployer: f"serviceAccount:{self.deployer}"},
+            )
+        self.dm = DeploymentManagerEmulator(verify_token=self.oauth.verify, policy=self.policy)
         self.storage: CloudStorage | None = None
         self.im: InfraManagerEmulator | None = None
         self.metadata: MetadataEmulator | None = None
@@ -92,9 +104,11 @@ class LocalCloud:
         self.key, public_pem = new_service_account_key(self.deployer, self.project, token_url)
         self.oauth.register_key(self.deployer, self.key["private_key_id"], public_pem)
         self.dm.serve()
-        self.storage = CloudStorage()
+        self.storage = CloudStorage(verify_token=self.oauth.verify, policy=self.policy)
+        for bucket, owner in list(self.policy.bucket_projects.items()):
+            self.storage.create_bucket(bucket, owner)
         self.im = InfraManagerEmulator(
-            self.storage, compute=self.dm, verify_token=self.oauth.verify
+            self.storage, compute=self.dm, verify_token=self.oauth.verify, policy=self.policy
         )
         self.im.serve()
         # Served before any instance exists (the VM is booted only once one does), so its port,

@@ -28,13 +28,16 @@ def startup_scripts_began() -> bool:
     return Path("/run/systemd/units/invocation:google-startup-scripts.service").is_symlink()
 
 
-def apt_get_install_running() -> bool:
+def installing() -> bool:
+    """An `apt-get install`, or a `dpkg --configure` finishing an install a reset interrupted."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
         if any(arg.endswith(b"apt-get") for arg in args) and b"install" in args:
+            return True
+        if args[0].endswith(b"dpkg") and b"--configure" in args:
             return True
     return False
 
@@ -43,8 +46,8 @@ wait_until(startup_scripts_began)
 time.sleep(hold)
 files.pop(LISTS).close()
 print("hold-apt-locks: released the lists lock", flush=True)
-# dpkg's locks stay held until `hold` s after an `apt-get install` started, so it meets them
-# however long the `apt-get update` before it took.
-wait_until(apt_get_install_running)
+# dpkg's locks stay held until `hold` s after an `apt-get install` (or a `dpkg --configure`)
+# started, so it meets them however long the `apt-get update` before it took.
+wait_until(installing)
 time.sleep(hold)
 print("hold-apt-locks: released the dpkg locks", flush=True)

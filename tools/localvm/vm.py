@@ -85,9 +85,9 @@ def hold_apt_locks_at_boot(seconds: int) -> tuple[str, ...]:
     Test infrastructure: a command systemd runs from the kernel command line
     (systemd-run-generator), so the cached image stays the same. It holds the lists lock from
     early boot until `seconds` after the startup scripts began, and dpkg's locks until `seconds`
-    after an `apt-get install` started, so a startup script meets both: the lists lock at
-    `apt-get update` and dpkg's at `apt-get install`. Same locks as apt takes (fcntl locks on
-    the same files).
+    after an `apt-get install` (or a `dpkg --configure`) started, so a startup script meets both:
+    the lists lock at `apt-get update` and dpkg's at `apt-get install`. Same locks as apt takes
+    (fcntl locks on the same files).
     """
     # Compressed: the whole kernel command line must fit in 2048 bytes.
     script = (Path(__file__).parent / "hold_apt_locks.py").read_bytes()

@@ -7,6 +7,7 @@ import sys
 import threading
 
 from emulators.deploymentmanager.api import DeploymentManagerEmulator
+from emulators.iam import Identity, Policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,16 +19,24 @@ def main(argv: list[str] | None = None) -> int:
         "--token",
         action="append",
         default=[],
-        help="accept this bearer token (repeatable); without any, every request is accepted",
+        help="accept this bearer token (repeatable), as an operator holding "
+        "roles/deploymentmanager.editor on --project; without any, every request is accepted",
     )
+    parser.add_argument("--project", default="local-project")
     args = parser.parse_args(argv)
     tokens = set(args.token)
 
-    def verify(token: str) -> str | None:
-        return "operator@example.com" if token in tokens else None
+    operator = Identity("operator@example.com", ("https://www.googleapis.com/auth/cloud-platform",))
+    policy = Policy()
+    editor = "roles/deploymentmanager.editor"
+    policy.grant(f"projects/{args.project}", "user:" + operator.principal, editor)
+
+    def verify(token: str) -> Identity | None:
+        return operator if token in tokens else None
 
     emulator = DeploymentManagerEmulator(
         verify_token=verify if tokens else None,
+        policy=policy,
         address_allocator=(lambda *_: args.address) if args.address else None,
         op_seconds=args.op_seconds,
     )

@@ -15,7 +15,10 @@ same emulated cloud: one process, one state, for `api_endpoint_overrides/deploym
 (`url`) and `api_endpoint_overrides/compute` (`compute_url`).
 
 Every request must carry `Authorization: Bearer TOKEN` accepted by the injected verifier
-(emulators.oauth2 issues the tokens); anything else gets 401.
+(emulators.oauth2 issues the tokens); anything else gets 401. Then the caller's permission for
+the method is checked on the project (emulators/iam.py, the policy the bootstrap grants): 403
+PERMISSION_DENIED without it, before the deployment is looked up. DM creates the resources as
+its own service agent, so the caller needs no compute permission.
 """
 
 from __future__ import annotations
@@ -34,27 +37,72 @@ from emulators.deploymentmanager.compute import API_ROOT as COMPUTE_API_ROOT
 from emulators.deploymentmanager.compute import ComputeApi
 from emulators.deploymentmanager.errors import ApiError, not_found
 from emulators.deploymentmanager.state import Deployments
+from emulators.iam import Identity, PermissionDenied, Policy
 from emulators.loopback import LoopbackService
 
 API_ROOT = "/deploymentmanager/v2/projects/"
 
-TokenVerifier = Callable[[str], str | None]  # bearer token -> principal email, or None
+TokenVerifier = Callable[[str], Identity | None]  # bearer token -> who it was issued to
 
 
-def authenticate(verify_token: TokenVerifier | None, token: str | None) -> str:
-    """The caller's principal, or Google's 401 for a bearer token the verifier does not know;
-    with no verifier every caller is anonymous."""
+def authenticate(verify_token: TokenVerifier | None, token: str | None) -> Identity | None:
+    """The caller, or Google's 401 for a bearer token the verifier does not know; with no
+    verifier (Python-level tests of the API's logic) there is no caller and no IAM."""
     if verify_token is None:
-        return "anonymous@example.com"
-    principal = verify_token(token) if token else None
-    if principal is None:
+        return None
+    identity = verify_token(token) if token else None
+    if identity is None:
         raise ApiError(
             HTTPStatus.UNAUTHORIZED,
             "authError",
             "Request had invalid authentication credentials. Expected OAuth 2 access token, "
             "login cookie or other valid authentication credential.",
         )
-    return principal
+    return identity
+
+
+def authorize(
+    policy: Policy | None,
+    identity: Identity | None,
+    resource: str,
+    method: str | None = None,
+    permission: str | None = None,
+) -> None:
+    """Google's 403 unless the caller may call `method` (or holds `permission`) on `resource`."""
+    if identity is None:
+        return
+    assert policy is not None, "an emulator that verifies tokens needs a policy"
+    try:
+        if method:
+            policy.authorize(identity, method, resource)
+        else:
+            policy.check_permission(identity, permission, resource)
+    except KeyError:
+        raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such method: {method}") from None
+    except PermissionDenied as denied:
+        raise ApiError(HTTPStatus.FORBIDDEN, "forbidden", denied.message) from None
+
+
+def _principal(identity: Identity | None) -> str:
+    return identity.principal if identity else "anonymous@example.com"
+
+
+def dm_method(method: str, collection: str, rest: list[str]) -> str:
+    """The v2 method a request calls, as deploymentmanager.COLLECTION.METHOD."""
+    if collection == "deployments" and len(rest) >= 2 and rest[1] in ("manifests", "resources"):
+        collection, rest = rest[1], rest[2:]
+        return f"deploymentmanager.{collection}.{'get' if rest else 'list'}"
+    if collection == "deployments" and len(rest) == 2:
+        return f"deploymentmanager.deployments.{rest[1]}"
+    verb = {
+        ("GET", False): "list",
+        ("GET", True): "get",
+        ("POST", False): "insert",
+        ("PUT", True): "update",
+        ("PATCH", True): "patch",
+        ("DELETE", True): "delete",
+    }.get((method, bool(rest)), method.lower())
+    return f"deploymentmanager.{collection}.{verb}"
 
 
 class DeploymentManagerEmulator(LoopbackService):
@@ -63,11 +111,13 @@ class DeploymentManagerEmulator(LoopbackService):
     def __init__(
         self,
         verify_token: TokenVerifier | None = None,
+        policy: Policy | None = None,
         address_allocator: AddressAllocator | None = None,
         op_seconds: float = 0.0,
         project_number: str = "123456789012",
     ):
         self.verify_token = verify_token
+        self.policy = policy
         self.lock = threading.RLock()
         ids = itertools.count(7_000_000_000_000_000_001)
         self.cloud = Cloud(address_allocator, ids)
@@ -146,16 +196,18 @@ class DeploymentManagerEmulator(LoopbackService):
 
     def handle(self, method: str, path: str, query: dict, body: dict | None, token: str | None):
         """Returns (status, json body). Raises ApiError for HTTP errors."""
-        principal = authenticate(self.verify_token, token)
+        identity = authenticate(self.verify_token, token)
         if path.startswith(COMPUTE_API_ROOT):
             with self.lock:
-                return self.compute.handle(method, path, query, body, principal)
+                return self.compute.handle(method, path, query, body, _principal(identity))
         if not path.startswith(API_ROOT):
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         parts = path[len(API_ROOT) :].strip("/").split("/")
         if len(parts) < 3 or parts[1] != "global":
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         project, collection, rest = parts[0], parts[2], parts[3:]
+        authorize(self.policy, identity, f"projects/{project}", dm_method(method, collection, rest))
+        principal = _principal(identity)
         with self.lock:
             self.state.settle()
             if collection == "operations":

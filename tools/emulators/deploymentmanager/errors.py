@@ -22,6 +22,7 @@ class ApiError(Exception):
                 "status": {
                     400: "INVALID_ARGUMENT",
                     401: "UNAUTHENTICATED",
+                    403: "PERMISSION_DENIED",
                     404: "NOT_FOUND",
                     409: "ALREADY_EXISTS" if self.reason == "alreadyExists" else "ABORTED",
                     412: "FAILED_PRECONDITION",

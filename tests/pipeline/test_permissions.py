@@ -1,0 +1,210 @@
+"""Least privilege, checked as Google checks it: the bootstrap's identities, and nothing more.
+
+For each engine, `scripts/gcp-bootstrap.sh --engine ENGINE --dry-run` is the only source: its
+printed CircleCI contexts are fed as they are to scripts/deploy.sh (deploy with gcp-deploy and a
+master token, preview with gcp-preview and a branch token), and its grants (project roles,
+custom roles, service-account and bucket bindings) are the emulated projects' IAM policy.
+
+Real: the `gcloud` 528 binary (WIF login, the deployment-manager and infra-manager commands,
+the --local-source upload and its staging-bucket checks, error reporting), scripts/deploy.sh and
+scripts/lib/infra-manager.sh, scripts/gcp-bootstrap.sh, the templates and dmlocal. Emulated:
+Google's servers only: Deployment Manager, Infrastructure Manager, Cloud Storage (the PyPI
+gcp-storage-emulator behind our IAM check), STS and IAM Credentials, CircleCI's OIDC issuer;
+every one of them checks the caller's permission with emulators/iam.py, whose role and method
+data cite Google's pages.
+
+Not checked here: the compute roles of the account Infrastructure Manager runs Terraform as
+(the emulated Terraform run does not check that account's permissions).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulators.deploymentmanager import DeploymentManagerEmulator
+from emulators.iam import Policy
+from emulators.inframanager import InfraManagerEmulator
+from emulators.oauth2 import OAuth2Emulator
+from emulators.oidc_issuer import CIRCLECI_OIDC_ORIGIN, OidcIssuerEmulator
+from emulators.storage import CloudStorage
+from emulators.workload_identity import WorkloadIdentityEmulator
+from tests.pipeline.test_deploy import DEPLOY, GCLOUD, copy_stack
+from tests.pipeline.test_wif import (
+    ORG_ID,
+    PROJECT_NUMBER,
+    CircleCI,
+    bootstrap_commands,
+    bootstrap_dry_run,
+    configure_from_bootstrap,
+    printed_contexts,
+)
+
+pytestmark = pytest.mark.skipif(GCLOUD is None, reason="needs the real gcloud on PATH")
+
+BRANCH = "refs/heads/feature/try-something"
+DENIAL = re.compile(r"Permission '([a-zA-Z.]+)' denied|does not have ([a-zA-Z.]+) access")
+
+
+class Project:
+    """One project set up by the bootstrap for `engine`, behind every emulated API."""
+
+    def __init__(self, tmp: Path, engine: str):
+        self.tmp, self.engine = tmp, engine
+        self.project = f"perm-{engine}"
+        settings = {"PROJECT_ID": self.project}
+        self.contexts = printed_contexts(bootstrap_dry_run(engine, **settings))
+        commands = bootstrap_commands(engine, **settings)
+        self.policy = Policy()
+        self.oauth = OAuth2Emulator()
+        self.oauth.serve()
+        self.dm = DeploymentManagerEmulator(verify_token=self.oauth.verify, policy=self.policy)
+        self.dm.serve()
+        self.storage = CloudStorage(verify_token=self.oauth.verify, policy=self.policy)
+        self.im = InfraManagerEmulator(
+            self.storage, compute=self.dm, verify_token=self.oauth.verify, policy=self.policy
+        )
+        self.im.serve()
+        self.issuer = OidcIssuerEmulator(f"{CIRCLECI_OIDC_ORIGIN}/org/{ORG_ID}")
+        self.issuer.serve()
+        self.sts = WorkloadIdentityEmulator(
+            self.oauth.issue, self.policy, {CIRCLECI_OIDC_ORIGIN: self.issuer.base_url}
+        )
+        self.sts_url = self.sts.serve()
+        configure_from_bootstrap(self.sts, commands)  # the provider, and every grant
+        for bucket, owner in self.policy.bucket_projects.items():
+            self.storage.create_bucket(bucket, owner)
+        self.circleci = CircleCI(self.issuer)
+        self.stack = copy_stack(tmp / "stack")
+        self.runs = 0
+
+    def run(self, context: str, *args: str, ref: str = "refs/heads/master"):
+        """deploy.sh ARGS in a CircleCI job using `context`, on `ref`."""
+        self.runs += 1
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(self.tmp),
+            "LANG": "C.UTF-8",
+            "CLOUDSDK_CONFIG": str(self.tmp / f"gcloud-{self.runs}"),
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_DEPLOYMENTMANAGER": self.dm.url,
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_CONFIG": self.im.url,
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": self.storage.endpoint,
+            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
+            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+            "WIF_STS_ENDPOINT": self.sts_url,
+            "WIF_IAMCREDENTIALS_ENDPOINT": self.sts_url,
+            "CIRCLE_OIDC_TOKEN_V2": self.circleci.token(2, ref=ref),
+            "CIRCLE_BRANCH": ref.removeprefix("refs/heads/"),
+            "DEPLOY_OUT_DIR": str(self.tmp / "out"),
+            "DEPLOY_RETRY_SECONDS": "1",
+            "DMLOCAL": str(Path(sys.executable).parent / "dmlocal"),
+        }
+        variables = {k: v for k, v in self.contexts[context].items() if k != "restricted"}
+        # The provider's name as the bootstrap prints it, with the number it looked up.
+        variables["GCP_WIF_PROVIDER"] = variables["GCP_WIF_PROVIDER"].replace(
+            "PROJECT_NUMBER", PROJECT_NUMBER
+        )
+        return subprocess.run(
+            [str(DEPLOY), *args],
+            cwd=self.stack,
+            env=env | variables,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def identity(self, context: str) -> str:
+        return self.contexts[context]["GCP_DEPLOYER_SA"]
+
+    def bindings_of(self, email: str) -> list[tuple[str, str, str]]:
+        """Every grant this identity's path rests on: its roles, and who may become it."""
+        return sorted(
+            (resource, member, role)
+            for resource, member, role in self.policy.bindings
+            if member == f"serviceAccount:{email}" or resource.endswith(f"/{email}")
+        )
+
+    def close(self) -> None:
+        for server in (self.sts, self.issuer, self.im, self.dm, self.oauth):
+            server.shutdown()
+        self.storage.shutdown()
+
+
+@pytest.fixture(scope="module", params=["dm", "infra-manager"])
+def project(request, tmp_path_factory):
+    project = Project(tmp_path_factory.mktemp(request.param), request.param)
+    yield project
+    project.close()
+
+
+def custom_roles_of(project: Project, email: str) -> dict[str, frozenset[str]]:
+    return {
+        role: project.policy.custom_roles[role]
+        for _, member, role in project.policy.bindings
+        if member == f"serviceAccount:{email}" and role in project.policy.custom_roles
+    }
+
+
+def test_the_printed_contexts_deploy_and_preview(project):
+    """The contexts as printed: gcp-deploy on master deploys (three times: gcloud deletes the
+    staged sources no revision needs before it uploads, which from the third apply on finds
+    one), gcp-preview on a branch previews. Every permission of each
+    custom role the bootstrap made was checked and granted on that path, so none is spare."""
+    assert project.contexts["gcp-deploy"]["DEPLOY_ENGINE"] == project.engine
+    assert project.contexts["gcp-preview"]["DEPLOY_ENGINE"] == project.engine
+    for _ in range(3):
+        deployed = project.run("gcp-deploy")
+        assert deployed.returncode == 0, deployed.stderr
+    previewed = project.run("gcp-preview", "--preview", ref=BRANCH)
+    assert previewed.returncode == 0, previewed.stderr
+
+    for context in ("gcp-deploy", "gcp-preview"):
+        email = project.identity(context)
+        used = project.policy.used_permissions(email)
+        for role, permissions in custom_roles_of(project, email).items():
+            assert permissions <= used, f"{role}: {sorted(permissions - used)} never needed"
+
+
+def test_removing_any_grant_fails_its_path_with_gclouds_message(project):
+    """Each grant of the deployer (for a deploy) and of the previewer (for a preview), removed
+    alone: the path fails, and the operator sees gcloud's message naming a permission that
+    grant gave (or, for roles/iam.workloadIdentityUser, the refused impersonation)."""
+    paths = {"gcp-deploy": (), "gcp-preview": ("--preview",)}
+    for context, args in paths.items():
+        ref = "refs/heads/master" if context == "gcp-deploy" else BRANCH
+        for binding in project.bindings_of(project.identity(context)):
+            role = binding[2]
+            project.policy.revoke(*binding)
+            try:
+                result = project.run(context, *args, ref=ref)
+            finally:
+                project.policy.grant(*binding)
+            assert result.returncode != 0, f"{context} passed without {binding}"
+            if role == "roles/iam.workloadIdentityUser":
+                assert result.returncode == 3
+                assert "iam.serviceAccounts.getAccessToken" in result.stderr, result.stderr
+                continue
+            denied = {a or b for a, b in DENIAL.findall(result.stderr)}
+            assert denied & project.policy.role_permissions(role), (binding, result.stderr)
+
+
+def test_a_branch_identity_cannot_deploy(project):
+    """A branch job cannot become the deployer (no workloadIdentityUser for its ref: exit 3),
+    and as the previewer a deploy is refused by the API (403, gcloud's message shown); under
+    infra-manager the previewer cannot hand IM the deploying account either."""
+    refused = project.run("gcp-deploy", ref=BRANCH)
+    assert refused.returncode == 3, refused.stderr
+
+    as_previewer = project.run("gcp-preview", ref=BRANCH)
+    assert as_previewer.returncode != 0
+    assert DENIAL.search(as_previewer.stderr), as_previewer.stderr
+    if project.engine == "infra-manager":
+        runner = project.contexts["gcp-deploy"]["IM_SERVICE_ACCOUNT"]
+        resource = f"projects/{project.project}/serviceAccounts/{runner}"
+        member = f"serviceAccount:{project.identity('gcp-preview')}"
+        assert not project.policy.allows({member}, "iam.serviceAccounts.actAs", resource)
