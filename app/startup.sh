@@ -168,9 +168,20 @@ retry() {
 repair_dpkg() {
   if [[ -n $(dpkg --audit 2>/dev/null) ]]; then
     log "dpkg was interrupted: finishing it with dpkg --configure -a"
+    retry "waiting for dpkg's lock" wait_for_dpkg_lock
     retry "dpkg --configure -a" env DEBIAN_FRONTEND=noninteractive \
       dpkg --force-confdef --force-confold --configure -a
   fi
+}
+
+# dpkg gives up at once while another apt user (the OS Config agent, unattended-upgrades) holds
+# its lock. apt-get waits for it (DPkg::Lock::Timeout) and only then checks dpkg's state, which
+# with an interrupted dpkg is the refusal this lets through: the lock was free to take.
+wait_for_dpkg_lock() {
+  local output status=0
+  output=$(apt-get install -q -y -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" 2>&1) || status=$?
+  printf '%s\n' "$output"
+  ((status == 0)) || [[ $output == *"dpkg was interrupted"* ]]
 }
 
 # The apt sources to refresh: those naming Debian's own hosts, where every package we install
