@@ -92,7 +92,8 @@ reload_units=0
 reload_nginx=0
 restart_nginx=0
 # Exit status of a converge that refused a release: the VM is fine (the old release serves), and
-# retrying the same bytes at once would fail the same way, so no background retry follows.
+# retrying the same bytes at once would fail the same way, so no background retry follows. The
+# converge exits with it rather than returning it, which the ERR trap would report as a failure.
 readonly REFUSED_STATUS=3
 
 # Raises flag $1 and records it as pending on disk before the change it stands for is made, so
@@ -558,14 +559,14 @@ converge() {
       log "release $version was refused before ($(cat "$REFUSED")); not retrying it before" \
         "its retry time unless the metadata changes"
       if [[ -n $serving ]]; then systemctl start "hello@$serving.service"; else keep_watching; fi
-      return "$REFUSED_STATUS"
+      exit "$REFUSED_STATUS"
     fi
     new=$(other_slot "$serving")
     log "new release $version: preparing slot $new${serving:+ beside slot $serving}"
     if ! prepare_release "$new" "$version"; then
       refuse "$version" "$reason" "$(<"$staging/.etag")"
       [[ -n $serving ]] || keep_watching
-      return "$REFUSED_STATUS"
+      exit "$REFUSED_STATUS"
     fi
     install_if_changed "$staging/app-service" "$UNIT_DIR/hello@.service" 0644 reload_units
     if ((reload_units)); then systemctl daemon-reload; fi
@@ -577,7 +578,7 @@ converge() {
       fi
       refuse "$version" "$reason" "$(<"$staging/.etag")"
       [[ -n $serving ]] || keep_watching
-      return "$REFUSED_STATUS"
+      exit "$REFUSED_STATUS"
     fi
   fi
 
@@ -635,7 +636,7 @@ converge() {
       systemctl daemon-reload
       log "rolled back to release $serving_version in slot $serving"
       refuse "$version" "$reason" "$(<"$staging/.etag")"
-      return "$REFUSED_STATUS"
+      exit "$REFUSED_STATUS"
     fi
     ln -sfn "$PREFIX/slot-$new" "$SERVING.new"
     mv -T "$SERVING.new" "$SERVING"

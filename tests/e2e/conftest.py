@@ -137,11 +137,12 @@ def refused(stack) -> dict:
 
 def release_refused(
     stack, bad: dict[str, str], why: str, get: Callable[[], tuple[int, str]],
-    *, storm_check: bool = False,
+    *, original: dict[str, str] | None = None, storm_check: bool = False,
 ) -> None:  # fmt: skip
     """Deploys `bad` while `get` fetches the greeting in a loop: the VM refuses it with `why`,
-    no request fails, and /healthz says which version was refused and why."""
-    original = attributes(stack.instance)
+    no request fails, and /healthz says which version was refused and why. Then restores
+    `original` (default: the rendered instance's metadata)."""
+    original = original or attributes(stack.instance)
     version = version_of(bad, Path(tempfile.mkdtemp(prefix="hello-version-")))
     mark = len(stack.vm.serial_text())
     try:

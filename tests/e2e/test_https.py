@@ -275,17 +275,22 @@ def _crash_soon():
 """
 
 
+def deployed(tls) -> dict[str, str]:
+    """The metadata the fixture deployed: the rendered instance's, with pebble as its CA."""
+    return {**attributes(tls.instance), **tls.pebble.attributes()}
+
+
 def test_a_release_that_crashes_after_taking_traffic_is_rolled_back(tls):
     """With HTTPS on: the converge checks the app through :443 and an unredirected :80
     /healthz, and the requests over HTTPS all succeed while it rolls back."""
-    original = attributes(tls.instance)
+    original = deployed(tls)
     bad = {**original, "app-py": original["app-py"] + CRASH_AFTER_TRAFFIC}
-    release_refused(tls, bad, "it crashed while serving", lambda: https_get(tls))
+    release_refused(tls, bad, "it crashed while serving", lambda: https_get(tls), original=original)
     assert "rolled back to release" in tls.vm.serial_text()
 
 
 def test_a_good_release_replaces_the_old_with_no_failed_request(tls):
-    original = attributes(tls.instance)
+    original = deployed(tls)
     changed = "Hello World from BenchSci, released with no failed request!"
     good = with_greeting(original, changed)
     with RequestLoop(lambda: https_get(tls), {GREETING, changed}) as loop:
