@@ -743,7 +743,7 @@ retry_in_background() {
 # before the watcher (re)started is seen too; requests a converge for every ETag not yet applied,
 # and again every minute while it stays unapplied (a converge that failed is retried).
 watch_metadata() {
-  local applied requested=NONE since etag headers refused until
+  local applied requested=NONE since etag headers refused until held=''
   headers=$(mktemp)
   while true; do
     applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
@@ -765,9 +765,10 @@ watch_metadata() {
     # A release the VM refused is not asked for again before its retry time.
     if read -r refused until 2>/dev/null <"$STATE_DIR/refused-etag" &&
       [[ $etag == "$refused" ]] && ((EPOCHSECONDS < until)); then
-      if [[ $etag != "$requested" ]]; then
+      if [[ $etag != "$held" ]]; then
         log "metadata $etag holds a refused release: next try $(date -u -d "@$until" +%H:%MZ)" \
           "unless it changes"
+        held=$etag
       fi
       requested=$etag
       continue
