@@ -463,7 +463,7 @@ def test_smoke_fails_when_a_redeploy_does_not_converge(stack, tmp_path):
 # --- releases that must never take the site down ---------------------------------------------
 
 
-def http(stack):
+def greeting_over_http(stack):
     return lambda: stack.vm.get("/", timeout=15)
 
 
@@ -471,7 +471,11 @@ def test_a_release_that_fails_to_import_never_serves(stack):
     original = attributes(stack.instance)
     bad = {**original, "app-py": "import hello_no_such_module  # noqa\n" + original["app-py"]}
     release_refused(
-        stack, bad, "No module named 'hello_no_such_module'", http(stack), storm_check=True
+        stack,
+        bad,
+        "No module named 'hello_no_such_module'",
+        greeting_over_http(stack),
+        storm_check=True,
     )
 
 
@@ -480,5 +484,8 @@ def test_a_release_whose_health_check_fails_never_serves(stack):
     app_py = original["app-py"].replace("return jsonify(health)", "return jsonify(health), 503")
     assert app_py != original["app-py"]
     release_refused(
-        stack, {**original, "app-py": app_py}, "answered 503 instead of 200", http(stack)
+        stack,
+        {**original, "app-py": app_py},
+        "answered 503 instead of 200",
+        greeting_over_http(stack),
     )
