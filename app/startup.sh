@@ -743,7 +743,7 @@ retry_in_background() {
 # before the watcher (re)started is seen too; requests a converge for every ETag not yet applied,
 # and again every minute while it stays unapplied (a converge that failed is retried).
 watch_metadata() {
-  local applied requested=NONE since etag headers refused until held=''
+  local applied requested=NONE since etag headers refused until held='' forgetting=''
   headers=$(mktemp)
   while true; do
     applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
@@ -759,6 +759,13 @@ watch_metadata() {
     # A converge may have completed during the long poll.
     applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
     if [[ -z $etag || $etag == "$applied" ]]; then
+      # Back at the applied metadata after a refused release (a deploy of the old version): a
+      # converge forgets the refusal, so /healthz stops naming it.
+      if [[ -n $etag && -e $STATE_DIR/refused-etag && $forgetting != "$etag" ]]; then
+        log "metadata is back at the applied $etag: requesting a converge to forget the refusal"
+        echo "$etag" >"$REQUESTS/$etag"
+        forgetting=$etag
+      fi
       requested=NONE
       continue
     fi

@@ -31,7 +31,7 @@ import pytest
 from app.app import GREETING
 from tests.conftest import REPO, copy_stack, startup_version
 from tests.pipeline import test_deploy_infra_manager
-from tests.pipeline.test_deploy import DEPLOYER, GCLOUD, NAME
+from tests.pipeline.test_deploy import CLOUD_PLATFORM, DEPLOYER, GCLOUD, NAME
 from tests.pipeline.test_deploy_infra_manager import full_name
 from vm import METADATA_FILES
 
@@ -126,7 +126,7 @@ class Job:
         # script run spends no gcloud call on finding an account (the key and WIF logins are
         # test_deploy.py's and test_wif.py's).
         token = tmp / "token"
-        token.write_text(pipeline.oauth.issue(DEPLOYER))
+        token.write_text(pipeline.oauth.issue(DEPLOYER, CLOUD_PLATFORM))
         self.env = pipeline.env(
             project,
             CLOUDSDK_AUTH_ACCESS_TOKEN_FILE=str(token),
