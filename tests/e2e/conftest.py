@@ -133,9 +133,14 @@ def settled(stack, timeout: float = REDEPLOY_TIMEOUT) -> None:
 
 
 def restore(stack, original: dict[str, str]) -> None:
-    """Back to `original`, its converge finished. Over /healthz, which no front redirects."""
+    """Back to `original`: its release is the serving one (not only answering /healthz, which it
+    does while the converge still watches it) and no converge runs."""
     stack.set_attributes(original)
-    wait_converged(stack, original)
+    version = wait_converged(stack, original)
+    deadline = time.monotonic() + REDEPLOY_TIMEOUT
+    while stack.vm.guest_exec("cat /opt/hello/serving/version")[1].strip() != version:
+        assert time.monotonic() < deadline, f"release {version} never became the serving one"
+        time.sleep(2)
     settled(stack)
 
 
