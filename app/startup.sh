@@ -769,6 +769,8 @@ watch_metadata() {
       requested=NONE
       continue
     fi
+    # Off the applied metadata: a later return to it (after another refusal) forgets again.
+    forgetting=''
     # A release the VM refused is not asked for again before its retry time.
     if read -r refused until 2>/dev/null <"$STATE_DIR/refused-etag" &&
       [[ $etag == "$refused" ]] && ((EPOCHSECONDS < until)); then

@@ -123,10 +123,11 @@ def settled(stack, timeout: float = REDEPLOY_TIMEOUT) -> None:
     """Until no converge runs or is asked for: /healthz reports a release's version while the
     converge still watches it, before it becomes the serving one."""
     code, out, err = stack.vm.guest_exec(
-        "for i in $(seq 1 5); do"
-        " while systemctl is-active --quiet hello-converge.service"
-        ' || [ -n "$(ls -A /run/hello-converge-requests 2>/dev/null)" ]; do sleep 1; done;'
-        " sleep 1; done",
+        # A oneshot unit is "activating" while it runs, which `is-active` does not count.
+        "busy() { case $(systemctl show -P ActiveState hello-converge.service) in"
+        ' inactive|failed) [ -n "$(ls -A /run/hello-converge-requests 2>/dev/null)" ] ;;'
+        " *) true ;; esac; };"
+        " for i in $(seq 1 5); do while busy; do sleep 1; done; sleep 1; done",
         timeout=timeout,
     )
     assert code == 0, f"converges did not settle: {out}{err}"
