@@ -24,7 +24,8 @@
 # DIR to the apt sources a package install refreshes.
 set -Eeuo pipefail
 
-readonly METADATA=http://metadata.google.internal/computeMetadata/v1/instance/attributes
+# HELLO_METADATA, HELLO_STATE_DIR and HELLO_REQUESTS point the host tests at local stand-ins.
+readonly METADATA=${HELLO_METADATA:-http://metadata.google.internal/computeMetadata/v1/instance/attributes}
 readonly PREFIX=/opt/hello
 # The two release slots: hello@<port>.service serves $PREFIX/slot-<port> on 127.0.0.1:<port>.
 readonly SLOTS=(8081 8082)
@@ -39,13 +40,13 @@ readonly PACKAGES=(python3-venv nginx)
 # Where apt's sources are listed (HELLO_APT_ETC points the host tests at a copy).
 readonly APT_ETC=${HELLO_APT_ETC:-/etc/apt}
 # What converges have done, kept across reboots: the applied ETag and pending restarts.
-readonly STATE_DIR=/var/lib/hello
+readonly STATE_DIR=${HELLO_STATE_DIR:-/var/lib/hello}
 # One converge at a time: the boot's run, hello-converge.service and a background retry all
 # take this lock, and wait for it rather than run beside another converge.
 readonly LOCK=/run/hello-converge.lock
 # The watcher (unprivileged) asks for a converge by writing a file here; hello-converge.path
 # starts hello-converge.service while the directory is not empty.
-readonly REQUESTS=/run/hello-converge-requests
+readonly REQUESTS=${HELLO_REQUESTS:-/run/hello-converge-requests}
 # The last release the VM refused, and why (GET /healthz reports it; the watcher backs off).
 readonly REFUSED=$STATE_DIR/refused.json
 # How long a new release may take to answer its first health check in its slot.

@@ -1,13 +1,18 @@
 """The converge's own decisions, run from app/startup.sh on this host: what counts as healthy,
-and which apt sources a package install refreshes. Real: the script, bash, curl, a loopback
-HTTP server standing in for nginx's answer (a redirect, an error, the app's JSON)."""
+which apt sources a package install refreshes, and when the metadata watcher asks for a
+converge. Real: the script, bash, curl. Emulated: loopback HTTP servers standing in for nginx's
+answer (a redirect, an error, the app's JSON) and for the metadata server's long poll."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import subprocess
 import threading
+import time
+import urllib.parse
 
 import pytest
 
@@ -116,3 +121,93 @@ def test_apt_refreshes_only_debian_sources(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in chosen.iterdir()) == ["debian.sources"]
     assert (chosen / "debian.sources").resolve() == etc / "sources.list.d/debian.sources"
+
+
+class MetadataServer(http.server.ThreadingHTTPServer):
+    """The GCE metadata server's long poll, as documented: with `wait_for_change=true` and
+    `last_etag=E` it answers at once when the attributes' ETag differs from E, else when they
+    change or after `timeout_sec`; the ETag header names the attributes' current version
+    (https://cloud.google.com/compute/docs/metadata/querying-metadata#etags)."""
+
+    def __init__(self):
+        self.etag = "NONE"
+        self.changed = threading.Condition()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                assert self.headers["Metadata-Flavor"] == "Google"
+                with server.changed:
+                    if query.get("wait_for_change") == "true":
+                        server.changed.wait_for(
+                            lambda: server.etag != query.get("last_etag"),
+                            timeout=int(query.get("timeout_sec", 60)),
+                        )
+                    etag = server.etag
+                self.send_response(200)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def set_etag(self, etag: str) -> None:
+        with self.changed:
+            self.etag = etag
+            self.changed.notify_all()
+
+
+def wait_for(condition, what: str, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
+    """A refused release, a deploy back to the serving one, then a second refusal and a second
+    return: each return asks for a converge (which forgets the refusal, so /healthz stops
+    naming it), not only the first one at that ETag."""
+    state, requests = tmp_path / "state", tmp_path / "requests"
+    state.mkdir()
+    requests.mkdir()
+    (state / "applied-etag").write_text("good\n")
+    metadata = MetadataServer()
+    threading.Thread(target=metadata.serve_forever, daemon=True).start()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HELLO_METADATA": f"http://127.0.0.1:{metadata.server_port}",
+        "HELLO_STATE_DIR": str(state),
+        "HELLO_REQUESTS": str(requests),
+    }
+    watcher = subprocess.Popen(
+        ["bash", str(REPO / "app/startup.sh"), "watch"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its long-polling curl goes with it
+    )
+    try:
+        for bad in ("bad-1", "bad-2"):
+            # What a converge that refused `bad` leaves behind.
+            (state / "refused-etag").write_text(f"{bad} {int(time.time()) + 300}\n")
+            metadata.set_etag(bad)
+            time.sleep(1)
+            assert list(requests.iterdir()) == [], f"{bad} was asked for before its retry time"
+            metadata.set_etag("good")
+            wait_for(lambda: (requests / "good").exists(), f"no converge asked after {bad}")
+            # The converge it asked for: answers the request and forgets the refusal.
+            (requests / "good").unlink()
+            (state / "refused-etag").unlink()
+    finally:
+        os.killpg(watcher.pid, signal.SIGKILL)
+        output = watcher.communicate()[0]
+        metadata.shutdown()
+        metadata.server_close()
+    assert output.count("requesting a converge to forget the refusal") == 2, output
+    assert output.count("holds a refused release") == 2, output
