@@ -121,11 +121,13 @@ def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIME
 
 def settled(stack, timeout: float = REDEPLOY_TIMEOUT) -> None:
     """Until no converge runs or is asked for: /healthz reports a release's version while the
-    converge still watches it, before it becomes the serving one."""
+    converge still watches it, before it becomes the serving one. Every converge (the boot's
+    too, which is no unit of ours) holds app/startup.sh's lock while it runs."""
     code, out, err = stack.vm.guest_exec(
         # A oneshot unit is "activating" while it runs, which `is-active` does not count.
         "busy() { case $(systemctl show -P ActiveState hello-converge.service) in"
-        ' inactive|failed) [ -n "$(ls -A /run/hello-converge-requests 2>/dev/null)" ] ;;'
+        ' inactive|failed) [ -n "$(ls -A /run/hello-converge-requests 2>/dev/null)" ]'
+        " || ! flock --nonblock /run/hello-converge.lock true ;;"
         " *) true ;; esac; };"
         " for i in $(seq 1 5); do while busy; do sleep 1; done; sleep 1; done",
         timeout=timeout,

@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     REDEPLOY_TIMEOUT,
     release_refused,
     restore,
+    settled,
     wait_converged,
     with_greeting,
 )
@@ -363,6 +364,7 @@ def test_a_change_made_before_the_watcher_polls_is_applied(stack):
     last converge applied, so it sees the change."""
     original = attributes(stack.instance)
     changed = "Hello from a change the watcher did not see happen!"
+    settled(stack)  # a converge still running would restart the watcher when it ends
     guest(stack, "systemctl stop hello-metadata-watch.service")
     try:
         stack.set_attributes(with_greeting(original, changed))
