@@ -89,10 +89,14 @@ ensure_client() {
   [[ -f $venv/.complete ]] && return 0
   # Called as a condition (so errexit is off here): every step checks its own result.
   log "installing the ACME client in $venv"
+  # Without pip of its own: Debian's pip wheel, run by the venv's python, installs into it (the
+  # app's venv is built the same way, app/startup.sh).
+  local pip_wheels=(/usr/share/python-wheels/pip-*.whl)
   rm -rf "$venv" &&
-    python3 -m venv "$venv" &&
-    "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
-      --require-hashes --only-binary=:all: --requirement "$requirements" &&
+    python3 -m venv --without-pip "$venv" &&
+    "$venv/bin/python" "${pip_wheels[0]}/pip" install --quiet --no-cache-dir \
+      --disable-pip-version-check --require-hashes --only-binary=:all: \
+      --requirement "$requirements" &&
     sync && touch "$venv/.complete" || return 1
   find "$STATE" -maxdepth 1 -name 'certbot-*' ! -path "$venv" -exec rm -rf {} +
 }
