@@ -1,6 +1,9 @@
 """`make up` as a person types it: one line per phase in order, one line about the emulated IP,
 the URLs last; then `make up` again on the running stack redeploys and returns once the VM serves
 the checkout's version, and `source .state/localvm/gcloud.env` points the real gcloud at it.
+Then an operator's rehearsal of a rollback on that stack: `make smoke LOCAL=1` records the
+commit as the last good version; a wrong greeting deployed with `make up` (the VM accepts it:
+healthy, only wrong) fails `make smoke LOCAL=1`; `make rollback LOCAL=1` brings the greeting back.
 
 Real: make, localvm, the real gcloud deploying through scripts/deploy.sh, the cached Debian 12
 image booted under qemu, the app answering on the forwarded ports, pebble (Debian's, the ACME CA
@@ -11,34 +14,38 @@ with test_https.py, after it (tests/conftest.py), so the two never boot at once.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
 import pytest
 
+from app.app import GREETING
 from localvm.cli import GCLOUD_ENV, STATE_FILE
 from localvm.stack import checkout_version
-from tests.conftest import REPO, VM_LANE_2
+from tests.conftest import REPO, VM_LANE_2, copy_stack
 
 pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
 
-def make(target: str, timeout: float) -> subprocess.CompletedProcess:
+def make(target: str, timeout: float, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["make", "--no-print-directory", target],
+        ["make", "--no-print-directory", target, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **env},
     )
 
 
-def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redeploys():
+def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redeploys(tmp_path):
     if STATE_FILE.exists():
         pytest.skip("a `make up` stack is already running in this clone; `make down` first")
     try:
         result = make("up", timeout=1800)
+        rehearsal = rehearse_a_rollback(tmp_path) if result.returncode == 0 else {}
         again = make("up", timeout=900)
         listed = subprocess.run(
             ["bash", "-c", f"source {GCLOUD_ENV} && gcloud deployment-manager deployments list"],
@@ -50,6 +57,8 @@ def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redep
     finally:
         make("down", timeout=180)
     print(result.stdout, again.stdout)  # shown by `pytest -rP`: what a person sees
+    for step, outcome in rehearsal.items():
+        print(f"--- make {step}", outcome.stdout, outcome.stderr, sep="\n")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) <= 40, result.stdout
@@ -91,3 +100,37 @@ def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redep
     )
     assert redeploy[-1] == lines[-1]
     assert listed.returncode == 0 and "hello" in listed.stdout, listed.stdout + listed.stderr
+
+    # The rollback rehearsal, step by step (rehearse_a_rollback).
+    smoked, wrong, smoke_fails, rolled_back = rehearsal.values()
+    assert smoked.returncode == 0, smoked.stdout + smoked.stderr
+    assert f"recorded {HEAD} as the last good version" in smoked.stdout + smoked.stderr
+    assert wrong.returncode == 0, wrong.stdout + wrong.stderr
+    assert smoke_fails.returncode == 1, smoke_fails.stdout + smoke_fails.stderr
+    assert WRONG_GREETING in smoke_fails.stderr, smoke_fails.stderr
+    assert rolled_back.returncode == 0, rolled_back.stdout + rolled_back.stderr
+    assert f"will redeploy {HEAD[:7]}" in rolled_back.stderr + rolled_back.stdout
+    # The rollback's own smoke test: the greeting over HTTP and, verified, over HTTPS.
+    assert f'answered "{GREETING}", version {checkout_version()}' in rolled_back.stdout
+
+
+WRONG_GREETING = "Hello from a deploy that greets wrongly"
+HEAD = subprocess.run(
+    ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+).stdout.strip()
+
+
+def rehearse_a_rollback(tmp_path) -> dict[str, subprocess.CompletedProcess]:
+    """On the running stack: smoke records the last good commit; a greeting changed in a copy of
+    the checkout (this one stays as it is: other tests read it) deploys, and smoke fails on it;
+    the rollback redeploys the recorded commit and smoke-tests it."""
+    changed = copy_stack(tmp_path / "changed")
+    app = changed / "app/app.py"
+    app.write_text(app.read_text().replace(GREETING, WRONG_GREETING))
+    steps = {"smoke LOCAL=1": make("smoke", 600, "LOCAL=1")}
+    steps["up (a wrong greeting)"] = make("up", 900, f"CONFIG={changed / 'deployment.yaml'}")
+    steps["smoke LOCAL=1 (fails)"] = make(
+        "smoke", 600, "LOCAL=1", SMOKE_CHECKOUT=str(changed), SMOKE_ATTEMPTS="3"
+    )
+    steps["rollback LOCAL=1"] = make("rollback", 900, "LOCAL=1")
+    return steps
