@@ -292,8 +292,8 @@ def test_app_change_reaches_the_running_vm_through_metadata(stack):
         assert re.search(r"hello-startup: release \w+ replaced \w+", log), log
         assert guest(stack, "cat /proc/sys/kernel/random/boot_id") == boot_id, "it rebooted"
     finally:
-        stack.set_attributes(original)
-    stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=GREETING)
+        restore(stack, original)
+    assert stack.vm.get("/") == (200, GREETING)
 
 
 # --- redeploys -------------------------------------------------------------------------------
