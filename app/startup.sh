@@ -403,12 +403,16 @@ watch_release() {
 }
 
 # nginx's upstream for the app: slot $1, and slot $2 (if given) as the backup nginx retries a
-# request on when the first drops it.
+# request on when the first drops it. max_fails=0: neither is ever marked unavailable, so every
+# request tries the serving slot, then the backup. With nginx's default (one failure marks a
+# server down for 10 s), a release crash-looping during its watch plus one dropped connection to
+# the backup leaves no live server, and nginx answers 502 at once
+# (https://nginx.org/en/docs/http/ngx_http_upstream_module.html#max_fails).
 upstream_conf() {
   echo "# Written by hello-startup: the release slot nginx sends the app's requests to."
   echo "upstream hello_app {"
-  echo "    server 127.0.0.1:$1;"
-  if [[ -n ${2:-} ]]; then echo "    server 127.0.0.1:$2 backup;"; fi
+  echo "    server 127.0.0.1:$1 max_fails=0;"
+  if [[ -n ${2:-} ]]; then echo "    server 127.0.0.1:$2 backup max_fails=0;"; fi
   echo "    # Reuse connections to gunicorn instead of one TCP handshake per request."
   echo "    keepalive 8;"
   echo "}"

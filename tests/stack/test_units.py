@@ -71,8 +71,8 @@ def test_app_service_runs_unprivileged_on_loopback_and_always_restarts():
         ["bash", str(REPO / "app/startup.sh"), "upstream", *slots],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert f"server 127.0.0.1:{slots[0]};" in upstream
-    assert f"server 127.0.0.1:{slots[1]} backup;" in upstream
+    assert f"server 127.0.0.1:{slots[0]} max_fails=0;" in upstream
+    assert f"server 127.0.0.1:{slots[1]} backup max_fails=0;" in upstream
     assert "proxy_pass http://hello_app;" in (REPO / "app/nginx-hello.conf").read_text()
     # systemd's 90 s default must not fail a slow but healthy start.
     assert int(service["TimeoutStartSec"]) >= 300
