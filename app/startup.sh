@@ -413,8 +413,10 @@ upstream_conf() {
   echo "upstream hello_app {"
   echo "    server 127.0.0.1:$1 max_fails=0;"
   if [[ -n ${2:-} ]]; then echo "    server 127.0.0.1:$2 backup max_fails=0;"; fi
-  echo "    # Reuse connections to gunicorn instead of one TCP handshake per request."
+  echo "    # Reuse connections to gunicorn instead of one TCP handshake per request, closing idle"
+  echo "    # ones before gunicorn does (its --keep-alive is 75 s, app/hello@.service)."
   echo "    keepalive 8;"
+  echo "    keepalive_timeout 60s;"
   echo "}"
 }
 

@@ -135,6 +135,7 @@ def rehearse_a_rollback(tmp_path) -> dict[str, subprocess.CompletedProcess]:
     """On the running stack: smoke records the last good commit; a greeting changed in a copy of
     the checkout (this one stays as it is: other tests read it) deploys, and smoke fails on it;
     the rollback redeploys the recorded commit and smoke-tests it."""
+    (tmp_path / "changed").mkdir()
     changed = copy_stack(tmp_path / "changed")
     app = changed / "app/app.py"
     app.write_text(app.read_text().replace(GREETING, WRONG_GREETING))
