@@ -795,6 +795,11 @@ watch_metadata() {
     fi
     if [[ $etag != "$requested" ]]; then
       log "instance metadata changed ($applied -> $etag): requesting a converge"
+    elif [[ -e $LOCK ]] && ! flock --nonblock "$LOCK" true; then
+      # A converge still runs (it holds the lock; a slow one takes over a minute) and applies
+      # this metadata, or the request already made starts one after it: asking again would only
+      # queue a converge that finds nothing to do.
+      continue
     else
       log "metadata $etag is still not applied: requesting a converge again"
     fi

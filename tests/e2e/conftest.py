@@ -122,14 +122,21 @@ def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIME
 
 
 def settled(stack, timeout: float = REDEPLOY_TIMEOUT) -> None:
-    """Until no converge runs or is asked for: /healthz reports a release's version while the
-    converge still watches it, before it becomes the serving one. Every converge (the boot's
-    too, which is no unit of ours) holds app/startup.sh's lock while it runs."""
+    """Until the VM has applied the metadata it holds and no converge runs or is asked for.
+    Neither /healthz nor the serving release tells that alone: both still show the previous
+    release while a converge watches the new one, or before the watcher even saw the change.
+    Every converge (the boot's too, which is no unit of ours) holds app/startup.sh's lock."""
+    etag = (
+        "curl -s -o /dev/null -D - -H 'Metadata-Flavor: Google'"
+        " 'http://metadata.google.internal/computeMetadata/v1/instance/attributes/?recursive=true&alt=json'"
+        " | tr -d '\\r' | awk 'tolower($1) == \"etag:\" { print $2 }'"
+    )
     code, out, err = stack.vm.guest_exec(
         # A oneshot unit is "activating" while it runs, which `is-active` does not count.
         "busy() { case $(systemctl show -P ActiveState hello-converge.service) in"
         ' inactive|failed) [ -n "$(ls -A /run/hello-converge-requests 2>/dev/null)" ]'
-        " || ! flock --nonblock /run/hello-converge.lock true ;;"
+        " || ! flock --nonblock /run/hello-converge.lock true"
+        f' || [ "$(cat /var/lib/hello/applied-etag 2>/dev/null)" != "$({etag})" ] ;;'
         " *) true ;; esac; };"
         " for i in $(seq 1 5); do while busy; do sleep 1; done; sleep 1; done",
         timeout=timeout,
