@@ -113,6 +113,16 @@ STAGING_UPLOAD_PERMISSIONS=(storage.buckets.get storage.objects.create)
 # data stored on them" (cloud.google.com/iam/docs/roles-permissions/compute).
 DRIFT_CHECKER_ROLES=(roles/compute.viewer)
 
+# --- Who may run `make repair` (either engine) ----------------------------------------------
+# Repair changes the live resources through the Compute Engine API with the caller's own
+# credentials (docs/deploy-failures.md), which neither engine's deployer holds: firewall rules
+# (Compute Security Admin: firewalls.* and networks.updatePolicy), the VM and its disk (Compute
+# Instance Admin (v1)), the network, subnet and address (Compute Network Admin). OPERATORS lists
+# the members to grant them to, comma-separated (user:you@example.com,group:ops@example.com);
+# empty grants nobody.
+OPERATORS=${OPERATORS:-}
+OPERATOR_ROLES=(roles/compute.securityAdmin roles/compute.instanceAdmin.v1 roles/compute.networkAdmin)
+
 # --- Workload Identity Federation -------------------------------------------------------------
 # google.subject is CircleCI's project id (36 bytes): Google caps it at 127 bytes, and the sub
 # claim of CIRCLE_OIDC_TOKEN_V2 (org, project, user, repo URL, ref) exceeds that for most repos.
@@ -230,8 +240,12 @@ ensure_custom_role() {
 }
 
 grant_project_role() {
+  grant_member_role "serviceAccount:$1" "$2"
+}
+
+grant_member_role() {
   run gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition=None --format=none \
-    --member "serviceAccount:$1" --role "$2"
+    --member "$1" --role "$2"
 }
 
 # $1 may hand the service account $2 to a Google service (IM runs Terraform as $2).
@@ -251,6 +265,13 @@ ensure_service_account "$PREVIEWER" "CircleCI branch previews"
 ensure_service_account "$DRIFT_CHECKER" "CircleCI scheduled drift check (read only)"
 for role in "${DRIFT_CHECKER_ROLES[@]}"; do
   grant_project_role "$drift_checker_sa" "$role"
+done
+
+IFS=, read -r -a operators <<<"$OPERATORS"
+for member in "${operators[@]}"; do
+  for role in "${OPERATOR_ROLES[@]}"; do
+    grant_member_role "$member" "$role"
+  done
 done
 
 if [[ $engine == dm ]]; then

@@ -45,6 +45,9 @@ class Stack:
         self.project = f"proj-drift-{engine}"
         kind = Pipeline if engine == "dm" else InfraManagerPipeline
         self.pipeline = kind(tmp)
+        # The key's account runs deploys, the out-of-band changes and the repair: it holds the
+        # deployer's roles and those the bootstrap grants OPERATORS.
+        self.pipeline.operators = [f"serviceAccount:{self.pipeline.key['client_email']}"]
         self.key_file = tmp / "key.json"
         self.key_file.write_text(json.dumps(self.pipeline.key))
         activated = self.pipeline.gcloud(
