@@ -269,17 +269,22 @@ def test_each_runner_role_is_needed_by_the_terraform_run_it_is_for(project):
         body = {"serviceAccount": account, "terraformBlueprint": blueprint}
         return request("gcp-deploy", "deployments", name, body)
 
-    for number, binding in enumerate(roles_of(runners["gcp-deploy"])):
-        project.policy.revoke(*binding)
-        try:
-            failed = apply(f"runner-{number}")
-        finally:
-            project.policy.grant(*binding)
-        assert failed["state"] == "FAILED", binding
-        denied = {a or b for a, b in RUNNER_DENIAL.findall(failed["stateDetail"])}
-        assert denied & project.policy.role_permissions(binding[2]), failed
-        assert "googleapi: Error 403" in failed["stateDetail"], failed
-        assert not project.dm.cloud_resources(target), "a refused run created something"
+    def refused_without_each_role(context: str, run, message_of) -> None:
+        """`run` fails without each role of the context's runner, naming one of its permissions."""
+        for number, binding in enumerate(roles_of(runners[context])):
+            project.policy.revoke(*binding)
+            try:
+                failed = run(f"runner-{number}")
+            finally:
+                project.policy.grant(*binding)
+            assert failed["state"] == "FAILED", binding
+            message = message_of(failed)
+            assert "googleapi: Error 403" in message, failed
+            denied = {a or b for a, b in RUNNER_DENIAL.findall(message)}
+            assert denied & project.policy.role_permissions(binding[2]), failed
+
+    refused_without_each_role("gcp-deploy", apply, lambda failed: failed["stateDetail"])
+    assert not project.dm.cloud_resources(target), "a refused run created something"
     applied = apply("runner-all")
     assert applied["state"] == "ACTIVE", applied
 
@@ -292,14 +297,5 @@ def test_each_runner_role_is_needed_by_the_terraform_run_it_is_for(project):
         }
         return request("gcp-preview", "previews", name, body)
 
-    for number, binding in enumerate(roles_of(runners["gcp-preview"])):
-        project.policy.revoke(*binding)
-        try:
-            failed = preview(f"runner-{number}")
-        finally:
-            project.policy.grant(*binding)
-        assert failed["state"] == "FAILED", binding
-        message = failed["errorStatus"]["message"]
-        assert "googleapi: Error 403" in message, failed
-        assert any(p in message for p in project.policy.role_permissions(binding[2])), failed
+    refused_without_each_role("gcp-preview", preview, lambda f: f["errorStatus"]["message"])
     assert preview("runner-all")["state"] == "SUCCEEDED"

@@ -1,8 +1,9 @@
 """Who may call what: Google's IAM check, the one definition every emulated API here uses.
 
 Test infrastructure. Each emulated server (Deployment Manager, Infrastructure Manager, Cloud
-Storage, IAM Credentials, Compute Engine) asks `Policy.authorize` before it does anything, as Google checks
-permission before it looks the resource up (hence "denied on resource (or it may not exist)").
+Storage, IAM Credentials, Compute Engine) asks `Policy.authorize` before it does anything, as
+Google checks permission before it looks the resource up (hence "denied on resource (or it may
+not exist)").
 A call is allowed when the access token carries one of the service's OAuth scopes and one of
 the roles bound to the caller, on the resource or on its project, holds the method's permission.
 

@@ -71,8 +71,8 @@ from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
 from emulators.deploymentmanager.api import TokenVerifier, authenticate, authorize
 from emulators.deploymentmanager.api import _Handler as JsonApiHandler
 from emulators.deploymentmanager.cloud import COLLECTIONS, COMPUTE_ROOT, ComputeError
-from emulators.deploymentmanager.compute import scope_of
 from emulators.deploymentmanager.cloud import now as _now
+from emulators.deploymentmanager.compute import scope_of
 from emulators.deploymentmanager.state import DEPLOYMENT_NAME
 from emulators.iam import RUNNER_METHODS, Identity, PermissionDenied, Policy
 from emulators.loopback import LoopbackService
@@ -501,9 +501,12 @@ class InfraManagerEmulator(LoopbackService):
                             a: t for a, t in record["tf_state"].items() if t["project"] == project
                         }
                         held = {a: cloud.get(t["type"], {}).get(t["name"]) for a, t in mine.items()}
-                        plan = terraform_plan.Plan(
-                            [terraform_plan.Change(a, ["delete"], before=r) for a, r in held.items() if r]
-                        )
+                        deletes = [
+                            terraform_plan.Change(a, ["delete"], before=r)
+                            for a, r in held.items()
+                            if r
+                        ]
+                        plan = terraform_plan.Plan(deletes)
                         self._check_runner(record["serviceAccount"], project, plan, mine, {})
                         terraform_plan.destroy(mine, cloud)
                 except terraform_plan.TerraformError as error:

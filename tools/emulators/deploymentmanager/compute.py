@@ -31,6 +31,13 @@ What follows the API's documentation:
     (tags.fingerprint, metadata.fingerprint, labelFingerprint, the instance's fingerprint),
     an address's status IN_USE and its users, a firewall's default direction and priority.
 
+Permissions: every call is checked first (emulators/iam.py): the caller needs each permission
+Compute Engine documents for the method (iam.yaml `methods: compute`; a firewall rule's insert,
+patch and delete also compute.networks.updatePolicy), on the resource or its project, else
+403 forbidden with Compute Engine's message, "Required 'PERMISSION' permission for 'RESOURCE'",
+which gcloud prints. A `use` permission Google checks on the referenced subnet or address is
+checked on the new instance here (a grant on the project holds for both).
+
 Emulator choices: operations are DONE when returned (the work is done in the call); a
 fingerprint is a hash of the content it guards, so it changes with every change of that content
 (a change back to an earlier content gives the earlier fingerprint again); the server-side list
