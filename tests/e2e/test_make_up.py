@@ -1,9 +1,13 @@
 """`make up` as a person types it: one line per phase in order, one line about the emulated IP,
 the URLs last; then `make up` again on the running stack redeploys and returns once the VM serves
 the checkout's version, and `source .state/localvm/gcloud.env` points the real gcloud at it.
-Then an operator's rehearsal of a rollback on that stack: `make smoke LOCAL=1` records the
-commit as the last good version; a wrong greeting deployed with `make up` (the VM accepts it:
-healthy, only wrong) fails `make smoke LOCAL=1`; `make rollback LOCAL=1` brings the greeting back.
+Then an operator's rehearsals on that stack:
+- a rollback: `make smoke LOCAL=1` records the commit as the last good version; a wrong greeting
+  deployed with `make up` (the VM accepts it: healthy, only wrong) fails `make smoke LOCAL=1`;
+  `make rollback LOCAL=1` brings the greeting back;
+- the console incident: the VM deleted with `gcloud compute` (the VM powers off); `make drift
+  LOCAL=1` reports it; `make repair LOCAL=1` recreates it with the same static IP, a fresh disk
+  boots, and `make smoke LOCAL=1` gets the greeting at the same address.
 
 Real: make, localvm, the real gcloud deploying through scripts/deploy.sh, the cached Debian 12
 image booted under qemu, the app answering on the forwarded ports, pebble (Debian's, the ACME CA
@@ -46,18 +50,13 @@ def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redep
     try:
         result = make("up", timeout=1800)
         rehearsal = rehearse_a_rollback(tmp_path) if result.returncode == 0 else {}
+        incident = rehearse_a_deleted_vm() if result.returncode == 0 else {}
         again = make("up", timeout=900)
-        listed = subprocess.run(
-            ["bash", "-c", f"source {GCLOUD_ENV} && gcloud deployment-manager deployments list"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        listed = gcloud("gcloud deployment-manager deployments list")
     finally:
         make("down", timeout=180)
     print(result.stdout, again.stdout)  # shown by `pytest -rP`: what a person sees
-    for step, outcome in rehearsal.items():
+    for step, outcome in (rehearsal | incident).items():
         print(f"--- make {step}", outcome.stdout, outcome.stderr, sep="\n")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -113,6 +112,18 @@ def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redep
     # The rollback's own smoke test: the greeting over HTTP and, verified, over HTTPS.
     assert f'answered "{GREETING}", version {checkout_version()}' in rolled_back.stdout
 
+    # The incident, step by step (rehearse_a_deleted_vm).
+    deleted, drifted, repaired, served, address = incident.values()
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert drifted.returncode == 2, drifted.stdout + drifted.stderr  # make's, for drift's 10
+    assert "DRIFT hello-vm (compute.v1.instance): deleted" in drifted.stdout, drifted.stdout
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "repair: recreate hello-vm (compute.v1.instance)" in repaired.stdout, repaired.stdout
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert f'answered "{GREETING}", version {checkout_version()}' in served.stdout
+    before, after = address.stdout.split()
+    assert before == after, "the recreated VM has another external IP"
+
 
 WRONG_GREETING = "Hello from a deploy that greets wrongly"
 HEAD = subprocess.run(
@@ -134,3 +145,38 @@ def rehearse_a_rollback(tmp_path) -> dict[str, subprocess.CompletedProcess]:
     )
     steps["rollback LOCAL=1"] = make("rollback", 900, "LOCAL=1")
     return steps
+
+
+def rehearse_a_deleted_vm() -> dict[str, subprocess.CompletedProcess]:
+    """The incident the project exists for, on the running stack: someone deletes the VM in a
+    terminal (the console's calls, through gcloud.env); drift and repair act on the local stack;
+    smoke waits for the new VM's first boot (it boots a fresh disk, as a new instance would)."""
+    zone = "--zone=us-central1-a"
+    nat_ip = (
+        f"gcloud compute instances describe hello-vm {zone}"
+        " --format='value(networkInterfaces[0].accessConfigs[0].natIP)'"
+    )
+    before = gcloud(nat_ip).stdout.strip()
+    steps = {
+        "gcloud compute instances delete": gcloud(
+            f"gcloud compute instances update hello-vm {zone} --no-deletion-protection && "
+            f"gcloud compute instances delete hello-vm {zone} --quiet"
+        ),
+        "drift LOCAL=1": make("drift", 300, "LOCAL=1"),
+        "repair LOCAL=1": make("repair", 600, "LOCAL=1"),
+        "smoke LOCAL=1 (the new VM)": make("smoke", 1500, "LOCAL=1", SMOKE_ATTEMPTS="80"),
+    }
+    after = gcloud(nat_ip)
+    after.stdout = f"{before or '-'} {after.stdout.strip() or '-'}"
+    steps["the external IP before and after"] = after
+    return steps
+
+
+def gcloud(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", f"source {GCLOUD_ENV} && {command}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
