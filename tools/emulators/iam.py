@@ -44,15 +44,8 @@ from pathlib import Path
 import yaml
 
 _DATA = yaml.safe_load((Path(__file__).with_name("iam.yaml")).read_text())
-
-
-def _flat(items: list) -> list[str]:
-    """A role's permissions: a YAML alias (a role that holds another's) is a nested list."""
-    return [p for item in items for p in (_flat(item) if isinstance(item, list) else [item])]
-
-
 PREDEFINED_ROLES: dict[str, frozenset[str]] = {
-    name: frozenset(_flat(role["permissions"])) for name, role in _DATA["roles"].items()
+    name: frozenset(role["permissions"]) for name, role in _DATA["roles"].items()
 }
 METHOD_PERMISSIONS: dict[str, tuple[str, ...]] = {
     method: tuple(permission) if isinstance(permission, list) else (permission,)
