@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one setup of a project for the CircleCI pipeline, for either engine: APIs, the deployer,
-# preview and drift-check service accounts and their roles, Workload Identity Federation for CircleCI's OIDC
-# tokens (no keys), and at the end every variable the pipeline reads, per CircleCI context.
+# preview and drift-check service accounts and their roles, the roles `make repair` needs for the
+# people in OPERATORS, Workload Identity Federation for CircleCI's OIDC tokens (no keys), and at
+# the end every variable the pipeline reads, per CircleCI context.
 #
 #   scripts/gcp-bootstrap.sh --engine infra-manager   set up Infrastructure Manager deploys
 #   scripts/gcp-bootstrap.sh --engine dm              set up Deployment Manager deploys

@@ -20,7 +20,6 @@ provider makes. Not checked here: roles/config.agent (what it is for is not emul
 
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 import sys
@@ -216,29 +215,35 @@ def test_a_branch_identity_cannot_deploy(project):
 
 
 def test_each_runner_role_is_needed_by_the_terraform_run_it_is_for(project):
-    """Infrastructure Manager runs Terraform as the bootstrap's runner accounts. The apply of
-    the stack into a project holding nothing yet, asked through the config v1 API as the
-    deployer, with the deployed revision's blueprint: without any one compute or monitoring
-    role of `hello-infra-manager`, the revision fails before anything is created, and the
-    deployment reports the provider's `googleapi: Error 403` naming a permission of that role;
-    with all of them it applies. Then a preview against that deployment as the previewer: the
-    preview runner's read-only roles are each needed for Terraform's refresh. Not checked:
-    roles/config.agent (what it is for, the runner's access to Infrastructure Manager's own
-    buckets, is not emulated)."""
+    """Infrastructure Manager runs Terraform as the bootstrap's runner accounts. The stack's
+    Terraform (`dmlocal terraform`, with an alert email so that it holds every kind of object
+    the runner's roles are for), staged in Cloud Storage, is applied into a project holding
+    nothing yet, asked through the config v1 API as the deployer: without any one compute or
+    monitoring role of `hello-infra-manager`, the revision fails before anything is created,
+    and the deployment reports the provider's `googleapi: Error 403` naming a permission of
+    that role; with all of them it applies. Then a preview against that deployment as the
+    previewer: each of the preview runner's read-only roles is needed for Terraform's refresh.
+    Not checked: roles/config.agent (what it is for, the runner's access to Infrastructure
+    Manager's own buckets, is not emulated)."""
     if project.engine != "infra-manager":
         pytest.skip("Deployment Manager creates the resources as its own service agent")
-    config = project.stack / "deployment.yaml"
-    # An alert email makes the stack hold every kind of object the runner's roles are for.
-    config.write_text(config.read_text().replace('alertEmail: ""', 'alertEmail: "ops@example.com"'))
-    deployed = project.run("gcp-deploy")
-    assert deployed.returncode == 0, deployed.stderr
-    parent = f"projects/{project.project}/locations/{project.contexts['gcp-deploy']['IM_LOCATION']}"
-    source = next(iter(project.im.deployments.values()))["revisions"][-1]["terraformBlueprint"]
+    config = project.stack / "runner-check.yaml"  # beside deployment.yaml, for its imports
+    declared = (project.stack / "deployment.yaml").read_text()
+    config.write_text(declared.replace('alertEmail: ""', 'alertEmail: "ops@example.com"'))
+    rendered = project.tmp / "runner-terraform"
+    dmlocal = Path(sys.executable).parent / "dmlocal"
+    subprocess.run([dmlocal, "terraform", config, "--out", rendered], check=True, cwd=project.stack)
     target = f"{project.project}-runner"  # the project Terraform creates the stack in
-    blueprint = copy.deepcopy(source)
-    for value in blueprint["inputValues"].values():
-        if value.get("inputValue") == project.project:
-            value["inputValue"] = target
+    bucket = f"{target}-sources"
+    project.storage.create_bucket(bucket, target)
+    for file in rendered.iterdir():
+        data = file.read_bytes()
+        project.storage.write(bucket, f"stack/{file.name}", data, "application/octet-stream")
+    blueprint = {
+        "gcsSource": f"gs://{bucket}/stack",
+        "inputValues": {"project": {"inputValue": target}},
+    }
+    parent = f"projects/{project.project}/locations/{project.contexts['gcp-deploy']['IM_LOCATION']}"
     runners = {}
     for context in ("gcp-deploy", "gcp-preview"):
         runner = project.contexts[context]["IM_SERVICE_ACCOUNT"]
