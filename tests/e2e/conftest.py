@@ -74,10 +74,12 @@ class RequestLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
+            # Any error is a failed request, and the loop goes on: an http.client error that is
+            # no OSError (a bad status line) must not end the loop silently.
             try:
                 status, body = self.get()
-            except OSError as error:
-                status, body = 0, str(error)
+            except Exception as error:
+                status, body = 0, f"{type(error).__name__}: {error}"
             self.answers += 1
             if status != 200 or body not in self.bodies:
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {status} {body[:120]!r}")
