@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one setup of a project for the CircleCI pipeline, for either engine: APIs, the deployer,
-# preview and drift-check service accounts and their roles, Workload Identity Federation for CircleCI's OIDC
-# tokens (no keys), and at the end every variable the pipeline reads, per CircleCI context.
+# preview and drift-check service accounts and their roles, the roles `make repair` needs for the
+# people in OPERATORS, Workload Identity Federation for CircleCI's OIDC tokens (no keys), and at
+# the end every variable the pipeline reads, per CircleCI context.
 #
 #   scripts/gcp-bootstrap.sh --engine infra-manager   set up Infrastructure Manager deploys
 #   scripts/gcp-bootstrap.sh --engine dm              set up Deployment Manager deploys
@@ -112,6 +113,16 @@ STAGING_UPLOAD_PERMISSIONS=(storage.buckets.get storage.objects.create)
 # "Read-only access to get and list Compute Engine resources, without being able to read the
 # data stored on them" (cloud.google.com/iam/docs/roles-permissions/compute).
 DRIFT_CHECKER_ROLES=(roles/compute.viewer)
+
+# --- Who may run `make repair` (either engine) ----------------------------------------------
+# Repair changes the live resources through the Compute Engine API with the caller's own
+# credentials (docs/deploy-failures.md), which neither engine's deployer holds: firewall rules
+# (Compute Security Admin: firewalls.* and networks.updatePolicy), the VM and its disk (Compute
+# Instance Admin (v1)), the network, subnet and address (Compute Network Admin). OPERATORS lists
+# the members to grant them to, comma-separated (user:you@example.com,group:ops@example.com);
+# empty grants nobody.
+OPERATORS=${OPERATORS:-}
+OPERATOR_ROLES=(roles/compute.securityAdmin roles/compute.instanceAdmin.v1 roles/compute.networkAdmin)
 
 # --- Workload Identity Federation -------------------------------------------------------------
 # google.subject is CircleCI's project id (36 bytes): Google caps it at 127 bytes, and the sub
@@ -230,8 +241,12 @@ ensure_custom_role() {
 }
 
 grant_project_role() {
+  grant_member_role "serviceAccount:$1" "$2"
+}
+
+grant_member_role() {
   run gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition=None --format=none \
-    --member "serviceAccount:$1" --role "$2"
+    --member "$1" --role "$2"
 }
 
 # $1 may hand the service account $2 to a Google service (IM runs Terraform as $2).
@@ -251,6 +266,13 @@ ensure_service_account "$PREVIEWER" "CircleCI branch previews"
 ensure_service_account "$DRIFT_CHECKER" "CircleCI scheduled drift check (read only)"
 for role in "${DRIFT_CHECKER_ROLES[@]}"; do
   grant_project_role "$drift_checker_sa" "$role"
+done
+
+IFS=, read -r -a operators <<<"$OPERATORS"
+for member in "${operators[@]}"; do
+  for role in "${OPERATOR_ROLES[@]}"; do
+    grant_member_role "$member" "$role"
+  done
 done
 
 if [[ $engine == dm ]]; then

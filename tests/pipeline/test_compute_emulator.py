@@ -24,6 +24,15 @@ from emulators.iam import Identity, Policy
 from tests.pipeline.test_emulators import CLOUD_PLATFORM, call, target
 
 TOKEN = "compute-test-token"
+OPERATOR = "user:operator@example.com"
+# What gcp-bootstrap.sh grants a member of OPERATORS (the roles `make repair` needs).
+OPERATOR_ROLES = sorted(
+    role
+    for _, member, role in Policy.from_bootstrap(
+        "dm", PROJECT_ID="p", CIRCLE_ORG_ID="o", CIRCLE_PROJECT_ID="c", OPERATORS=OPERATOR
+    ).bindings
+    if member == OPERATOR
+)
 _projects = (f"compute-{n}" for n in itertools.count())
 
 
@@ -56,8 +65,9 @@ class Stack:
     def deploy(self, project: str | None = None, config_edit=None) -> str:
         """Deploys deployment.yaml with DM into a fresh project; returns the project."""
         project = project or next(_projects)
-        editor = "roles/deploymentmanager.editor"
-        self.policy.grant(f"projects/{project}", "user:operator@example.com", editor)
+        # The operator deploys, and changes the resources as gcp-bootstrap.sh's OPERATORS may.
+        for role in ("roles/deploymentmanager.editor", *OPERATOR_ROLES):
+            self.policy.grant(f"projects/{project}", OPERATOR, role)
         body = {"name": "hello", "target": target()}
         if config_edit:
             body["target"]["config"]["content"] = config_edit(body["target"]["config"]["content"])

@@ -84,6 +84,7 @@ class Pipeline:
         self.policy = Policy()
         self.bootstrapped: set[tuple[str, str]] = set()
         self.deployers = [DEPLOYER]  # who deploys: each holds the bootstrap's deployer roles
+        self.operators: list[str] = []  # members the bootstrap's OPERATORS names (make repair)
         self.dm = DeploymentManagerEmulator(verify_token=self.oauth.verify, policy=self.policy)
         self.dm_url = self.dm.serve()
         self.key, public_pem = new_service_account_key(DEPLOYER, "hello-proj", self.token_url)
@@ -101,7 +102,11 @@ class Pipeline:
             return
         self.bootstrapped.add((project, engine))
         commands = bootstrap_commands(
-            engine, PROJECT_ID=project, CIRCLE_ORG_ID="org", CIRCLE_PROJECT_ID="circle"
+            engine,
+            PROJECT_ID=project,
+            CIRCLE_ORG_ID="org",
+            CIRCLE_PROJECT_ID="circle",
+            OPERATORS=",".join(self.operators),
         )
         bootstrap_deployer = f"serviceAccount:hello-deployer@{project}.iam.gserviceaccount.com"
         for deployer in self.deployers:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 
@@ -45,6 +46,9 @@ class Stack:
         self.project = f"proj-drift-{engine}"
         kind = Pipeline if engine == "dm" else InfraManagerPipeline
         self.pipeline = kind(tmp)
+        # The key's account runs deploys, the out-of-band changes and the repair: it holds the
+        # deployer's roles and those the bootstrap grants OPERATORS.
+        self.pipeline.operators = [f"serviceAccount:{self.pipeline.key['client_email']}"]
         self.key_file = tmp / "key.json"
         self.key_file.write_text(json.dumps(self.pipeline.key))
         activated = self.pipeline.gcloud(
@@ -85,7 +89,9 @@ class Stack:
         monkeypatch.chdir(self.pipeline.stack)
         args = ["check", "deployment.yaml", "--json"] if command == "check" else ["repair"]
         code = cli.main(args)
-        return code, capsys.readouterr().out
+        captured = capsys.readouterr()
+        self.last_error = captured.err
+        return code, captured.out
 
     def live(self, type_: str, name: str) -> dict | None:
         return self.pipeline.dm.cloud_resources(self.project).get(type_, {}).get(name)
@@ -133,6 +139,41 @@ def test_a_deleted_firewall_rule(stack, monkeypatch, capsys):
     assert stack.live("compute.v1.firewall", "hello-firewall-allow-web")["sourceRanges"] == [
         "0.0.0.0/0"
     ]
+
+
+def test_repair_needs_the_operator_roles_and_says_which_permission_is_missing(
+    stack, monkeypatch, capsys
+):
+    """Repair acts with the caller's own credentials. Without the roles gcp-bootstrap.sh grants
+    OPERATORS (the deployer alone holds no compute role), Compute Engine refuses the insert
+    (403) and repair exits 3 naming the permission; with them, the same repair succeeds."""
+    if stack.engine != "dm":
+        pytest.skip("one engine is enough: repair is the same code for both")
+    stack.change("firewall-rules", "delete", "hello-firewall-allow-web")
+    member = stack.pipeline.operators[0]
+    granted = [b for b in stack.pipeline.policy.bindings if b[1] == member]
+    operator_roles = [b for b in granted if b[2].startswith("roles/compute.")]
+    assert sorted(b[2] for b in operator_roles) == [
+        "roles/compute.instanceAdmin.v1",
+        "roles/compute.networkAdmin",
+        "roles/compute.securityAdmin",
+    ]
+    for binding in operator_roles:
+        stack.pipeline.policy.revoke(*binding)
+    try:
+        code, _ = stack.drift("repair", monkeypatch, capsys)
+    finally:
+        for binding in operator_roles:
+            stack.pipeline.policy.grant(*binding)
+    assert code == cli.EXIT_AUTH, stack.last_error
+    denied = re.search(
+        r"permission denied: .* Required '([a-zA-Z.]+)' permission", stack.last_error
+    )
+    assert denied, stack.last_error
+    policy = stack.pipeline.policy
+    assert any(denied[1] in policy.role_permissions(b[2]) for b in operator_roles), denied[1]
+    assert stack.live("compute.v1.firewall", "hello-firewall-allow-web") is None
+    repaired(stack, monkeypatch, capsys)
 
 
 def test_deployment_manager_leaves_a_deleted_rule_deleted(stack, monkeypatch, capsys):

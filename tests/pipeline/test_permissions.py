@@ -13,8 +13,9 @@ gcp-storage-emulator behind our IAM check), STS and IAM Credentials, CircleCI's 
 every one of them checks the caller's permission with emulators/iam.py, whose role and method
 data cite Google's pages.
 
-Not checked here: the compute roles of the account Infrastructure Manager runs Terraform as
-(the emulated Terraform run does not check that account's permissions).
+The accounts Infrastructure Manager runs Terraform as are checked too: each refresh, create,
+update and delete of the plan needs the runner's permission for the API call the google
+provider makes. Not checked here: roles/config.agent (what it is for is not emulated).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from emulators.oidc_issuer import CIRCLECI_OIDC_ORIGIN, OidcIssuerEmulator
 from emulators.storage import CloudStorage
 from emulators.workload_identity import WorkloadIdentityEmulator
 from tests.pipeline.test_deploy import DEPLOY, GCLOUD, copy_stack
+from tests.pipeline.test_emulators import CLOUD_PLATFORM, call
 from tests.pipeline.test_wif import (
     ORG_ID,
     PROJECT_NUMBER,
@@ -48,6 +50,8 @@ pytestmark = pytest.mark.skipif(GCLOUD is None, reason="needs the real gcloud on
 
 BRANCH = "refs/heads/feature/try-something"
 DENIAL = re.compile(r"Permission '([a-zA-Z.]+)' denied|does not have ([a-zA-Z.]+) access")
+# The google provider's report of a 403: Compute Engine's wording, or Monitoring's.
+RUNNER_DENIAL = re.compile(r"Required '([a-zA-Z.]+)' permission|Permission '([a-zA-Z.]+)' denied")
 
 
 class Project:
@@ -208,3 +212,95 @@ def test_a_branch_identity_cannot_deploy(project):
         resource = f"projects/{project.project}/serviceAccounts/{runner}"
         member = f"serviceAccount:{project.identity('gcp-preview')}"
         assert not project.policy.allows({member}, "iam.serviceAccounts.actAs", resource)
+
+
+def test_each_runner_role_is_needed_by_the_terraform_run_it_is_for(project):
+    """Infrastructure Manager runs Terraform as the bootstrap's runner accounts. The stack's
+    Terraform (`dmlocal terraform`, with an alert email so that it holds every kind of object
+    the runner's roles are for), staged in Cloud Storage, is applied into a project holding
+    nothing yet, asked through the config v1 API as the deployer: without any one compute or
+    monitoring role of `hello-infra-manager`, the revision fails before anything is created,
+    and the deployment reports the provider's `googleapi: Error 403` naming a permission of
+    that role; with all of them it applies. Then a preview against that deployment as the
+    previewer: each of the preview runner's read-only roles is needed for Terraform's refresh.
+    Not checked: roles/config.agent (what it is for, the runner's access to Infrastructure
+    Manager's own buckets, is not emulated)."""
+    if project.engine != "infra-manager":
+        pytest.skip("Deployment Manager creates the resources as its own service agent")
+    config = project.stack / "runner-check.yaml"  # beside deployment.yaml, for its imports
+    declared = (project.stack / "deployment.yaml").read_text()
+    config.write_text(declared.replace('alertEmail: ""', 'alertEmail: "ops@example.com"'))
+    rendered = project.tmp / "runner-terraform"
+    dmlocal = Path(sys.executable).parent / "dmlocal"
+    subprocess.run([dmlocal, "terraform", config, "--out", rendered], check=True, cwd=project.stack)
+    target = f"{project.project}-runner"  # the project Terraform creates the stack in
+    bucket = f"{target}-sources"
+    project.storage.create_bucket(bucket, target)
+    for file in rendered.iterdir():
+        data = file.read_bytes()
+        project.storage.write(bucket, f"stack/{file.name}", data, "application/octet-stream")
+    blueprint = {
+        "gcsSource": f"gs://{bucket}/stack",
+        "inputValues": {"project": {"inputValue": target}},
+    }
+    parent = f"projects/{project.project}/locations/{project.contexts['gcp-deploy']['IM_LOCATION']}"
+    runners = {}
+    for context in ("gcp-deploy", "gcp-preview"):
+        runner = project.contexts[context]["IM_SERVICE_ACCOUNT"]
+        runners[context] = runner
+        bootstrapped = runner.replace(project.project, target)
+        project.policy.add_bootstrap(
+            bootstrap_commands(project.engine, PROJECT_ID=target),
+            rename={f"serviceAccount:{bootstrapped}": f"serviceAccount:{runner}"},
+        )
+
+    def roles_of(runner: str) -> list[tuple[str, str, str]]:
+        return sorted(
+            b
+            for b in project.policy.bindings
+            if b[:2] == (f"projects/{target}", f"serviceAccount:{runner}")
+            and b[2] != "roles/config.agent"
+        )
+
+    def request(context: str, collection: str, item: str, body: dict) -> dict:
+        token = project.oauth.issue(project.identity(context), CLOUD_PLATFORM)
+        url = f"{project.im.url}v1/{parent}/{collection}?{collection[:-1]}Id={item}"
+        status, operation = call(url, "POST", body, token)
+        assert status == 200, operation
+        return operation["response"]
+
+    def apply(name: str) -> dict:
+        account = f"projects/{project.project}/serviceAccounts/{runners['gcp-deploy']}"
+        body = {"serviceAccount": account, "terraformBlueprint": blueprint}
+        return request("gcp-deploy", "deployments", name, body)
+
+    def refused_without_each_role(context: str, run, message_of) -> None:
+        """`run` fails without each role of the context's runner, naming one of its permissions."""
+        for number, binding in enumerate(roles_of(runners[context])):
+            project.policy.revoke(*binding)
+            try:
+                failed = run(f"runner-{number}")
+            finally:
+                project.policy.grant(*binding)
+            assert failed["state"] == "FAILED", binding
+            message = message_of(failed)
+            assert "googleapi: Error 403" in message, failed
+            denied = {a or b for a, b in RUNNER_DENIAL.findall(message)}
+            assert denied & project.policy.role_permissions(binding[2]), failed
+
+    refused_without_each_role("gcp-deploy", apply, lambda failed: failed["stateDetail"])
+    assert not project.dm.cloud_resources(target), "a refused run created something"
+    applied = apply("runner-all")
+    assert applied["state"] == "ACTIVE", applied
+
+    def preview(name: str) -> dict:
+        account = f"projects/{project.project}/serviceAccounts/{runners['gcp-preview']}"
+        body = {
+            "serviceAccount": account,
+            "terraformBlueprint": blueprint,
+            "deployment": applied["name"],
+        }
+        return request("gcp-preview", "previews", name, body)
+
+    refused_without_each_role("gcp-preview", preview, lambda f: f["errorStatus"]["message"])
+    assert preview("runner-all")["state"] == "SUCCEEDED"

@@ -340,8 +340,9 @@ def test_the_drift_check_account_is_master_only_and_holds_compute_viewer_alone(
     identity-pool credentials, no gcloud) exchanges master's token at STS, becomes the
     drift-check account and reads the deployed stack with it; a branch's token may not. On the
     project, the bootstrap grants that account one role, roles/compute.viewer (read-only), and
-    no binding lets it act as another account. Not checked here: that Compute Engine refuses
-    its writes (the emulated Compute Engine API does not check permissions)."""
+    no binding lets it act as another account. With that token, the real gcloud lists and
+    describes the stack's VM, and Compute Engine refuses deleting a firewall rule or the VM
+    (403; gcloud prints the permission the account lacks), as the console incident would need."""
     from google.auth.exceptions import RefreshError
     from google.auth.transport.requests import Request
 
@@ -359,13 +360,47 @@ def test_the_drift_check_account_is_master_only_and_holds_compute_viewer_alone(
         in federation.sts.impersonations
     )  # fmt: skip
     # And reads the stack with it: `drift check` through the emulated Compute Engine API.
-    project = "proj-drift-check"
+    project = PROJECT_ID  # where the bootstrap granted the drift checker its role
     federation.pipeline.ensure_deployed(project)
     monkeypatch.setenv("GCP_WIF_PROVIDER", federation.provider)
     monkeypatch.setenv("GCP_PROJECT", project)
     monkeypatch.chdir(REPO)
     api = federation.pipeline.dm.compute_url
     assert cli.main(["check", "--api-root", api]) == cli.EXIT_OK
+
+    token_file = federation.pipeline.tmp / "drift-check-token"
+    token_file.write_text(master.token)
+    env = federation.pipeline.env(
+        project,
+        CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE=api,
+        CLOUDSDK_AUTH_ACCESS_TOKEN_FILE=str(token_file),
+    )
+
+    def gcloud_compute(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [GCLOUD, "compute", *args, "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    zone = "--zone=us-central1-a"
+    listed = gcloud_compute("instances", "list", "--format=value(name)")
+    assert listed.returncode == 0 and listed.stdout.split() == ["hello-vm"], listed.stderr
+    described = gcloud_compute("instances", "describe", "hello-vm", zone, "--format=value(name)")
+    assert described.returncode == 0, described.stderr
+    rule = sorted(federation.pipeline.dm.cloud_resources(project)["compute.v1.firewall"])[0]
+    for args, permission, resource in (
+        (("firewall-rules", "delete", rule), "compute.firewalls.delete",
+         f"projects/{project}/global/firewalls/{rule}"),
+        (("instances", "delete", "hello-vm", zone), "compute.instances.delete",
+         f"projects/{project}/zones/us-central1-a/instances/hello-vm"),
+    ):  # fmt: skip
+        refused = gcloud_compute(*args)
+        assert refused.returncode == 1, refused.stderr
+        assert f"Required '{permission}' permission for '{resource}'" in refused.stderr
+    assert federation.pipeline.dm.cloud_resources(project)["compute.v1.instance"]
 
     monkeypatch.setenv("CIRCLE_OIDC_TOKEN_V2", federation.circleci.token(2, ref="refs/heads/x"))
     with pytest.raises(RefreshError):

@@ -10,8 +10,8 @@ GOOGLE_APPLICATION_CREDENTIALS (Application Default Credentials: a key or a WIF 
 
 Exit codes: 0 no drift (check), or all of it undone (repair); 10 drift found (check), or drift
 repair left in place (an unowned resource, a field with no in-place reset; the report says
-which); 1 the config is invalid; 2 usage; 3 no credentials, or the API refused them; 6 the
-Compute Engine API failed.
+which); 1 the config is invalid; 2 usage; 3 no credentials, or the API refused them (a
+missing permission: the message names it); 6 the Compute Engine API failed.
 """
 
 from __future__ import annotations
@@ -81,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(machine if args.json else text)
             return EXIT_DRIFT if differences else EXIT_OK
         return run_repair(compute, project, expansion, state, differences, explain, header)
+    except live.PermissionMissing as error:
+        print(
+            f"drift: error: permission denied: {error}\n"
+            "  drift check needs roles/compute.viewer; repair also needs the roles "
+            "scripts/gcp-bootstrap.sh grants OPERATORS (docs/operations.md)",
+            file=sys.stderr,
+        )
+        return EXIT_AUTH
     except live.CredentialsMissing as error:
         print(f"drift: error: no usable credentials: {error}", file=sys.stderr)
         return EXIT_AUTH

@@ -33,6 +33,10 @@ class CredentialsMissing(Exception):
     """No Application Default Credentials, or the token endpoint refused them."""
 
 
+class PermissionMissing(CredentialsMissing):
+    """The API knows the caller, who lacks the permission the call needs (HTTP 403)."""
+
+
 class ApiFailure(Exception):
     """The Compute Engine API answered with an error other than 404, or could not be reached."""
 
@@ -103,7 +107,8 @@ def client(api_root: str | None = None):
 
 
 def call(request):
-    """Executes a request; None for 404, CredentialsMissing for 401/403, ApiFailure else."""
+    """Executes a request; None for 404, CredentialsMissing for 401, PermissionMissing for 403,
+    ApiFailure else."""
     from google.auth.exceptions import GoogleAuthError
     from googleapiclient.errors import HttpError
 
@@ -114,7 +119,9 @@ def call(request):
         if status == 404:
             return None
         message = f"{request.method} {request.uri.split('?')[0]}: HTTP {status} {error.reason}"
-        if status in (401, 403):
+        if status == 403:
+            raise PermissionMissing(message) from None
+        if status == 401:
             raise CredentialsMissing(message) from None
         raise ApiFailure(message) from None
     except GoogleAuthError as error:

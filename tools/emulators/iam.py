@@ -1,14 +1,18 @@
 """Who may call what: Google's IAM check, the one definition every emulated API here uses.
 
 Test infrastructure. Each emulated server (Deployment Manager, Infrastructure Manager, Cloud
-Storage, IAM Credentials) asks `Policy.authorize` before it does anything, as Google checks
-permission before it looks the resource up (hence "denied on resource (or it may not exist)").
+Storage, IAM Credentials, Compute Engine) asks `Policy.authorize` before it does anything, as
+Google checks permission before it looks the resource up (hence "denied on resource (or it may
+not exist)").
 A call is allowed when the access token carries one of the service's OAuth scopes and one of
 the roles bound to the caller, on the resource or on its project, holds the method's permission.
 
 The facts are data in iam.yaml, each with the Google page it comes from:
   * `roles`: the predefined roles' permissions (only those of the methods emulated here);
-  * `methods`: API method -> permission, per service;
+  * `methods`: API method -> permission (or the permissions, all needed), per service;
+  * `runner`: the API method the google Terraform provider calls for each resource type and
+    action, which Infrastructure Manager's emulated Terraform run checks against the account
+    it runs as;
   * `scopes`: the scopes each service accepts.
 Who holds which role is not data here: it is what scripts/gcp-bootstrap.sh grants, read from
 its `--dry-run` output (`Policy.add_bootstrap`), custom roles included.
@@ -43,10 +47,14 @@ _DATA = yaml.safe_load((Path(__file__).with_name("iam.yaml")).read_text())
 PREDEFINED_ROLES: dict[str, frozenset[str]] = {
     name: frozenset(role["permissions"]) for name, role in _DATA["roles"].items()
 }
-METHOD_PERMISSIONS: dict[str, str] = {
-    method: permission
+METHOD_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    method: tuple(permission) if isinstance(permission, list) else (permission,)
     for service in _DATA["methods"].values()
     for method, permission in service["permissions"].items()
+}
+# resource type -> Terraform action (read, create, update, delete) -> the API method it calls
+RUNNER_METHODS: dict[str, dict[str, str]] = {
+    type_: actions for type_, actions in _DATA["runner"].items() if type_ != "source"
 }
 SERVICE_SCOPES: dict[str, frozenset[str]] = {
     service: frozenset(scopes) for service, scopes in _DATA["scopes"].items()
@@ -177,7 +185,8 @@ class Policy:
             )
         if method not in METHOD_PERMISSIONS:
             raise KeyError(f"method {method} is not in emulators/iam.yaml: add its permission")
-        self.check_permission(identity, METHOD_PERMISSIONS[method], resource)
+        for permission in METHOD_PERMISSIONS[method]:
+            self.check_permission(identity, permission, resource)
 
     def used_permissions(self, principal: str) -> set[str]:
         """Every permission checked for `principal` and granted."""

@@ -38,8 +38,12 @@ Permissions: every call is authorized first (emulators/iam.py): the caller's per
 method on the deployment, preview or operation (config.deployments.create, .update, ...), and, for
 a create, patch or preview, iam.serviceAccounts.actAs on the service account Terraform runs as,
 which Infrastructure Manager's access-control page asks of the caller. 403 PERMISSION_DENIED
-otherwise. Not emulated: the permissions of that service account itself (roles/config.agent and
-the compute roles Terraform needs) are not checked when the emulated Terraform runs.
+otherwise. Terraform then runs as that service account: every refresh, create, update and
+delete of the plan needs the account's permission for the API method the google provider calls
+(iam.yaml `runner`), checked before anything is applied; a refused one fails the revision (or
+the preview) with the provider's `googleapi: Error 403` in tfErrors, as Infrastructure Manager
+reports a Terraform error. Not emulated: what roles/config.agent is for (the runner's access to
+Infrastructure Manager's own state and artifacts buckets): nothing checks it.
 
 Emulator choices, where the documentation does not pin the behaviour down (not verified against
 Google): a patch, delete, lock or preview while an operation runs on the deployment, or while
@@ -66,10 +70,11 @@ from emulators import terraform_plan
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
 from emulators.deploymentmanager.api import TokenVerifier, authenticate, authorize
 from emulators.deploymentmanager.api import _Handler as JsonApiHandler
-from emulators.deploymentmanager.cloud import COMPUTE_ROOT, ComputeError
+from emulators.deploymentmanager.cloud import COLLECTIONS, COMPUTE_ROOT, ComputeError
 from emulators.deploymentmanager.cloud import now as _now
+from emulators.deploymentmanager.compute import scope_of
 from emulators.deploymentmanager.state import DEPLOYMENT_NAME
-from emulators.iam import Policy
+from emulators.iam import RUNNER_METHODS, Identity, PermissionDenied, Policy
 from emulators.loopback import LoopbackService
 from emulators.storage import CloudStorage
 
@@ -78,6 +83,7 @@ TYPE_PREFIX = "type.googleapis.com/google.cloud.config.v1."
 SERVICE_ACCOUNT = re.compile(r"^projects/[^/]+/serviceAccounts/[^/]+@[^/]+$")
 GCS_SOURCE = re.compile(r"^gs://([^/]+)/(.+)$")
 ARTIFACTS_BUCKET = "{project}_infra_manager_artifacts"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
 class InfraManagerEmulator(LoopbackService):
@@ -300,10 +306,18 @@ class InfraManagerEmulator(LoopbackService):
         return {name[len(prefix) :]: self.storage.read(bucket, name) for name in names}
 
     def _terraform(
-        self, record: dict | None, blueprint: dict, import_existing: bool, apply: bool, version: str
+        self,
+        record: dict | None,
+        blueprint: dict,
+        import_existing: bool,
+        apply: bool,
+        version: str,
+        runner: str,
     ):
-        """Runs Terraform `version` on a copy of the cloud; returns (plan, new state, new cloud
-        copy)."""
+        """Runs Terraform `version` on a copy of the cloud as the service account `runner`
+        (projects/P/serviceAccounts/EMAIL); returns (plan, new state, project, new cloud copy).
+        The plan comes first and is checked against the runner's permissions, so a refused
+        refresh, create, update or delete fails the run before anything changes."""
         inputs = {
             key: (value or {}).get("inputValue")
             for key, value in (blueprint.get("inputValues") or {}).items()
@@ -315,23 +329,68 @@ class InfraManagerEmulator(LoopbackService):
             raise terraform_plan.TerraformError("provider google: no project configured")
         cloud = copy.deepcopy(self.compute.cloud.projects.get(project, {}))
 
+        def planned(dm_type, name, properties, existing):
+            resource = {**(existing or {}), **properties, "name": name}
+            resource.setdefault("selfLink", f"{COMPUTE_ROOT}{project}/(known after apply)/{name}")
+            resource.setdefault("address", "(known after apply)")
+            return resource
+
         def materialize(dm_type, name, properties, existing):
-            if apply:
-                try:
-                    return self.compute.materialize(project, dm_type, name, properties, existing)
-                except ComputeError as refusal:  # as the provider reports the API's answer
-                    raise terraform_plan.TerraformError(
-                        f"Error {'updating' if existing else 'creating'} {dm_type} {name}: "
-                        f"googleapi: Error {refusal.code}: {refusal.message}, {refusal.reason}"
-                    ) from None
-            planned = {**(existing or {}), **properties, "name": name}
-            planned.setdefault("selfLink", f"{COMPUTE_ROOT}{project}/(known after apply)/{name}")
-            planned.setdefault("address", "(known after apply)")
-            return planned
+            try:
+                return self.compute.materialize(project, dm_type, name, properties, existing)
+            except ComputeError as refusal:  # as the provider reports the API's answer
+                raise terraform_plan.TerraformError(
+                    f"Error {'updating' if existing else 'creating'} {dm_type} {name}: "
+                    f"googleapi: Error {refusal.code}: {refusal.message}, {refusal.reason}"
+                ) from None
 
         state = record["tf_state"] if record else {}
-        plan, new_state = terraform_plan.run(module, state, cloud, import_existing, materialize)
+        plan, new_state = terraform_plan.run(
+            module, state, copy.deepcopy(cloud), import_existing, planned
+        )
+        self._check_runner(runner, project, plan, state, new_state)
+        if apply:
+            plan, new_state = terraform_plan.run(module, state, cloud, import_existing, materialize)
         return plan, new_state, project, cloud
+
+    def _check_runner(self, runner: str, project: str, plan, state: dict, new_state: dict):
+        """Raises the provider's error for the first call of the plan the account Terraform
+        runs as may not make (iam.yaml `runner`: the API method behind each action)."""
+        if self.policy is None or self.verify_token is None:
+            return
+        identity = Identity(runner.rsplit("/", 1)[-1], (CLOUD_PLATFORM,))
+        for change in plan.changes:
+            tracked = new_state.get(change.address) or state.get(change.address) or {}
+            tf_type = change.address.split(".", 1)[0]
+            dm_type = tracked.get("type") or terraform_plan.DM_TYPES[tf_type]
+            body = change.after or change.before or {}
+            actions = (["read"] if change.before is not None else []) + [
+                a for a in change.actions if a != "no-op"
+            ]
+            for action in actions:
+                method = RUNNER_METHODS[dm_type][action]
+                if dm_type in COLLECTIONS:
+                    name = tracked.get("name") or body.get("name")
+                    where = f"{scope_of(dm_type, body)}/{COLLECTIONS[dm_type][1]}"
+                    resource = f"projects/{project}/{where}/{name}"
+                else:
+                    resource = f"projects/{project}"
+                try:
+                    self.policy.authorize(identity, method, resource)
+                except PermissionDenied as denied:
+                    kind = tf_type.split("_", 2)[-1].title().replace("_", "")
+                    doing = {"read": "reading", "create": "creating", "update": "updating"}
+                    if dm_type in COLLECTIONS:
+                        detail = (
+                            f"Required '{denied.permission}' permission for '{denied.resource}', "
+                            "forbidden"
+                        )
+                    else:
+                        detail = f"{denied.message}, forbidden"
+                    raise terraform_plan.TerraformError(
+                        f"Error {doing.get(action, 'deleting')} {kind} ({change.address}): "
+                        f"googleapi: Error 403: {detail}"
+                    ) from None
 
     def _apply(self, record: dict, body: dict, blueprint: dict, action: str, version: str):
         number = len(record["revisions"]) + 1
@@ -353,7 +412,12 @@ class InfraManagerEmulator(LoopbackService):
         def work():
             try:
                 plan, new_state, project, cloud = self._terraform(
-                    record, blueprint, revision["importExistingResources"], True, version
+                    record,
+                    blueprint,
+                    revision["importExistingResources"],
+                    True,
+                    version,
+                    body["serviceAccount"],
                 )
             except terraform_plan.TerraformError as error:
                 revision.update(
@@ -436,6 +500,14 @@ class InfraManagerEmulator(LoopbackService):
                         mine = {
                             a: t for a, t in record["tf_state"].items() if t["project"] == project
                         }
+                        held = {a: cloud.get(t["type"], {}).get(t["name"]) for a, t in mine.items()}
+                        deletes = [
+                            terraform_plan.Change(a, ["delete"], before=r)
+                            for a, r in held.items()
+                            if r
+                        ]
+                        plan = terraform_plan.Plan(deletes)
+                        self._check_runner(record["serviceAccount"], project, plan, mine, {})
                         terraform_plan.destroy(mine, cloud)
                 except terraform_plan.TerraformError as error:
                     record.update(state="FAILED", stateDetail=f"delete failed: {error}")
@@ -524,7 +596,9 @@ class InfraManagerEmulator(LoopbackService):
 
         def work():
             try:
-                plan, *_ = self._terraform(record, blueprint, False, False, version)
+                plan, *_ = self._terraform(
+                    record, blueprint, False, False, version, body["serviceAccount"]
+                )
             except terraform_plan.TerraformError as error:
                 preview.update(
                     state="FAILED",

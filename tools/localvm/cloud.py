@@ -83,13 +83,18 @@ class LocalCloud:
         self.deployer = DEPLOYER.format(project=project)
         self.oauth = OAuth2Emulator()
         # The deployer holds what gcp-bootstrap.sh grants the deployer, for both engines (as in
-        # a project moved from one to the other).
+        # a project moved from one to the other), and what it grants the operators who run
+        # `make repair`, so that `gcloud compute` acts on the local stack as a person would.
         self.policy = Policy()
         bootstrap_deployer = f"serviceAccount:hello-deployer@{project}.iam.gserviceaccount.com"
         for engine in ("dm", "infra-manager"):
             self.policy.add_bootstrap(
                 bootstrap_commands(
-                    engine, PROJECT_ID=project, CIRCLE_ORG_ID="local", CIRCLE_PROJECT_ID="local"
+                    engine,
+                    PROJECT_ID=project,
+                    CIRCLE_ORG_ID="local",
+                    CIRCLE_PROJECT_ID="local",
+                    OPERATORS=bootstrap_deployer,
                 ),
                 rename={bootstrap_deployer: f"serviceAccount:{self.deployer}"},
             )

@@ -18,7 +18,8 @@ Every request must carry `Authorization: Bearer TOKEN` accepted by the injected 
 (emulators.oauth2 issues the tokens); anything else gets 401. Then the caller's permission for
 the method is checked on the project (emulators/iam.py, the policy the bootstrap grants): 403
 PERMISSION_DENIED without it, before the deployment is looked up. DM creates the resources as
-its own service agent, so the caller needs no compute permission.
+its own service agent, so the caller needs no compute permission; a call to the Compute Engine
+API needs the caller's own (compute.py).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class DeploymentManagerEmulator(LoopbackService):
         ids = itertools.count(7_000_000_000_000_000_001)
         self.cloud = Cloud(address_allocator, ids)
         self.state = Deployments(self.cloud, op_seconds, project_number, ids)
-        self.compute = ComputeApi(self.cloud, ids)
+        self.compute = ComputeApi(self.cloud, ids, policy)
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) for tests
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -199,7 +200,7 @@ class DeploymentManagerEmulator(LoopbackService):
         identity = authenticate(self.verify_token, token)
         if path.startswith(COMPUTE_API_ROOT):
             with self.lock:
-                return self.compute.handle(method, path, query, body, _principal(identity))
+                return self.compute.handle(method, path, query, body, identity)
         if not path.startswith(API_ROOT):
             raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such API path: {path}")
         parts = path[len(API_ROOT) :].strip("/").split("/")

@@ -31,6 +31,13 @@ What follows the API's documentation:
     (tags.fingerprint, metadata.fingerprint, labelFingerprint, the instance's fingerprint),
     an address's status IN_USE and its users, a firewall's default direction and priority.
 
+Permissions: every call is checked first (emulators/iam.py): the caller needs each permission
+Compute Engine documents for the method (iam.yaml `methods: compute`; a firewall rule's insert,
+patch and delete also compute.networks.updatePolicy), on the resource or its project, else
+403 forbidden with Compute Engine's message, "Required 'PERMISSION' permission for 'RESOURCE'",
+which gcloud prints. A `use` permission Google checks on the referenced subnet or address is
+checked on the new instance here (a grant on the project holds for both).
+
 Emulator choices: operations are DONE when returned (the work is done in the call); a
 fingerprint is a hash of the content it guards, so it changes with every change of that content
 (a change back to an earlier content gives the earlier fingerprint again); the server-side list
@@ -56,6 +63,7 @@ from emulators.deploymentmanager.cloud import (
     parse_link,
 )
 from emulators.deploymentmanager.errors import ApiError
+from emulators.iam import Identity, PermissionDenied, Policy
 
 API_ROOT = "/compute/v1/projects/"
 SCOPES = {None: "global", "region": "regions", "zone": "zones"}
@@ -92,18 +100,23 @@ def _error(code: int, reason: str, message: str) -> ApiError:
 class ComputeApi:
     """Answers Compute Engine v1 requests from `cloud`; the caller holds the state's lock."""
 
-    def __init__(self, cloud: Cloud, ids):
+    def __init__(self, cloud: Cloud, ids, policy: Policy | None = None):
         self.cloud = cloud
+        self.policy = policy
         self.operations: dict[tuple[str, str], dict] = {}
         self._ids = ids
 
-    def handle(self, method: str, path: str, query: dict, body: dict | None, principal: str):
+    def handle(
+        self, method: str, path: str, query: dict, body: dict | None, identity: Identity | None
+    ):
         """Returns (status, json body). Raises ApiError for HTTP errors."""
+        principal = identity.principal if identity else "anonymous@example.com"
         parts = path[len(API_ROOT) :].strip("/").split("/")
         if len(parts) < 3:
             raise _error(404, "notFound", f"no such API path: {path}")
         project = parts[0]
         if parts[1] == "aggregated" and method == "GET":
+            self._authorize(identity, f"compute.{parts[2]}.aggregatedList", f"projects/{project}")
             return HTTPStatus.OK, self._aggregated(project, parts[2])
         if parts[1] == "global":
             scope, rest = "global", parts[2:]
@@ -113,11 +126,21 @@ class ComputeApi:
             raise _error(404, "notFound", f"no such API path: {path}")
         wait = method == "POST" and rest[2:] == ["wait"]
         if rest[0] == "operations" and len(rest) >= 2 and (method == "GET" or wait):
+            kind = {"global": "global", "regions": "region", "zones": "zone"}[parts[1]]
+            operation = f"compute.{kind}Operations.{'wait' if wait else 'get'}"
+            self._authorize(identity, operation, f"projects/{project}/{scope}/operations/{rest[1]}")
             return HTTPStatus.OK, self._operation(project, scope, rest[1])
         collection, rest = rest[0], rest[1:]
         type_ = TYPES.get((scope.split("/")[0], collection))
         if type_ is None:
             raise _error(404, "notFound", f"no such collection: {scope}/{collection}")
+        name = rest[0] if rest else (body or {}).get("name")
+        where = f"projects/{project}/{scope}/{collection}"
+        self._authorize(
+            identity,
+            api_method(type_, method, rest),
+            f"{where}/{name}" if rest or method == "POST" else f"projects/{project}",
+        )
         call = Call(self, project, scope, collection, type_, principal)
         body = canonical(body)
         try:
@@ -138,6 +161,22 @@ class ComputeApi:
         except ComputeError as refusal:
             raise _error(refusal.code, refusal.reason, refusal.message) from None
         raise _error(404, "notFound", f"no such method: {method} {path}")
+
+    def _authorize(self, identity: Identity | None, method: str, resource: str) -> None:
+        """Compute Engine's 403 unless the caller holds every permission `method` needs on
+        `resource` (or its project); with no verifier there is no caller and no IAM."""
+        if identity is None:
+            return
+        assert self.policy is not None, "an emulator that verifies tokens needs a policy"
+        try:
+            self.policy.authorize(identity, method, resource)
+        except KeyError:
+            raise _error(404, "notFound", f"no such method: {method}") from None
+        except PermissionDenied as denied:
+            if denied.permission == "(scope)":
+                raise _error(403, "forbidden", denied.message) from None
+            message = f"Required '{denied.permission}' permission for '{denied.resource}'"
+            raise _error(403, "forbidden", message) from None
 
     def _aggregated(self, project: str, collection: str) -> dict:
         items: dict[str, dict] = {}
@@ -327,6 +366,24 @@ class Call:
         else:
             raise ComputeError(404, "notFound", f"no such method: instances.{verb}")
         return self.done(verb, self._store(name, properties, existing))
+
+
+def api_method(type_: str, method: str, rest: list[str]) -> str:
+    """The compute.v1 method a request on a collection calls, as compute.COLLECTION.METHOD
+    (global addresses are their own collection in the API: globalAddresses)."""
+    collection = type_.rsplit(".", 1)[-1]
+    collection += "es" if collection.endswith("ss") else "s"
+    if len(rest) == 2:
+        return f"compute.{collection}.{rest[1]}"
+    verb = {
+        ("GET", False): "list",
+        ("POST", False): "insert",
+        ("GET", True): "get",
+        ("DELETE", True): "delete",
+        ("PATCH", True): "patch",
+        ("PUT", True): "update",
+    }.get((method, bool(rest)), method.lower())
+    return f"compute.{collection}.{verb}"
 
 
 def scope_of(type_: str, resource: dict) -> str:
