@@ -32,6 +32,7 @@ set -Eeuo pipefail
 readonly ROOT=${HELLO_TLS_ROOT:-}
 readonly METADATA=${HELLO_TLS_METADATA:-http://metadata.google.internal}/computeMetadata/v1/instance
 read -r -a NGINX <<<"${HELLO_TLS_NGINX:-nginx}"
+readonly NGINX_PID=$ROOT/run/nginx.pid
 readonly STATE=$ROOT/var/lib/hello-acme
 readonly WEBROOT=$ROOT/var/www/hello-acme
 readonly SERVED=$ROOT/etc/hello-tls
@@ -287,9 +288,26 @@ obtain() {
   done
 }
 
+# The workers of nginx's master $1 (its children): after a reload, the old configuration's.
+nginx_workers() { cat "/proc/$1/task/$1/children" 2>/dev/null || true; }
+
+# Waits, at most 30 s, until processes $@ have exited: nginx's reload only signals the master,
+# and the workers of the old configuration accept connections until they exit.
+wait_exited() {
+  local pid deadline=$((EPOCHSECONDS + 30))
+  for pid in "$@"; do
+    while [[ -e /proc/$pid ]] && ((EPOCHSECONDS < deadline)); do sleep 0.2; done
+  done
+}
+
+# Reloads nginx and returns once it serves the new configuration only.
 reload_nginx() {
+  local old
   "${NGINX[@]}" -t -q
+  old=$(nginx_workers "$(cat "$NGINX_PID")")
   "${NGINX[@]}" -s reload
+  # shellcheck disable=SC2086 # one PID per word
+  wait_exited $old
 }
 
 # Serves the newest valid certificate, or turns HTTPS off when there is none: an expired or

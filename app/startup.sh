@@ -402,6 +402,18 @@ watch_release() {
   done
 }
 
+# The workers of nginx's master $1 (its children): after a reload, the old configuration's.
+nginx_workers() { cat "/proc/$1/task/$1/children" 2>/dev/null || true; }
+
+# Waits, at most 30 s, until processes $@ have exited: nginx's reload only signals the master,
+# and the workers of the old configuration accept connections until they exit.
+wait_exited() {
+  local pid deadline=$((EPOCHSECONDS + 30))
+  for pid in "$@"; do
+    while [[ -e /proc/$pid ]] && ((EPOCHSECONDS < deadline)); do sleep 0.2; done
+  done
+}
+
 # nginx's upstream for the app: slot $1, and slot $2 (if given) as the backup nginx retries a
 # request on when the first drops it. max_fails=0: neither is ever marked unavailable, so every
 # request tries the serving slot, then the backup. With nginx's default (one failure marks a
@@ -431,7 +443,12 @@ route_to() {
   mv "$UPSTREAM.new" "$UPSTREAM"
   if systemctl --quiet is-active nginx.service; then
     nginx -t -q
+    local old
+    old=$(nginx_workers "$(systemctl show -P MainPID nginx.service)")
     systemctl reload nginx.service
+    # The front check that follows must reach the new configuration's workers.
+    # shellcheck disable=SC2086 # one PID per word
+    wait_exited $old
   fi
 }
 

@@ -68,7 +68,8 @@ class Front:
         return emulator
 
     def start(self) -> Front:
-        for directory in ("/etc/nginx/hello-tls", "/var/www/hello-acme", "/usr/local/share"):
+        directories = ("/etc/nginx/hello-tls", "/var/www/hello-acme", "/usr/local/share", "/run")
+        for directory in directories:
             self.path(directory).mkdir(parents=True, exist_ok=True)
         self.path("/var/lib/hello-acme").mkdir(parents=True, mode=0o700)
         share = self.path("/usr/local/share/hello-tls")
@@ -89,7 +90,8 @@ class Front:
         self.access_log = nginx_dir / "access.log"
         # The parts of Debian's nginx.conf the site relies on, with state in the temporary root.
         self.nginx_conf.write_text(
-            f"user www-data;\npid {nginx_dir}/nginx.pid;\nerror_log {nginx_dir}/error.log;\n"
+            f"user www-data;\npid {self.path('/run/nginx.pid')};\n"
+            f"error_log {nginx_dir}/error.log;\n"
             "events {}\nhttp {\n"
             f"  access_log {self.access_log};\n"
             f"  client_body_temp_path {nginx_dir}/body;\n  proxy_temp_path {nginx_dir}/proxy;\n"
@@ -114,7 +116,7 @@ class Front:
         )
 
     def nginx_master_pid(self) -> int:
-        return int((self.root / "nginx/nginx.pid").read_text())
+        return int(self.path("/run/nginx.pid").read_text())
 
     def env(self, metadata: MetadataEmulator | None = None, **extra: str) -> dict[str, str]:
         server = metadata or self.metadata_server
