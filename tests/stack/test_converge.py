@@ -1,7 +1,8 @@
 """The converge's own decisions, run from app/startup.sh on this host: what counts as healthy,
 which apt sources a package install refreshes, and when the metadata watcher asks for a
 converge. Real: the script, bash, curl. Emulated: loopback HTTP servers standing in for nginx's
-answer (a redirect, an error, the app's JSON) and for the metadata server's long poll."""
+answer (a redirect, an error, the app's JSON); the metadata server (emulators.metadata, which
+follows the documented long poll)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.parse
+import urllib.request
 
 import pytest
 
+from dmlocal.expand import default_env, expand_path
+from emulators.metadata import MetadataEmulator, from_expanded_config
 from tests.conftest import REPO
 
 
@@ -123,45 +126,6 @@ def test_apt_refreshes_only_debian_sources(tmp_path):
     assert (chosen / "debian.sources").resolve() == etc / "sources.list.d/debian.sources"
 
 
-class MetadataServer(http.server.ThreadingHTTPServer):
-    """The GCE metadata server's long poll, as documented: with `wait_for_change=true` and
-    `last_etag=E` it answers at once when the attributes' ETag differs from E, else when they
-    change or after `timeout_sec`; the ETag header names the attributes' current version
-    (https://cloud.google.com/compute/docs/metadata/querying-metadata#etags)."""
-
-    def __init__(self):
-        self.etag = "NONE"
-        self.changed = threading.Condition()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                assert self.headers["Metadata-Flavor"] == "Google"
-                with server.changed:
-                    if query.get("wait_for_change") == "true":
-                        server.changed.wait_for(
-                            lambda: server.etag != query.get("last_etag"),
-                            timeout=int(query.get("timeout_sec", 60)),
-                        )
-                    etag = server.etag
-                self.send_response(200)
-                self.send_header("ETag", etag)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    def set_etag(self, etag: str) -> None:
-        with self.changed:
-            self.etag = etag
-            self.changed.notify_all()
-
-
 def wait_for(condition, what: str, timeout: float = 20):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -176,38 +140,49 @@ def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
     state, requests = tmp_path / "state", tmp_path / "requests"
     state.mkdir()
     requests.mkdir()
-    (state / "applied-etag").write_text("good\n")
-    metadata = MetadataServer()
-    threading.Thread(target=metadata.serve_forever, daemon=True).start()
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HELLO_METADATA": f"http://127.0.0.1:{metadata.server_port}",
-        "HELLO_STATE_DIR": str(state),
-        "HELLO_REQUESTS": str(requests),
-    }
-    watcher = subprocess.Popen(
-        ["bash", str(REPO / "app/startup.sh"), "watch"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its long-polling curl goes with it
-    )
-    try:
-        for bad in ("bad-1", "bad-2"):
-            # What a converge that refused `bad` leaves behind.
-            (state / "refused-etag").write_text(f"{bad} {int(time.time()) + 300}\n")
-            metadata.set_etag(bad)
-            time.sleep(1)
-            assert list(requests.iterdir()) == [], f"{bad} was asked for before its retry time"
-            metadata.set_etag("good")
-            wait_for(lambda: (requests / "good").exists(), f"no converge asked after {bad}")
-            # The converge it asked for: answers the request and forgets the refusal.
-            (requests / "good").unlink()
-            (state / "refused-etag").unlink()
-    finally:
-        os.killpg(watcher.pid, signal.SIGKILL)
-        output = watcher.communicate()[0]
-        metadata.shutdown()
-        metadata.server_close()
+    expansion = expand_path(str(REPO / "deployment.yaml"), default_env("hello", "local-project"))
+    instance, _ = from_expanded_config({"resources": expansion.resources})
+    with MetadataEmulator(instance) as metadata:
+        attributes = f"{metadata.url}/computeMetadata/v1/instance/attributes"
+
+        def deploy(app: str) -> str:
+            """Sets the attributes as a deploy would; returns their ETag, as the watcher sees it."""
+            metadata.store.set_instance_attributes({"app-py": app})
+            request = urllib.request.Request(
+                f"{attributes}/?recursive=true&alt=json", headers={"Metadata-Flavor": "Google"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.headers["ETag"]
+
+        good = deploy("good")
+        (state / "applied-etag").write_text(f"{good}\n")
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HELLO_METADATA": attributes,
+            "HELLO_STATE_DIR": str(state),
+            "HELLO_REQUESTS": str(requests),
+        }
+        watcher = subprocess.Popen(
+            ["bash", str(REPO / "app/startup.sh"), "watch"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its long-polling curl goes with it
+        )
+        try:
+            for app in ("bad-1", "bad-2"):
+                bad = deploy(app)
+                # What a converge that refused it leaves behind.
+                (state / "refused-etag").write_text(f"{bad} {int(time.time()) + 300}\n")
+                time.sleep(1)
+                assert list(requests.iterdir()) == [], f"{app} was asked for before its retry time"
+                assert deploy("good") == good
+                wait_for(lambda: (requests / good).exists(), f"no converge asked after {app}")
+                # The converge it asked for: answers the request and forgets the refusal.
+                (requests / good).unlink()
+                (state / "refused-etag").unlink()
+        finally:
+            os.killpg(watcher.pid, signal.SIGKILL)
+            output = watcher.communicate()[0]
     assert output.count("requesting a converge to forget the refusal") == 2, output
     assert output.count("holds a refused release") == 2, output
