@@ -22,8 +22,9 @@
 # signs a private ACME server's own HTTPS; empty trusts certbot's public CAs). The identifier is
 # network-interfaces/0/access-configs/0/external-ip, the reserved static IP.
 #
-# HELLO_TLS_ROOT, HELLO_TLS_METADATA and HELLO_TLS_NGINX relocate the files, the metadata server
-# and nginx's command, so the host tests run this same script without a VM; HELLO_TLS_ATTEMPTS
+# HELLO_TLS_ROOT, HELLO_TLS_METADATA, HELLO_TLS_NGINX and HELLO_TLS_STARTUP relocate the files,
+# the metadata server, nginx's command and app/startup.sh's, so the host tests run this same
+# script without a VM; HELLO_TLS_ATTEMPTS
 # and HELLO_TLS_LEAD shorten the retries and the lead time there, for certificates that live
 # seconds. HELLO_TLS_FORCE_RENEWAL=1 renews now (docs/https.md). The host tests also source this
 # file to feed it CA answers that their CA cannot give (rate limits).
@@ -32,6 +33,7 @@ set -Eeuo pipefail
 readonly ROOT=${HELLO_TLS_ROOT:-}
 readonly METADATA=${HELLO_TLS_METADATA:-http://metadata.google.internal}/computeMetadata/v1/instance
 read -r -a NGINX <<<"${HELLO_TLS_NGINX:-nginx}"
+read -r -a STARTUP <<<"${HELLO_TLS_STARTUP:-/usr/local/sbin/hello-startup}"
 readonly NGINX_PID=$ROOT/run/nginx.pid
 readonly STATE=$ROOT/var/lib/hello-acme
 readonly WEBROOT=$ROOT/var/www/hello-acme
@@ -81,7 +83,8 @@ external_ip() { metadata network-interfaces/0/access-configs/0/external-ip; }
 # once instead of waiting for the old one's renewal date.
 cert_name() { printf 'ip-%s-%s' "${2//[.:]/-}" "$(printf '%s' "$1" | sha256sum | cut -c1-8)"; }
 
-# certbot in its own venv, named after the hash of its pins, installed with --require-hashes.
+# certbot in its own venv, named after the hash of its pins, built the way the app's is (uv,
+# hash-checked pins: `hello-startup venv`).
 ensure_client() {
   local requirements=$SHARE/acme-requirements.txt digest venv
   digest=$(sha256sum "$requirements" | cut -c1-16)
@@ -90,15 +93,7 @@ ensure_client() {
   [[ -f $venv/.complete ]] && return 0
   # Called as a condition (so errexit is off here): every step checks its own result.
   log "installing the ACME client in $venv"
-  # Without pip of its own: Debian's pip wheel, run by the venv's python, installs into it (the
-  # app's venv is built the same way, app/startup.sh).
-  local pip_wheels=(/usr/share/python-wheels/pip-*.whl)
-  rm -rf "$venv" &&
-    python3 -m venv --without-pip "$venv" &&
-    "$venv/bin/python" "${pip_wheels[0]}/pip" install --quiet --no-cache-dir \
-      --disable-pip-version-check --require-hashes --only-binary=:all: \
-      --requirement "$requirements" &&
-    sync && touch "$venv/.complete" || return 1
+  "${STARTUP[@]}" venv "$venv" "$requirements" || return 1
   find "$STATE" -maxdepth 1 -name 'certbot-*' ! -path "$venv" -exec rm -rf {} +
 }
 
@@ -246,7 +241,7 @@ obtain() {
   CA_BUNDLE=()
   if [[ -n $ca ]]; then
     printf '%s\n' "$ca" >"$STATE/directory-ca.pem"
-    # For certbot's requests to the CA only: pip must keep verifying PyPI the usual way.
+    # For certbot's requests to the CA only: uv must keep verifying PyPI the usual way.
     CA_BUNDLE=("REQUESTS_CA_BUNDLE=$STATE/directory-ca.pem")
   fi
   output=$STATE/certbot-output.txt

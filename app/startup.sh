@@ -21,7 +21,8 @@
 # `watch` = the metadata watcher; `version KEY=FILE...` = the version digest of those files;
 # `healthy URL VERSION` = whether URL answers 200 with that version (the converge's check);
 # `upstream PORT [BACKUP]` = nginx's upstream block for the app; `debian-sources DIR` = links in
-# DIR to the apt sources a package install refreshes.
+# DIR to the apt sources a package install refreshes; `venv DIR REQUIREMENTS` = a venv with
+# those hash-checked pins (hello-tls builds certbot's with it).
 set -Eeuo pipefail
 
 # HELLO_METADATA, HELLO_STATE_DIR and HELLO_REQUESTS point the host tests at local stand-ins.
@@ -36,7 +37,18 @@ readonly SERVING=$PREFIX/serving
 readonly UPSTREAM=/etc/nginx/conf.d/hello-upstream.conf
 readonly UNIT_DIR=/etc/systemd/system
 readonly SELF=/usr/local/sbin/hello-startup
-readonly PACKAGES=(python3-venv nginx)
+readonly PACKAGES=(python3 nginx)
+# uv builds the venvs (the app's, and hello-tls's for certbot): one binary, taken from its wheel
+# on PyPI, pinned by URL and sha256 like the app's own pins. `uv pip install --require-hashes` is
+# pip's hash-checking mode: every pin needs a matching hash, or nothing is installed. It installs
+# the app's pins several times faster than pip (whose own start-up and resolver are Python), and
+# needs neither pip nor python3-venv on the VM. To update: the wheel's URL and sha256 from
+# https://pypi.org/simple/uv/ (the manylinux x86_64 one).
+readonly UV_VERSION=0.13.9
+readonly UV_WHEEL=https://files.pythonhosted.org/packages/3d/aa/26d64642d808de4a652579ef950d7cd2d37f080a8babf9c67c6b75fc4c3f/uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+readonly UV_WHEEL_SHA256=d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19
+# HELLO_UV_DIR puts uv elsewhere for the host tests, which run hello-tls without a VM.
+readonly UV=${HELLO_UV_DIR:-/usr/local/lib/hello}/uv-$UV_VERSION
 # Where apt's sources are listed (HELLO_APT_ETC points the host tests at a copy).
 readonly APT_ETC=${HELLO_APT_ETC:-/etc/apt}
 # What converges have done, kept across reboots: the applied ETag and pending restarts.
@@ -88,7 +100,7 @@ fail() {
 trap 'fail "line $LINENO: \"$BASH_COMMAND\" exited $?"' ERR
 
 # What changed on this run. Flags, not return codes: a function called in an `&&` list runs
-# with errexit off, which would let a failed apt-get or pip install go unnoticed.
+# with errexit off, which would let a failed apt-get or uv install go unnoticed.
 reload_units=0
 reload_nginx=0
 restart_nginx=0
@@ -153,7 +165,7 @@ retry() {
       sleep 5
       continue
     fi
-    if [[ $output == *"DO NOT MATCH THE HASHES"* ]] || ((attempt >= NET_ATTEMPTS)); then
+    if [[ $output == *"Hash mismatch for"* ]] || ((attempt >= NET_ATTEMPTS)); then
       printf '%s\n' "$output" >&2
       fail "$what failed (exit $status) after $attempt attempt(s)"
     fi
@@ -225,31 +237,59 @@ ensure_packages() {
     --no-install-recommends -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "${missing[@]}"
 }
 
-# A venv lives in a directory named after the hash of its pins, shared by the releases with
-# those pins; the serving release's and the previous one's are kept, so going back is instant.
-# "Complete" is a marker written after the install has been flushed to disk: a GCE reset is a
-# power cut, and one seen here left a venv whose files existed but were empty. Sets $venv.
-ensure_venv() {
-  local requirements=$1 digest
-  digest=$(sha256sum "$requirements" | cut -c1-16)
-  venv=$PREFIX/venv-$digest
+# uv from its pinned wheel, once: the binary is the wheel's only executable.
+ensure_uv() {
+  [[ -x $UV ]] && return 0
+  local download
+  download=$(mktemp -d)
+  log "installing uv $UV_VERSION from PyPI (sha256 checked)"
+  retry "downloading uv" curl --silent --show-error --fail --location --max-time 120 \
+    --output "$download/uv.whl" "$UV_WHEEL"
+  if ! sha256sum --check --status <<<"$UV_WHEEL_SHA256  $download/uv.whl"; then
+    rm -rf "$download"
+    fail "uv's wheel from $UV_WHEEL does not match its pinned sha256"
+  fi
+  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+    "$download/uv.whl" "uv-$UV_VERSION.data/scripts/uv" >"$download/uv"
+  install -D --mode 0755 "$download/uv" "$UV"
+  rm -rf "$download"
+}
+
+# A venv at $1 with the hash-checked pins of $2, unless it is complete already. "Complete" is a
+# marker written after the install has been flushed to disk: a GCE reset is a power cut, and one
+# seen here left a venv whose files existed but were empty. The venv gets no installer of its
+# own (the app never needs one at run time); bytecode is compiled now, since the app's user
+# cannot write it next to the root-owned sources.
+build_venv() {
+  local venv=$1 requirements=$2
   if [[ -f $venv/.complete ]]; then
     log "venv up to date: $venv"
     return 0
   fi
   log "building venv $venv"
+  local started=$SECONDS
   rm -rf "$venv"
-  # No pip inside the venv: Debian's pip wheel (python3-pip-whl, a dependency of python3-venv),
-  # run by the venv's python, installs into it. That skips ensurepip installing pip into every
-  # venv, most of a venv build's time under TCG, and the app never needs pip at run time.
-  python3 -m venv --without-pip "$venv"
-  local pip_wheels=(/usr/share/python-wheels/pip-*.whl)
-  log "installing the pinned requirements with pip (hashes checked)"
-  retry "pip install" "$venv/bin/python" "${pip_wheels[0]}/pip" install --quiet --no-cache-dir \
-    --disable-pip-version-check --retries 1 --timeout 20 --only-binary=:all: \
-    --require-hashes --requirement "$requirements"
+  ensure_uv
+  "$UV" venv --quiet --no-config --no-python-downloads --python "$(command -v python3)" "$venv"
+  log "installing the pinned requirements with uv (hashes checked)"
+  # --system-certs: the OS's CA store, as curl and apt use (uv's own is a built-in copy of
+  # Mozilla's), so a proxy a company's CA signs works as it does for them.
+  retry "uv pip install" env UV_HTTP_TIMEOUT=20 "$UV" pip install --quiet --no-config --no-cache \
+    --system-certs --python "$venv/bin/python" --only-binary :all: --require-hashes \
+    --compile-bytecode --requirement "$requirements"
   sync
   touch "$venv/.complete"
+  log "venv built in $((SECONDS - started)) s: $venv"
+}
+
+# A venv lives in a directory named after the hash of its pins, shared by the releases with
+# those pins; the serving release's and the previous one's are kept, so going back is instant.
+# Sets $venv.
+ensure_venv() {
+  local digest
+  digest=$(sha256sum "$1" | cut -c1-16)
+  venv=$PREFIX/venv-$digest
+  build_venv "$venv" "$1"
 }
 
 # Reads every instance attribute in one request, so the files and the ETag recorded for them
@@ -463,7 +503,7 @@ prepare_release() {
   ensure_venv "$staging/app-requirements" &
   wait "$!" || status=$?
   if ((status != 0)); then
-    reason="its venv could not be built from app/requirements.txt (see the pip output above)"
+    reason="its venv could not be built from app/requirements.txt (see uv's output above)"
     return 1
   fi
   ensure_venv "$staging/app-requirements" >/dev/null
@@ -847,5 +887,8 @@ upstream)
 debian-sources)
   debian_sources "$2"
   ;;
-*) fail "usage: $0 [boot|converge|retry|watch|version KEY=FILE...|healthy URL VERSION|upstream PORT [BACKUP]|debian-sources DIR]" ;;
+venv)
+  build_venv "$2" "$3"
+  ;;
+*) fail "usage: $0 [boot|converge|retry|watch|version KEY=FILE...|healthy URL VERSION|upstream PORT [BACKUP]|debian-sources DIR|venv DIR REQUIREMENTS]" ;;
 esac

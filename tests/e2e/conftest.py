@@ -96,7 +96,7 @@ class RequestLoop:
 
 # --- redeploys: what a VM that applied some metadata reports ----------------------------------
 
-REDEPLOY_TIMEOUT = 600  # a venv rebuild (pip under TCG) on a busy machine
+REDEPLOY_TIMEOUT = 600  # a venv rebuild under TCG on a busy machine
 
 
 def version_of(values: dict[str, str], workdir: Path) -> str:

@@ -1,7 +1,7 @@
 """HTTPS on the booted VM: a certificate for its "public IP" from an ACME CA, by real http-01.
 
 Real: the Debian 12 image, systemd, nginx from Debian, certbot from app/acme-requirements.txt
-(installed by pip in the guest), the committed units and app/hello-tls.sh; pebble, Let's Encrypt's
+(installed by uv in the guest), the committed units and app/hello-tls.sh; pebble, Let's Encrypt's
 ACME test server, on the host as the CA; qemu's port forwards as the public IP's ports 80 and 443;
 TLS verified against pebble's root; Chromium. Emulated: the metadata server
 (emulators/metadata.py). Stand-ins: the external IP is 127.0.0.1 (the host end of the
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
 IP = NETWORK["external-ip"]
 COLD_BOOT_TIMEOUT = 2400  # TCG on a shared 2-core machine that other VMs load too
-ISSUE_TIMEOUT = 1500  # pip installs certbot in the guest, backoff, then http-01, under TCG
+ISSUE_TIMEOUT = 1500  # uv installs certbot in the guest, backoff, then http-01, under TCG
 
 
 def guest(stack, script: str, timeout: float = 60) -> str:

@@ -154,6 +154,9 @@ def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.headers["ETag"]
 
+        # ETags follow the content, so each bad release's is known before the watcher runs: its
+        # refusal is on disk before the watcher can see it, as after a converge that refused it.
+        refused = {app: deploy(app) for app in ("bad-1", "bad-2")}
         good = deploy("good")
         (state / "applied-etag").write_text(f"{good}\n")
         env = {
@@ -170,10 +173,10 @@ def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
             start_new_session=True,  # its long-polling curl goes with it
         )
         try:
-            for app in ("bad-1", "bad-2"):
-                bad = deploy(app)
+            for app, bad in refused.items():
                 # What a converge that refused it leaves behind.
                 (state / "refused-etag").write_text(f"{bad} {int(time.time()) + 300}\n")
+                assert deploy(app) == bad
                 time.sleep(1)
                 assert list(requests.iterdir()) == [], f"{app} was asked for before its retry time"
                 assert deploy("good") == good

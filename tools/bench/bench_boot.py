@@ -2,7 +2,7 @@
 
 Medians over N fresh VMs (default 3) of:
 - cold boot -> first 200 on / (a new overlay on the image: the startup script installs
-  python3-venv with apt and the pinned requirements from PyPI), target <= 90 s under TCG;
+  nginx with apt, uv and the pinned requirements from PyPI), target <= 90 s under TCG;
 - reset -> 200 (hard reset, like `gcloud compute instances reset`), target <= 25 s;
 - kill -9 of gunicorn's main process -> 200 (systemd's Restart=always), target <= 5 s;
 - image build, first (into an empty cache) and cached (a hit).
@@ -36,7 +36,7 @@ def serial_phases(text: str) -> dict[str, float]:
     marks = {
         "startup_script_started": "Starting startup scripts",
         "packages_installed": "hello-startup: building venv",
-        "venv_built": "hello-startup: venv switched",
+        "venv_built": "hello-startup: venv built in",
         "serving": "hello-startup: serving on :80",
     }
     phases = {}

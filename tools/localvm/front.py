@@ -125,6 +125,9 @@ class Front:
             "HELLO_TLS_ROOT": str(self.root),
             "HELLO_TLS_METADATA": f"http://127.0.0.1:{server.port}",
             "HELLO_TLS_NGINX": shlex.join(self.nginx),
+            # certbot's venv is built by app/startup.sh's `venv`, with uv under this root.
+            "HELLO_TLS_STARTUP": shlex.join(["bash", str(REPO / "app/startup.sh")]),
+            "HELLO_UV_DIR": str(self.path("/usr/local/lib/hello")),
             **extra,
         }
 
