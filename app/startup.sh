@@ -612,6 +612,8 @@ converge() {
   done
 
   ensure_packages
+  # Here, not only with a new venv: hello-cert builds certbot's venv with it, unprivileged.
+  ensure_uv
   id hello &>/dev/null ||
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin hello
   fetch_metadata "$staging"
