@@ -75,10 +75,14 @@ def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: `-p no:xdist` still works
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per usable CPU. PYTEST_XDIST_AUTO_NUM_WORKERS still overrides it."""
+    """`-n auto`: one worker per usable CPU, plus one when the VM lanes may run (`-m` does not
+    exclude e2e). A lane's worker only drives its VM, which is often idle (waiting out a release's
+    watch, a timer, a test's poll): without the extra worker the host tests queue behind the
+    lanes and run after them. PYTEST_XDIST_AUTO_NUM_WORKERS still overrides it."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    return usable_cpus()
+    lanes_run = "not e2e" not in (config.getoption("markexpr") or "")
+    return usable_cpus() + lanes_run
 
 
 def startup_version(*pairs: str) -> str:

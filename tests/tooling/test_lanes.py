@@ -72,7 +72,9 @@ def test_workers_follow_the_cgroup_cpu_quota_not_the_hosts_cpus(
     assert usable_cpus(tmp_path) == (36 if expected == "affinity" else expected)
 
 
-def test_make_runs_one_worker_per_usable_cpu(pytestconfig, monkeypatch):
+def test_make_runs_one_worker_per_usable_cpu_and_one_more_beside_the_lanes(
+    pytestconfig, monkeypatch
+):
     result = subprocess.run(
         ["make", "-n", "pytest"], cwd=REPO, capture_output=True, text=True, check=True
     )
@@ -82,7 +84,11 @@ def test_make_runs_one_worker_per_usable_cpu(pytestconfig, monkeypatch):
     # `-n auto` asks this hook; ours answers before xdist's own, which counts the host's CPUs.
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
     monkeypatch.setattr(conftest, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(pytestconfig.option, "markexpr", "not e2e")
     assert pytestconfig.hook.pytest_xdist_auto_num_workers(config=pytestconfig) == 3
+    # With the VM lanes, one more: a lane's worker mostly waits on its VM.
+    monkeypatch.setattr(pytestconfig.option, "markexpr", "")
+    assert pytestconfig.hook.pytest_xdist_auto_num_workers(config=pytestconfig) == 4
 
 
 def test_a_worker_runs_each_module_whole():
