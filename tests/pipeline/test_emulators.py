@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
-from emulators.iam import Identity, Policy
+from emulators.iam import (
+    AGENT_METHODS,
+    METHOD_PERMISSIONS,
+    REFERENCED_PERMISSIONS,
+    RUNNER_METHODS,
+    Identity,
+    Policy,
+    method_scopes,
+)
 from emulators.inframanager import terraform_version
 from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
 from emulators.storage import CloudStorage
@@ -331,6 +339,24 @@ def test_storage_checks_each_methods_permission_and_honours_signed_urls(servers)
         assert call(signed.replace("Signature=", "Signature=0"), "GET")[0] == 401
     finally:
         storage.shutdown()
+
+
+def test_the_iam_data_names_methods_of_the_discovery_documents_only():
+    """Every method iam.yaml maps to permissions is a method id of its service's discovery
+    document (where its scopes are read), and every method the runner and the agent steps call
+    is one iam.yaml maps: a misspelt method would otherwise pass unchecked or fail only when a
+    test happens to call it."""
+    for method in METHOD_PERMISSIONS:
+        assert method_scopes(method), method
+    called = {method for methods in AGENT_METHODS.values() for method in methods}
+    for actions in RUNNER_METHODS.values():
+        for calls in actions.values():
+            if isinstance(calls, str):
+                called.add(calls)
+            else:
+                called |= {m for methods in calls.values() for m in methods}
+    assert called - METHOD_PERMISSIONS.keys() == set()
+    assert REFERENCED_PERMISSIONS.keys() <= METHOD_PERMISSIONS.keys()
 
 
 def test_a_token_without_the_methods_scope_is_refused_whatever_the_callers_roles(servers):

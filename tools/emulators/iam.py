@@ -26,7 +26,8 @@ its `--dry-run` output (`Policy.add_bootstrap`), custom roles included.
 
 To add
   * a role: its permissions under `roles:` in iam.yaml, with the page they were copied from;
-  * a method: `SERVICE.COLLECTION.METHOD: PERMISSION` under its service in `methods:`, then
+  * a method: `SERVICE.COLLECTION.METHOD: PERMISSION` under its service in `methods:` (the
+    discovery document's method id; its scopes are read from there), then
     `policy.authorize(identity, "SERVICE.COLLECTION.METHOD", resource)` in the emulator;
   * an identity: create it and grant its roles in scripts/gcp-bootstrap.sh; a test that needs
     it calls `Policy.from_bootstrap(...)`, which parses the grants (project and service-account
