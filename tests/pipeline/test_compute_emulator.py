@@ -262,6 +262,107 @@ def test_an_address_in_use_shows_its_user_and_is_freed_by_deleting_the_instance(
     assert stack.resource(project, "address", "hello-vm-ip") is None
 
 
+# -- permissions on the resources a request names -----------------------------------------------
+
+
+def test_a_new_vms_use_permissions_are_checked_on_the_subnetwork_and_address_it_names(
+    stack, monkeypatch
+):
+    """instances.insert (compute.v1 reference, and "Create and start a Compute Engine instance",
+    Required permissions): compute.subnetworks.use, and compute.subnetworks.useExternalIp for an
+    external IP, on the subnetwork the network interface names; compute.addresses.use for the
+    static address its natIP is. Subnetworks take IAM policies of their own (compute.v1 has
+    subnetworks.setIamPolicy); addresses have none, so only the project reaches them. A caller
+    holding every `use` permission through a binding on the new instance is still refused,
+    naming the subnetwork; with them granted on that subnetwork, refused naming the address;
+    with compute.addresses.use on the project, the VM is created.
+
+    Real: nothing but HTTP. Emulated: Compute Engine and its IAM check."""
+    project = stack.deploy()
+    maker = Identity("vm-maker@example.com", CLOUD_PLATFORM)
+    operator_token = stack.emulator.verify_token
+    monkeypatch.setattr(
+        stack.emulator, "verify_token", lambda t: maker if t == "maker" else operator_token(t)
+    )
+    assert stack.api("POST", project, "regions/us-central1/addresses", {"name": "spare"})[0] == 200
+    spare_ip = stack.resource(project, "address", "spare")["address"]
+    body = stack.api("GET", project, VM)[1]
+    body = {k: v for k, v in body.items() if k in ("machineType", "networkInterfaces", "disks")}
+    body["name"] = "second-vm"
+    body["disks"][0]["initializeParams"].pop("diskName", None)
+    nic = body["networkInterfaces"][0]
+    nic.pop("network", None)
+    nic["accessConfigs"] = [{"name": "External NAT", "type": "ONE_TO_ONE_NAT", "natIP": spare_ip}]
+    subnet = nic["subnetwork"].split("/compute/v1/")[1]
+
+    roles = stack.policy.custom_roles
+    member = "user:vm-maker@example.com"
+    roles["projects/p/roles/vmCreator"] = frozenset(
+        {
+            "compute.instances.create",
+            "compute.disks.create",
+            "compute.instances.setMetadata",
+            "compute.instances.setTags",
+            "compute.instances.setLabels",
+        }
+    )
+    roles["projects/p/roles/subnetUser"] = frozenset(
+        {"compute.subnetworks.use", "compute.subnetworks.useExternalIp"}
+    )
+    roles["projects/p/roles/addressUser"] = frozenset({"compute.addresses.use"})
+    instance = f"projects/{project}/zones/us-central1-a/instances/second-vm"
+    stack.policy.grant(f"projects/{project}", member, "projects/p/roles/vmCreator")
+    stack.policy.grant(instance, member, "roles/compute.instanceAdmin.v1")
+    url = f"{stack.emulator.compute_url}projects/{project}/zones/us-central1-a/instances"
+
+    status, answer = call(url, "POST", body, "maker")
+    assert status == 403, answer
+    assert answer["error"]["message"] == (
+        f"Required 'compute.subnetworks.use' permission for '{subnet}'"
+    )
+    stack.policy.grant(subnet, member, "projects/p/roles/subnetUser")
+    status, answer = call(url, "POST", body, "maker")
+    assert status == 403, answer
+    assert answer["error"]["message"] == (
+        "Required 'compute.addresses.use' permission for "
+        f"'projects/{project}/regions/us-central1/addresses/spare'"
+    )
+    stack.policy.grant(f"projects/{project}", member, "projects/p/roles/addressUser")
+    status, answer = call(url, "POST", body, "maker")
+    assert status == 200, answer
+    assert stack.resource(project, "instance", "second-vm") is not None
+
+
+def test_gcloud_with_a_compute_readonly_token_lists_but_cannot_delete(stack, tmp_path, monkeypatch):
+    """firewalls.list accepts the compute.readonly scope, firewalls.delete does not (their
+    `scopes` in the discovery document): the real gcloud, holding an operator's token issued
+    for compute.readonly only, lists the rules, and its delete is refused whatever the
+    operator's roles, gcloud printing Google's "Request had insufficient authentication scopes."
+    The rule is still there.
+
+    Real: gcloud 528. Emulated: Compute Engine and its IAM check."""
+    project = stack.deploy()
+    readonly = Identity(
+        "operator@example.com", ("https://www.googleapis.com/auth/compute.readonly",)
+    )
+    operator_token = stack.emulator.verify_token
+    monkeypatch.setattr(
+        stack.emulator,
+        "verify_token",
+        lambda t: readonly if t == "readonly" else operator_token(t),
+    )
+    (tmp_path / "token").write_text("readonly")
+    monkeypatch.setitem(stack.env, "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", str(tmp_path / "token"))
+    listed = stack.gcloud(project, "compute", "firewall-rules", "list", "--format=value(name)")
+    assert listed.returncode == 0 and "hello-firewall-allow-ssh" in listed.stdout, listed.stderr
+    deleted = stack.gcloud(
+        project, "compute", "firewall-rules", "delete", "hello-firewall-allow-ssh"
+    )
+    assert deleted.returncode != 0
+    assert "Request had insufficient authentication scopes." in deleted.stderr, deleted.stderr
+    assert stack.resource(project, "firewall", "hello-firewall-allow-ssh") is not None
+
+
 # -- fingerprints -------------------------------------------------------------------------------
 
 

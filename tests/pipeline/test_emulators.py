@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
-from emulators.iam import Identity, Policy
+from emulators.iam import (
+    AGENT_METHODS,
+    METHOD_PERMISSIONS,
+    REFERENCED_PERMISSIONS,
+    RUNNER_METHODS,
+    Identity,
+    Policy,
+    method_scopes,
+)
 from emulators.inframanager import terraform_version
 from emulators.oauth2 import GOOGLE_TOKEN_URI, JWT_BEARER, OAuth2Emulator, new_service_account_key
 from emulators.storage import CloudStorage
@@ -329,6 +337,88 @@ def test_storage_checks_each_methods_permission_and_honours_signed_urls(servers)
         with urllib.request.urlopen(signed, timeout=10) as response:
             assert response.read() == b"hello"
         assert call(signed.replace("Signature=", "Signature=0"), "GET")[0] == 401
+    finally:
+        storage.shutdown()
+
+
+def test_the_iam_data_names_methods_of_the_discovery_documents_only():
+    """Every method iam.yaml maps to permissions is a method id of its service's discovery
+    document (where its scopes are read), and every method the runner and the agent steps call
+    is one iam.yaml maps: a misspelt method would otherwise pass unchecked or fail only when a
+    test happens to call it."""
+    for method in METHOD_PERMISSIONS:
+        assert method_scopes(method), method
+    called = {method for methods in AGENT_METHODS.values() for method in methods}
+    for actions in RUNNER_METHODS.values():
+        for calls in actions.values():
+            if isinstance(calls, str):
+                called.add(calls)
+            else:
+                called |= {m for methods in calls.values() for m in methods}
+    assert called - METHOD_PERMISSIONS.keys() == set()
+    assert REFERENCED_PERMISSIONS.keys() <= METHOD_PERMISSIONS.keys()
+
+
+def test_a_token_without_the_methods_scope_is_refused_whatever_the_callers_roles(servers):
+    """Google checks the token's scopes against the method's `scopes` in the API's discovery
+    document before IAM: a caller whose roles allow the call, holding a read-only token
+    (compute.readonly, cloud-platform.read-only, devstorage.read_only), reads but cannot write,
+    and a token scoped for another API (devstorage) cannot even read Compute. The 403 is
+    Google's: "Request had insufficient authentication scopes.", errors[].reason
+    insufficientPermissions, an ErrorInfo ACCESS_TOKEN_SCOPE_INSUFFICIENT naming the service and,
+    for Compute, the method as it names them (compute.v1.ZonesService.List in a reported answer,
+    mondoohq/mql#3851); Cloud Storage answers in its own words, "Provided scope(s) are not
+    authorized" (googleapis/google-cloud-cpp#7334).
+
+    Real: the discovery documents google-api-python-client ships (the scopes). Emulated: DM,
+    Compute Engine, Cloud Storage and their IAM check."""
+    oauth, dm, _ = servers
+    scope = "https://www.googleapis.com/auth/"
+    policy = dm.policy
+    for role in ("roles/compute.viewer", "roles/compute.securityAdmin"):
+        policy.grant("projects/p", f"serviceAccount:{EMAIL}", role)
+    firewalls = f"{dm.compute_url}projects/p/global/firewalls"
+    rule = {
+        "name": "r",
+        "network": "projects/p/global/networks/n",
+        "allowed": [{"IPProtocol": "tcp"}],
+    }
+
+    readonly = oauth.issue(EMAIL, (f"{scope}compute.readonly",))
+    assert call(firewalls, "GET", token=readonly)[0] == 200
+    status, body = call(firewalls, "POST", rule, token=readonly)
+    assert status == 403, body
+    error = body["error"]
+    assert error["message"] == "Request had insufficient authentication scopes."
+    assert error["status"] == "PERMISSION_DENIED"
+    assert error["errors"][0]["reason"] == "insufficientPermissions"
+    assert error["details"][0]["reason"] == "ACCESS_TOKEN_SCOPE_INSUFFICIENT"
+    assert error["details"][0]["metadata"] == {
+        "service": "compute.googleapis.com",
+        "method": "compute.v1.FirewallsService.Insert",
+    }
+    storage_only = oauth.issue(EMAIL, (f"{scope}devstorage.read_only",))
+    assert call(firewalls, "GET", token=storage_only)[0] == 403
+    full = oauth.issue(EMAIL, (f"{scope}compute",))
+    assert call(firewalls, "POST", rule, token=full)[0] == 404  # past IAM: no network n
+
+    deployments = f"{dm.url}{BASE}/deployments"
+    dm_readonly = oauth.issue(EMAIL, (f"{scope}cloud-platform.read-only",))
+    assert call(f"{deployments}/nothing-here", "GET", token=dm_readonly)[0] == 404
+    status, body = call(deployments, "POST", {"name": "ro", "target": target()}, dm_readonly)
+    assert status == 403 and body["error"]["details"][0]["metadata"] == {
+        "service": "deploymentmanager.googleapis.com"
+    }
+
+    policy.grant("projects/p", f"serviceAccount:{EMAIL}", "roles/config.agent")
+    storage = CloudStorage(verify_token=oauth.verify, policy=policy)
+    try:
+        storage.create_bucket("scoped", "p")
+        gcs_readonly = oauth.issue(EMAIL, (f"{scope}devstorage.read_only",))
+        assert call(f"{storage.endpoint}b/scoped/o", "GET", token=gcs_readonly)[0] == 200
+        status, body = call(f"{storage.endpoint}b?project=p", "POST", {"name": "x"}, gcs_readonly)
+        assert status == 403
+        assert body["error"]["message"] == "Provided scope(s) are not authorized"
     finally:
         storage.shutdown()
 

@@ -15,11 +15,14 @@ data cite Google's pages.
 
 The accounts Infrastructure Manager runs Terraform as are checked too: each refresh, create,
 update and delete of the plan needs the runner's permission for the API call the google
-provider makes. Not checked here: roles/config.agent (what it is for is not emulated).
+provider makes (an instance's update: the call for each changed field), and roles/config.agent
+is what Infrastructure Manager needs to work as the account (its artifacts bucket, the
+blueprint's). Not checked here: the runner's access to the Terraform state (not emulated).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -223,8 +226,11 @@ def test_each_runner_role_is_needed_by_the_terraform_run_it_is_for(project):
     and the deployment reports the provider's `googleapi: Error 403` naming a permission of
     that role; with all of them it applies. Then a preview against that deployment as the
     previewer: each of the preview runner's read-only roles is needed for Terraform's refresh.
-    Not checked: roles/config.agent (what it is for, the runner's access to Infrastructure
-    Manager's own buckets, is not emulated)."""
+    roles/config.agent where the sources are is needed to read them (IM reads the blueprint as
+    the runner); without it in the deployment's project, the deployment and the preview fail
+    with BUCKET_CREATION_PERMISSION_DENIED (IM keeps the run's artifacts there). A change of the
+    VM's metadata alone is the provider's instances.setMetadata: a runner holding everything
+    Compute Instance Admin (v1) does except compute.instances.setMetadata is refused naming it."""
     if project.engine != "infra-manager":
         pytest.skip("Deployment Manager creates the resources as its own service agent")
     config = project.stack / "runner-check.yaml"  # beside deployment.yaml, for its imports
@@ -259,20 +265,21 @@ def test_each_runner_role_is_needed_by_the_terraform_run_it_is_for(project):
             b
             for b in project.policy.bindings
             if b[:2] == (f"projects/{target}", f"serviceAccount:{runner}")
-            and b[2] != "roles/config.agent"
         )
 
-    def request(context: str, collection: str, item: str, body: dict) -> dict:
+    def request(context: str, collection: str, item: str, body: dict, patch=False) -> dict:
         token = project.oauth.issue(project.identity(context), CLOUD_PLATFORM)
         url = f"{project.im.url}v1/{parent}/{collection}?{collection[:-1]}Id={item}"
-        status, operation = call(url, "POST", body, token)
+        if patch:
+            url = f"{project.im.url}v1/{parent}/{collection}/{item}"
+        status, operation = call(url, "PATCH" if patch else "POST", body, token)
         assert status == 200, operation
         return operation["response"]
 
-    def apply(name: str) -> dict:
+    def apply(name: str, source: dict = blueprint, patch: bool = False) -> dict:
         account = f"projects/{project.project}/serviceAccounts/{runners['gcp-deploy']}"
-        body = {"serviceAccount": account, "terraformBlueprint": blueprint}
-        return request("gcp-deploy", "deployments", name, body)
+        body = {"serviceAccount": account, "terraformBlueprint": source}
+        return request("gcp-deploy", "deployments", name, body, patch)
 
     def refused_without_each_role(context: str, run, message_of) -> None:
         """`run` fails without each role of the context's runner, naming one of its permissions."""
@@ -304,3 +311,38 @@ def test_each_runner_role_is_needed_by_the_terraform_run_it_is_for(project):
 
     refused_without_each_role("gcp-preview", preview, lambda f: f["errorStatus"]["message"])
     assert preview("runner-all")["state"] == "SUCCEEDED"
+
+    for context, run, number in (("gcp-deploy", apply, 1), ("gcp-preview", preview, 2)):
+        agent = (f"projects/{project.project}", f"serviceAccount:{runners[context]}")
+        project.policy.revoke(*agent, "roles/config.agent")
+        try:
+            failed = run(f"agent-{number}")
+        finally:
+            project.policy.grant(*agent, "roles/config.agent")
+        assert failed["state"] == "FAILED", failed
+        assert failed["errorCode"] == "BUCKET_CREATION_PERMISSION_DENIED", failed
+        assert "Permission 'storage.buckets.create' denied" in str(failed), failed
+
+    for file in rendered.iterdir():  # the VM's metadata gains a key: nothing else changes
+        data = json.loads(file.read_text())
+        for vm in data.get("resource", {}).get("google_compute_instance", {}).values():
+            vm["metadata"]["drill"] = "metadata-only"
+        data = json.dumps(data).encode()
+        project.storage.write(bucket, f"stack-2/{file.name}", data, "application/octet-stream")
+    changed = {**blueprint, "gcsSource": f"gs://{bucket}/stack-2"}
+    member = f"serviceAccount:{runners['gcp-deploy']}"
+    admin = (f"projects/{target}", member, "roles/compute.instanceAdmin.v1")
+    all_but = f"projects/{target}/roles/instanceAdminButSetMetadata"
+    project.policy.custom_roles[all_but] = project.policy.role_permissions(admin[2]) - {
+        "compute.instances.setMetadata"
+    }
+    project.policy.revoke(*admin)
+    project.policy.grant(admin[0], member, all_but)
+    try:
+        refused = apply("runner-all", changed, patch=True)
+    finally:
+        project.policy.revoke(admin[0], member, all_but)
+        project.policy.grant(*admin)
+    assert refused["state"] == "FAILED", refused
+    assert "Required 'compute.instances.setMetadata' permission" in refused["stateDetail"]
+    assert apply("runner-all", changed, patch=True)["state"] == "ACTIVE"

@@ -4,22 +4,30 @@ Test infrastructure. Each emulated server (Deployment Manager, Infrastructure Ma
 Storage, IAM Credentials, Compute Engine) asks `Policy.authorize` before it does anything, as
 Google checks permission before it looks the resource up (hence "denied on resource (or it may
 not exist)").
-A call is allowed when the access token carries one of the service's OAuth scopes and one of
-the roles bound to the caller, on the resource or on its project, holds the method's permission.
+A call is allowed when the access token carries one of the OAuth scopes the method accepts (its
+`scopes` in the service's discovery document: a compute.readonly token may read, not write) and
+one of the roles bound to the caller, on the resource or on its project, holds each permission
+the method needs; a permission Google checks on a resource the request names (the subnetwork a
+new VM's interface uses, the network of a firewall rule) is checked on that resource.
 
 The facts are data in iam.yaml, each with the Google page it comes from:
   * `roles`: the predefined roles' permissions (only those of the methods emulated here);
-  * `methods`: API method -> permission (or the permissions, all needed), per service;
+  * `methods`: API method -> permission (or the permissions, all needed), per service, and
+    `referenced`: the permissions checked on the resources a request names;
   * `runner`: the API method the google Terraform provider calls for each resource type and
-    action, which Infrastructure Manager's emulated Terraform run checks against the account
-    it runs as;
-  * `scopes`: the scopes each service accepts.
+    action (an instance's update: per changed field), which Infrastructure Manager's emulated
+    Terraform run checks against the account it runs as;
+  * `agent`: what Infrastructure Manager does as that account around the run
+    (roles/config.agent);
+  * `discovery`: each service's discovery document, whose per-method `scopes` are read as they
+    ship in google-api-python-client.
 Who holds which role is not data here: it is what scripts/gcp-bootstrap.sh grants, read from
 its `--dry-run` output (`Policy.add_bootstrap`), custom roles included.
 
 To add
   * a role: its permissions under `roles:` in iam.yaml, with the page they were copied from;
-  * a method: `SERVICE.COLLECTION.METHOD: PERMISSION` under its service in `methods:`, then
+  * a method: `SERVICE.COLLECTION.METHOD: PERMISSION` under its service in `methods:` (the
+    discovery document's method id; its scopes are read from there), then
     `policy.authorize(identity, "SERVICE.COLLECTION.METHOD", resource)` in the emulator;
   * an identity: create it and grant its roles in scripts/gcp-bootstrap.sh; a test that needs
     it calls `Policy.from_bootstrap(...)`, which parses the grants (project and service-account
@@ -34,6 +42,8 @@ Emulator choice (not Google's): a token the verifier does not know is 401 before
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shlex
 import subprocess
@@ -42,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from dmlocal.compute_api import discovery_path
 
 _DATA = yaml.safe_load((Path(__file__).with_name("iam.yaml")).read_text())
 PREDEFINED_ROLES: dict[str, frozenset[str]] = {
@@ -52,13 +64,22 @@ METHOD_PERMISSIONS: dict[str, tuple[str, ...]] = {
     for service in _DATA["methods"].values()
     for method, permission in service["permissions"].items()
 }
-# resource type -> Terraform action (read, create, update, delete) -> the API method it calls
-RUNNER_METHODS: dict[str, dict[str, str]] = {
+# method -> reference (what the request names) -> the permissions checked on it
+REFERENCED_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    method: {reference: tuple(permissions) for reference, permissions in references.items()}
+    for service in _DATA["methods"].values()
+    for method, references in service.get("referenced", {}).items()
+}
+# resource type -> Terraform action (read, create, update, delete) -> the API method it calls;
+# an instance's update maps each changed field to the methods it calls
+RUNNER_METHODS: dict[str, dict] = {
     type_: actions for type_, actions in _DATA["runner"].items() if type_ != "source"
 }
-SERVICE_SCOPES: dict[str, frozenset[str]] = {
-    service: frozenset(scopes) for service, scopes in _DATA["scopes"].items()
+# what Infrastructure Manager does as the runner: step -> the API methods it calls
+AGENT_METHODS: dict[str, tuple[str, ...]] = {
+    step: tuple(methods) for step, methods in _DATA["agent"].items() if step != "source"
 }
+DISCOVERY_DOCUMENTS: dict[str, str] = _DATA["discovery"]
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "scripts" / "gcp-bootstrap.sh"
 
 
@@ -83,13 +104,47 @@ class Identity:
 
 
 class PermissionDenied(Exception):
-    """Google's 403: the caller lacks the permission, or the token lacks the scope."""
+    """Google's 403: the caller lacks the permission."""
 
     def __init__(self, message: str, permission: str, resource: str):
         super().__init__(message)
         self.message = message
         self.permission = permission
         self.resource = resource
+
+
+class InsufficientScopes(PermissionDenied):
+    """Google's 403 ACCESS_TOKEN_SCOPE_INSUFFICIENT: the token lacks every scope the method
+    accepts, whatever the caller's roles."""
+
+    def __init__(self, method: str, resource: str):
+        super().__init__("Request had insufficient authentication scopes.", "", resource)
+        self.method = method
+        self.service = method.split(".")[0]
+
+
+@functools.cache
+def _discovery_scopes(api: str) -> dict[str, frozenset[str]]:
+    document = json.loads(discovery_path(api).read_bytes())
+    found: dict[str, frozenset[str]] = {}
+
+    def walk(resources: dict) -> None:
+        for resource in resources.values():
+            for method in resource.get("methods", {}).values():
+                found[method["id"]] = frozenset(method.get("scopes", ()))
+            walk(resource.get("resources", {}))
+
+    walk(document.get("resources", {}))
+    return found
+
+
+def method_scopes(method: str) -> frozenset[str]:
+    """The OAuth scopes the discovery document accepts for `method` (any one is enough)."""
+    service = method.split(".")[0]
+    scopes = _discovery_scopes(DISCOVERY_DOCUMENTS[service]).get(method)
+    if scopes is None:
+        raise KeyError(f"method {method} is not in the {DISCOVERY_DOCUMENTS[service]} document")
+    return scopes
 
 
 @dataclass
@@ -175,18 +230,26 @@ class Policy:
                 resource,
             )
 
-    def authorize(self, identity: Identity, method: str, resource: str) -> None:
-        """Raises PermissionDenied unless `identity` may call `method` on `resource`."""
-        service = method.split(".")[0]
-        accepted = SERVICE_SCOPES.get(service)
-        if accepted is not None and not accepted & set(identity.scopes):
-            raise PermissionDenied(
-                "Request had insufficient authentication scopes.", "(scope)", resource
-            )
+    def authorize(
+        self,
+        identity: Identity,
+        method: str,
+        resource: str,
+        referenced: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Raises PermissionDenied unless `identity` may call `method` on `resource`, naming
+        the `referenced` resources: (reference, IAM resource name) pairs, each kind of
+        reference one of the method's under `referenced:` in iam.yaml."""
         if method not in METHOD_PERMISSIONS:
             raise KeyError(f"method {method} is not in emulators/iam.yaml: add its permission")
+        accepted = method_scopes(method)
+        if accepted and not accepted & set(identity.scopes):
+            raise InsufficientScopes(method, resource)
         for permission in METHOD_PERMISSIONS[method]:
             self.check_permission(identity, permission, resource)
+        for reference, named in referenced:
+            for permission in REFERENCED_PERMISSIONS[method][reference]:
+                self.check_permission(identity, permission, named)
 
     def used_permissions(self, principal: str) -> set[str]:
         """Every permission checked for `principal` and granted."""

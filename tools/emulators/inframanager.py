@@ -38,12 +38,19 @@ Permissions: every call is authorized first (emulators/iam.py): the caller's per
 method on the deployment, preview or operation (config.deployments.create, .update, ...), and, for
 a create, patch or preview, iam.serviceAccounts.actAs on the service account Terraform runs as,
 which Infrastructure Manager's access-control page asks of the caller. 403 PERMISSION_DENIED
-otherwise. Terraform then runs as that service account: every refresh, create, update and
-delete of the plan needs the account's permission for the API method the google provider calls
-(iam.yaml `runner`), checked before anything is applied; a refused one fails the revision (or
-the preview) with the provider's `googleapi: Error 403` in tfErrors, as Infrastructure Manager
-reports a Terraform error. Not emulated: what roles/config.agent is for (the runner's access to
-Infrastructure Manager's own state and artifacts buckets): nothing checks it.
+otherwise. Infrastructure Manager then works as that service account, which its documentation
+says needs roles/config.agent (iam.yaml `agent`): it keeps the run's artifacts in a bucket of the
+deployment's project (storage.buckets.create; refused, the deployment or preview FAILS with
+errorCode BUCKET_CREATION_PERMISSION_DENIED and that code's text from the config.v1 discovery
+document, followed by the 403) and reads the blueprint from its gcsSource (refused, the run
+fails like a Terraform error). Terraform runs as the same account: every refresh, create, update
+and delete of the plan needs the account's permission for the API methods the google provider
+calls (iam.yaml `runner`; an instance's update: the call for each changed field, as
+hashicorp/google 6.50.0 makes it; the `use` permissions on the subnetwork and address a VM
+names), checked before anything is applied; a refused one fails the revision (or the preview)
+with the provider's `googleapi: Error 403` in tfErrors, as Infrastructure Manager reports a
+Terraform error. Not emulated: the runner's access to the deployment's Terraform state
+(config.deployments.getState/updateState, also roles/config.agent's).
 
 Emulator choices, where the documentation does not pin the behaviour down (not verified against
 Google): a patch, delete, lock or preview while an operation runs on the deployment, or while
@@ -56,6 +63,7 @@ FAILED deployment (gcloud then prints its stateDetail); operations finish after 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import os
@@ -65,6 +73,7 @@ import time
 from datetime import UTC, date, datetime
 from http import HTTPStatus
 
+from dmlocal.compute_api import discovery_path
 from dmlocal.terraform import INFRA_MANAGER_TERRAFORM, satisfies
 from emulators import terraform_plan
 from emulators.deploymentmanager import ApiError, DeploymentManagerEmulator
@@ -72,9 +81,9 @@ from emulators.deploymentmanager.api import TokenVerifier, authenticate, authori
 from emulators.deploymentmanager.api import _Handler as JsonApiHandler
 from emulators.deploymentmanager.cloud import COLLECTIONS, COMPUTE_ROOT, ComputeError
 from emulators.deploymentmanager.cloud import now as _now
-from emulators.deploymentmanager.compute import scope_of
+from emulators.deploymentmanager.compute import references, scope_of
 from emulators.deploymentmanager.state import DEPLOYMENT_NAME
-from emulators.iam import RUNNER_METHODS, Identity, PermissionDenied, Policy
+from emulators.iam import AGENT_METHODS, RUNNER_METHODS, Identity, PermissionDenied, Policy
 from emulators.loopback import LoopbackService
 from emulators.storage import CloudStorage
 
@@ -84,6 +93,24 @@ SERVICE_ACCOUNT = re.compile(r"^projects/[^/]+/serviceAccounts/[^/]+@[^/]+$")
 GCS_SOURCE = re.compile(r"^gs://([^/]+)/(.+)$")
 ARTIFACTS_BUCKET = "{project}_infra_manager_artifacts"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class AgentRefused(Exception):
+    """A step Infrastructure Manager takes as the runner account was refused (roles/config.agent
+    missing): the deployment or preview fails with `code`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@functools.cache
+def error_code_text(schema: str, code: str) -> str:
+    """The config.v1 discovery document's description of `schema`.errorCode `code`."""
+    document = json.loads(discovery_path("config.v1").read_bytes())
+    error_code = document["schemas"][schema]["properties"]["errorCode"]
+    return dict(zip(error_code["enum"], error_code["enumDescriptions"], strict=True))[code]
 
 
 class InfraManagerEmulator(LoopbackService):
@@ -353,12 +380,36 @@ class InfraManagerEmulator(LoopbackService):
             plan, new_state = terraform_plan.run(module, state, cloud, import_existing, materialize)
         return plan, new_state, project, cloud
 
+    def _check_agent(self, runner: str, project: str, blueprint: dict) -> None:
+        """What Infrastructure Manager does as the runner before Terraform starts (iam.yaml
+        `agent`): its artifacts bucket in the deployment's `project`, then the blueprint.
+        Raises AgentRefused, or TerraformError for an unreadable blueprint."""
+        if self.policy is None or self.verify_token is None:
+            return
+        identity = Identity(runner.rsplit("/", 1)[-1], (CLOUD_PLATFORM,))
+        gcs_source = blueprint["gcsSource"]
+        bucket = GCS_SOURCE.match(gcs_source).group(1)
+        steps = {"artifacts": f"projects/{project}", "blueprint": f"projects/_/buckets/{bucket}"}
+        for step, resource in steps.items():
+            for method in AGENT_METHODS[step]:
+                try:
+                    self.policy.authorize(identity, method, resource)
+                except PermissionDenied as denied:
+                    if step == "artifacts":
+                        code = "BUCKET_CREATION_PERMISSION_DENIED"
+                        raise AgentRefused(code, denied.message) from None
+                    raise terraform_plan.TerraformError(
+                        f"reading the blueprint {gcs_source}: googleapi: Error 403: "
+                        f"{denied.message}, forbidden"
+                    ) from None
+
     def _check_runner(self, runner: str, project: str, plan, state: dict, new_state: dict):
         """Raises the provider's error for the first call of the plan the account Terraform
         runs as may not make (iam.yaml `runner`: the API method behind each action)."""
         if self.policy is None or self.verify_token is None:
             return
         identity = Identity(runner.rsplit("/", 1)[-1], (CLOUD_PLATFORM,))
+        held = {project: self.compute.cloud.projects.get(project, {})}
         for change in plan.changes:
             tracked = new_state.get(change.address) or state.get(change.address) or {}
             tf_type = change.address.split(".", 1)[0]
@@ -367,16 +418,21 @@ class InfraManagerEmulator(LoopbackService):
             actions = (["read"] if change.before is not None else []) + [
                 a for a in change.actions if a != "no-op"
             ]
-            for action in actions:
-                method = RUNNER_METHODS[dm_type][action]
-                if dm_type in COLLECTIONS:
-                    name = tracked.get("name") or body.get("name")
-                    where = f"{scope_of(dm_type, body)}/{COLLECTIONS[dm_type][1]}"
-                    resource = f"projects/{project}/{where}/{name}"
-                else:
-                    resource = f"projects/{project}"
+            if dm_type in COLLECTIONS:
+                name = tracked.get("name") or body.get("name")
+                where = f"{scope_of(dm_type, body)}/{COLLECTIONS[dm_type][1]}"
+                resource = f"projects/{project}/{where}/{name}"
+            else:
+                resource = f"projects/{project}"
+            calls = [
+                (action, method)
+                for action in actions
+                for method in runner_calls(dm_type, action, change.before, change.after)
+            ]
+            for action, method in calls:
+                named = references(method, body, project, held)
                 try:
-                    self.policy.authorize(identity, method, resource)
+                    self.policy.authorize(identity, method, resource, named)
                 except PermissionDenied as denied:
                     kind = tf_type.split("_", 2)[-1].title().replace("_", "")
                     doing = {"read": "reading", "create": "creating", "update": "updating"}
@@ -411,6 +467,7 @@ class InfraManagerEmulator(LoopbackService):
 
         def work():
             try:
+                self._check_agent(body["serviceAccount"], record["project"], blueprint)
                 plan, new_state, project, cloud = self._terraform(
                     record,
                     blueprint,
@@ -419,6 +476,11 @@ class InfraManagerEmulator(LoopbackService):
                     version,
                     body["serviceAccount"],
                 )
+            except AgentRefused as refused:
+                detail = f"{error_code_text('Deployment', refused.code)} {refused.message}"
+                revision.update(state="FAILED", stateDetail=detail)
+                record.update(state="FAILED", errorCode=refused.code, stateDetail=detail)
+                return "Deployment", self._view(record)
             except terraform_plan.TerraformError as error:
                 revision.update(
                     state="FAILED",
@@ -596,9 +658,18 @@ class InfraManagerEmulator(LoopbackService):
 
         def work():
             try:
+                self._check_agent(body["serviceAccount"], project, blueprint)
                 plan, *_ = self._terraform(
                     record, blueprint, False, False, version, body["serviceAccount"]
                 )
+            except AgentRefused as refused:
+                text = error_code_text("Preview", refused.code)
+                preview.update(
+                    state="FAILED",
+                    errorCode=refused.code,
+                    errorStatus={"code": 7, "message": f"{text} {refused.message}"},
+                )
+                return "Preview", _public(preview)
             except terraform_plan.TerraformError as error:
                 preview.update(
                     state="FAILED",
@@ -799,3 +870,41 @@ def terraform_version(constraint: str | None, current: str | None, today: date |
 
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def runner_calls(dm_type: str, action: str, before: dict | None, after: dict | None) -> list[str]:
+    """The API methods the google provider calls for `action` on a resource of `dm_type`
+    (iam.yaml `runner`); an update mapped field by field calls each changed field's methods."""
+    calls = RUNNER_METHODS[dm_type][action]
+    if isinstance(calls, str):
+        return [calls]
+    methods: list[str] = []
+    for changed in changed_fields(before or {}, after or {}):
+        if changed not in calls:
+            raise KeyError(
+                f"{dm_type}: what the provider calls to update {changed} is not in "
+                "emulators/iam.yaml `runner`: add it"
+            )
+        methods += [m for m in calls[changed] if m not in methods]
+    return methods
+
+
+def changed_fields(before: dict, after: dict) -> list[str]:
+    """The fields an update changes; a network interface whose access configs alone changed is
+    networkInterfaces.accessConfigs (the provider deletes and adds them, no stop)."""
+    changed = []
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key) == after.get(key):
+            continue
+        if key == "networkInterfaces" and _only_access_configs(before[key], after.get(key)):
+            key = "networkInterfaces.accessConfigs"
+        changed.append(key)
+    return changed
+
+
+def _only_access_configs(before, after) -> bool:
+    def without(nics):
+        return [{k: v for k, v in nic.items() if k != "accessConfigs"} for nic in nics or []]
+
+    both_lists = isinstance(before, list) and isinstance(after, list)
+    return both_lists and without(before) == without(after)

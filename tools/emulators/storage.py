@@ -12,7 +12,9 @@ bearer token the verifier knows, holding the method's permission (emulators/iam.
 bucket, or on the project that owns it: buckets.get storage.buckets.get, buckets.insert and
 buckets.list storage.buckets.create/list on the project, objects.insert storage.objects.create,
 objects.list, objects.get, objects.delete likewise. A denial is Cloud Storage's 403 body
-(`error.errors[].reason` "forbidden"). Two callers need no token, as at Google: the emulated
+(`error.errors[].reason` "forbidden"); a token without a scope the method accepts (the storage.v1
+discovery document's: devstorage.read_only reads, cannot write) gets Cloud Storage's 403
+"Provided scope(s) are not authorized". Two callers need no token, as at Google: the emulated
 Infrastructure Manager (Google's service, reading sources and writing plans; it uses this
 module's client) and a download URL this module signed (`download_url`, what `previews export`
 hands out as a signed URL). A bucket's owner is recorded when `create_bucket` makes it (what
@@ -39,7 +41,7 @@ from gcp_storage_emulator import server as gcs_server
 from gcp_storage_emulator.storage import Storage
 
 from emulators.deploymentmanager.api import TokenVerifier
-from emulators.iam import PermissionDenied, Policy
+from emulators.iam import InsufficientScopes, PermissionDenied, Policy
 
 # JSON API paths -> (method, what it names): the bucket, the object's bucket, or the project.
 _METHODS = (
@@ -178,6 +180,9 @@ class CloudStorage:
             resource = f"projects/{(query.get('project') or [''])[0]}"
         try:
             self.policy.authorize(identity, name, resource)
+        except InsufficientScopes:
+            # Cloud Storage's own wording (its JSON API does not use the ErrorInfo form)
+            return 403, _error(403, "forbidden", "Provided scope(s) are not authorized")
         except PermissionDenied as denied:
             message = (
                 f"{identity.principal} does not have {denied.permission} access to "

@@ -36,9 +36,9 @@ from urllib.parse import parse_qs, urlsplit
 from emulators.deploymentmanager.cloud import AddressAllocator, Cloud
 from emulators.deploymentmanager.compute import API_ROOT as COMPUTE_API_ROOT
 from emulators.deploymentmanager.compute import ComputeApi
-from emulators.deploymentmanager.errors import ApiError, not_found
+from emulators.deploymentmanager.errors import ApiError, insufficient_scopes, not_found
 from emulators.deploymentmanager.state import Deployments
-from emulators.iam import Identity, PermissionDenied, Policy
+from emulators.iam import Identity, InsufficientScopes, PermissionDenied, Policy
 from emulators.loopback import LoopbackService
 
 API_ROOT = "/deploymentmanager/v2/projects/"
@@ -80,6 +80,8 @@ def authorize(
             policy.check_permission(identity, permission, resource)
     except KeyError:
         raise ApiError(HTTPStatus.NOT_FOUND, "notFound", f"no such method: {method}") from None
+    except InsufficientScopes as denied:
+        raise insufficient_scopes(denied.service) from None
     except PermissionDenied as denied:
         raise ApiError(HTTPStatus.FORBIDDEN, "forbidden", denied.message) from None
 

@@ -31,12 +31,17 @@ What follows the API's documentation:
     (tags.fingerprint, metadata.fingerprint, labelFingerprint, the instance's fingerprint),
     an address's status IN_USE and its users, a firewall's default direction and priority.
 
-Permissions: every call is checked first (emulators/iam.py): the caller needs each permission
-Compute Engine documents for the method (iam.yaml `methods: compute`; a firewall rule's insert,
-patch and delete also compute.networks.updatePolicy), on the resource or its project, else
-403 forbidden with Compute Engine's message, "Required 'PERMISSION' permission for 'RESOURCE'",
-which gcloud prints. A `use` permission Google checks on the referenced subnet or address is
-checked on the new instance here (a grant on the project holds for both).
+Permissions: every call is checked first (emulators/iam.py): the token needs one of the
+method's OAuth scopes (the discovery document's; compute.readonly reads only), else 403 with
+Google's "Request had insufficient authentication scopes." (ACCESS_TOKEN_SCOPE_INSUFFICIENT);
+the caller needs each permission Compute Engine documents for the method (iam.yaml `methods:
+compute`), on the resource or its project, and each permission Google checks on a resource the
+request names on that resource (`referenced`: compute.subnetworks.use and useExternalIp on the
+subnetwork a new VM's interface uses, compute.addresses.use on the address holding its natIP,
+compute.networks.updatePolicy on a firewall rule's network), else 403 forbidden with Compute
+Engine's message, "Required 'PERMISSION' permission for 'RESOURCE'", which gcloud prints. An
+interface naming only a network (no subnetwork) gets no network check (compute.networks.use is
+not emulated; the stack's VM always names its subnetwork).
 
 Emulator choices: operations are DONE when returned (the work is done in the call); a
 fingerprint is a hash of the content it guards, so it changes with every change of that content
@@ -56,14 +61,21 @@ from http import HTTPStatus
 from emulators.deploymentmanager.cloud import (
     COLLECTIONS,
     COMPUTE_ROOT,
+    LINK,
     Cloud,
     ComputeError,
     now,
     operation_name,
     parse_link,
 )
-from emulators.deploymentmanager.errors import ApiError
-from emulators.iam import Identity, PermissionDenied, Policy
+from emulators.deploymentmanager.errors import ApiError, insufficient_scopes
+from emulators.iam import (
+    REFERENCED_PERMISSIONS,
+    Identity,
+    InsufficientScopes,
+    PermissionDenied,
+    Policy,
+)
 
 API_ROOT = "/compute/v1/projects/"
 SCOPES = {None: "global", "region": "regions", "zone": "zones"}
@@ -136,10 +148,13 @@ class ComputeApi:
             raise _error(404, "notFound", f"no such collection: {scope}/{collection}")
         name = rest[0] if rest else (body or {}).get("name")
         where = f"projects/{project}/{scope}/{collection}"
+        api = api_method(type_, method, rest)
+        stored = self.cloud.get(project, type_, name) if rest else None
         self._authorize(
             identity,
-            api_method(type_, method, rest),
+            api,
             f"{where}/{name}" if rest or method == "POST" else f"projects/{project}",
+            references(api, {**(stored or {}), **(body or {})}, project, self.cloud.projects),
         )
         call = Call(self, project, scope, collection, type_, principal)
         body = canonical(body)
@@ -162,19 +177,22 @@ class ComputeApi:
             raise _error(refusal.code, refusal.reason, refusal.message) from None
         raise _error(404, "notFound", f"no such method: {method} {path}")
 
-    def _authorize(self, identity: Identity | None, method: str, resource: str) -> None:
-        """Compute Engine's 403 unless the caller holds every permission `method` needs on
-        `resource` (or its project); with no verifier there is no caller and no IAM."""
+    def _authorize(
+        self, identity: Identity | None, method: str, resource: str, referenced=()
+    ) -> None:
+        """Compute Engine's 403 unless the token has a scope `method` accepts and the caller
+        holds every permission it needs on `resource` (or its project) and on the `referenced`
+        resources; with no verifier there is no caller and no IAM."""
         if identity is None:
             return
         assert self.policy is not None, "an emulator that verifies tokens needs a policy"
         try:
-            self.policy.authorize(identity, method, resource)
+            self.policy.authorize(identity, method, resource, referenced)
         except KeyError:
             raise _error(404, "notFound", f"no such method: {method}") from None
+        except InsufficientScopes:
+            raise insufficient_scopes("compute", rpc_method(method)) from None
         except PermissionDenied as denied:
-            if denied.permission == "(scope)":
-                raise _error(403, "forbidden", denied.message) from None
             message = f"Required '{denied.permission}' permission for '{denied.resource}'"
             raise _error(403, "forbidden", message) from None
 
@@ -384,6 +402,51 @@ def api_method(type_: str, method: str, rest: list[str]) -> str:
         ("PUT", True): "update",
     }.get((method, bool(rest)), method.lower())
     return f"compute.{collection}.{verb}"
+
+
+def rpc_method(method: str) -> str:
+    """compute.instances.insert -> compute.v1.InstancesService.Insert, as Compute Engine names
+    the method in an ErrorInfo (its answer for zones.list names compute.v1.ZonesService.List)."""
+    _, collection, verb = method.split(".")
+    return f"compute.v1.{collection[0].upper()}{collection[1:]}Service.{verb[0].upper()}{verb[1:]}"
+
+
+def references(method: str, body: dict, project: str, projects: dict) -> list[tuple[str, str]]:
+    """(reference, IAM resource name) for each resource `body` names that `method` needs a
+    permission on (iam.yaml `referenced`). `projects` is project -> type -> name -> resource,
+    where an access config's natIP is looked up; a link not known yet (a plan's "known after
+    apply") or an IP no address holds is checked on the project, the only place a grant on
+    something not yet created can be."""
+    kinds = REFERENCED_PERMISSIONS.get(method, {})
+    found = []
+    if "network" in kinds and body.get("network"):
+        found.append(("network", _iam_name(body["network"], project)))
+    for nic in body.get("networkInterfaces") or []:
+        if not nic.get("subnetwork"):
+            continue
+        subnet = _iam_name(nic["subnetwork"], project)
+        if "subnetwork" in kinds:
+            found.append(("subnetwork", subnet))
+        for config in nic.get("accessConfigs") or []:
+            if "external IP" in kinds:
+                found.append(("external IP", subnet))
+            if "address" in kinds and config.get("natIP"):
+                found.append(("address", _address_of(config["natIP"], project, projects)))
+    return found
+
+
+def _iam_name(link: str, project: str) -> str:
+    match = LINK.search(link) if isinstance(link, str) else None
+    return match.group(0).lstrip("/") if match else f"projects/{project}"
+
+
+def _address_of(ip: str, project: str, projects: dict) -> str:
+    for type_ in ("compute.v1.address", "compute.v1.globalAddress"):
+        for address in projects.get(project, {}).get(type_, {}).values():
+            if address.get("address") == ip:
+                where = scope_of(type_, address)
+                return f"projects/{project}/{where}/addresses/{address['name']}"
+    return f"projects/{project}"
 
 
 def scope_of(type_: str, resource: dict) -> str:
