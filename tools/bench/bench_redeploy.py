@@ -10,10 +10,12 @@ by replacing the instance's metadata the way a deployment update does, and waits
 over HTTPS reports the new version. Prints, and writes to build/bench/redeploy.json:
 
 - failed requests (not 200, or not one of the two greetings) in all, per redeploy (by the time
-  they were sent, from the metadata change until SETTLE s after the new version answered), and
-  outside the redeploys;
+  they were sent, from the metadata change until SETTLE s after the new version answered, or
+  after the converge logged that it is done where its converges write to the serial console),
+  and outside the redeploys;
 - p99 latency of the requests that succeeded during the redeploys against p99 outside them;
-- seconds from the metadata change to the new version answering /healthz over HTTPS.
+- seconds from the metadata change to the new version answering /healthz over HTTPS (and to
+  the converge's end, where the serial console shows it).
 
 `--stack DIR`, repeated, measures several checkouts in turn (such as a worktree of an earlier
 commit, then this one), each on a fresh VM with the same loop, and prints each later one's ratios
@@ -45,7 +47,8 @@ from localvm.stack import REPO, LocalStack, app_greeting, attributes, render_pre
 from localvm.vm import NETWORK
 
 IP = NETWORK["external-ip"]
-SETTLE = 10  # seconds after the new version answered that still count as "during"
+SETTLE = 10  # seconds after the new version answered (or its converge ended) still "during"
+CONVERGED = "hello-startup: serving version "  # a converge's last line
 TIMEOUT = 30  # seconds a request may take before it counts as failed
 
 
@@ -184,6 +187,10 @@ def measure(stack_dir: Path, args: argparse.Namespace) -> dict:
     stack.set_attributes(original)
     greeting = app_greeting(stack_dir / "app/app.py")
     other = greeting.replace("!", ", redeployed!")
+    # A checkout whose redeploy converges write to the serial console says when each is done (the
+    # two-slot release still watches the new slot after /healthz reports it), and its window
+    # lasts until then. Before that, the version file was the converge's last step.
+    logs_converges = "console" in (stack_dir / "app/hello-converge.service").read_text()
     loop = None
     try:
         pebble.start()
@@ -201,19 +208,26 @@ def measure(stack_dir: Path, args: argparse.Namespace) -> dict:
 
         loop = Loop(port, context, args.rate, {greeting, other}).start()
         time.sleep(args.quiet)
-        windows, to_served = [], []
+        windows, to_served, to_converged = [], [], []
         current = greeting
         for n in range(args.redeploys):
             current = other if current == greeting else greeting
             values = {**original, "app-py": original["app-py"].replace(greeting, current)}
+            version = version_of(stack_dir, values)
+            mark = len(stack.vm.serial_text())
             changed = time.monotonic()
             stack.set_attributes(values)
-            served = wait_version(port, context, version_of(stack_dir, values), timeout=1200)
-            time.sleep(SETTLE)
-            windows.append((changed, served + SETTLE))
+            served = ended = wait_version(port, context, version, timeout=1200)
+            if logs_converges:
+                stack.vm.wait_serial(CONVERGED + version, start=mark, timeout=1200)
+                ended = time.monotonic()
+                to_converged.append(round(ended - changed, 1))
+            time.sleep(max(0.0, ended + SETTLE - time.monotonic()))
+            windows.append((changed, ended + SETTLE))
             to_served.append(served - changed)
             print(
-                f"bench-redeploy: redeploy {n + 1}: new version after {served - changed:.1f} s",
+                f"bench-redeploy: redeploy {n + 1}: new version after {served - changed:.1f} s"
+                + (f", converge done after {ended - changed:.1f} s" if logs_converges else ""),
                 flush=True,
             )
         time.sleep(args.quiet / 2)
@@ -229,6 +243,7 @@ def measure(stack_dir: Path, args: argparse.Namespace) -> dict:
         "stack": str(stack_dir),
         **summarize(loop.samples, windows),
         "seconds_to_new_version": [round(s, 1) for s in to_served],
+        "seconds_to_converge_done": to_converged if logs_converges else None,
         "first_failures": sorted(f for _, latency, f in loop.samples if latency is None)[:10],
     }
 
