@@ -17,16 +17,17 @@ def test_requests_count_by_when_they_were_sent():
     the window closed; failures between redeploys are reported apart, and failed requests have no
     latency in either p99."""
     samples = [(float(t), 0.1, "") for t in range(100)]  # one request a second, 100 ms each
-    samples[15] = (15.0, None, "sent in redeploy 1, timed out after it")
+    samples[15] = (15.0, None, "0 at 00:00:45: sent in redeploy 1, timed out after it")
     samples[16] = (16.0, 2.0, "")  # the slow one during redeploy 1
-    samples[50] = (50.0, None, "between redeploys")
-    samples[71] = (71.0, None, "redeploy 2")
+    samples[50] = (50.0, None, "502 at 00:00:50: between redeploys")
+    samples[71] = (71.0, None, "502 at 00:01:11: redeploy 2")
     summary = summarize(samples, [(10.0, 20.0), (70.0, 75.0)])
     assert summary["requests"] == 100
     assert summary["failed"] == 3
     assert summary["failed_per_redeploy"] == [1, 1]
     assert summary["failed_per_redeploy_mean"] == 1
     assert summary["failed_outside_redeploys"] == 1
+    assert summary["failures_by_status"] == {"0": 1, "502": 2}
     assert summary["requests_during_redeploys"] == 11 + 6
     assert summary["p99_during_ms"] > 1000  # the 2 s request is in the top percent of 15
     assert summary["p99_outside_ms"] == 100.0

@@ -9,10 +9,10 @@ then redeploys the app REDEPLOYS times (the greeting alternates, as a code chang
 by replacing the instance's metadata the way a deployment update does, and waits until /healthz
 over HTTPS reports the new version. Prints, and writes to build/bench/redeploy.json:
 
-- failed requests (not 200, or not one of the two greetings) in all, per redeploy (by the time
-  they were sent, from the metadata change until SETTLE s after the new version answered, or
-  after the converge logged that it is done where its converges write to the serial console),
-  and outside the redeploys;
+- failed requests (not 200, or not one of the two greetings) in all, by status, per redeploy
+  (by the time they were sent, from the metadata change until SETTLE s after the new version
+  answered, or after the converge logged that it is done where its converges write to the
+  serial console), and outside the redeploys;
 - p99 latency of the requests that succeeded during the redeploys against p99 outside them;
 - seconds from the metadata change to the new version answering /healthz over HTTPS (and to
   the converge's end, where the serial console shows it).
@@ -28,6 +28,7 @@ above a real VM's; compare ratios.
 from __future__ import annotations
 
 import argparse
+import collections
 import http.client
 import importlib.util
 import json
@@ -86,7 +87,7 @@ def https_get(port: int, context: ssl.SSLContext, path: str, timeout: float) -> 
 
 class Loop:
     """GET / over HTTPS every 1/rate s, open loop; records (scheduled time, latency or None if
-    failed, what failed)."""
+    failed, what failed: "STATUS at HH:MM:SS: BODY", STATUS 0 when nothing answered)."""
 
     def __init__(self, port: int, context: ssl.SSLContext, rate: float, bodies: set[str]):
         self.port, self.context, self.interval, self.bodies = port, context, 1 / rate, bodies
@@ -101,9 +102,8 @@ class Loop:
         if status == 200 and body in self.bodies:
             self.samples.append((scheduled, latency, ""))
         else:
-            self.samples.append(
-                (scheduled, None, f"{time.strftime('%H:%M:%S')} {status} {body[:80]!r}")
-            )
+            answer = f"{status} at {time.strftime('%H:%M:%S')}: {body[:80]!r}"
+            self.samples.append((scheduled, None, answer))
 
     def _run(self) -> None:
         scheduled = time.monotonic()
@@ -144,9 +144,11 @@ def summarize(
 
     failed_per = [0] * len(windows)
     during, outside, failed_outside = [], [], 0
-    for sent, latency, _ in samples:
+    failures_by_status: collections.Counter[str] = collections.Counter()
+    for sent, latency, answer in samples:
         n = window_of(sent)
         if latency is None:
+            failures_by_status[answer.split(" ", 1)[0]] += 1
             if n is None:
                 failed_outside += 1
             else:
@@ -159,6 +161,7 @@ def summarize(
         "failed_per_redeploy": failed_per,
         "failed_per_redeploy_mean": round(statistics.mean(failed_per), 2) if windows else None,
         "failed_outside_redeploys": failed_outside,
+        "failures_by_status": dict(failures_by_status),  # "0": no answer within TIMEOUT
         "requests_during_redeploys": len(during) + sum(failed_per),
         "p99_during_ms": round(p99(during) * 1000, 1),
         "p99_outside_ms": round(p99(outside) * 1000, 1),
