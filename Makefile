@@ -136,9 +136,9 @@ bench-boot: $(VENV)/.installed ## how long the VM takes to boot and recover
 	@bash scripts/install-system-deps.sh vm
 	$(BIN)/bench-boot
 
-bench-redeploy: $(VENV)/.installed ## app redeploys on the local VM under a request loop (STACK=dir)
+bench-redeploy: $(VENV)/.installed ## app redeploys on the local VM under a request loop (STACK="dir..." compares)
 	@bash scripts/install-system-deps.sh vm https
-	$(BIN)/bench-redeploy $(if $(STACK),--stack $(STACK))
+	$(BIN)/bench-redeploy $(foreach dir,$(STACK),--stack $(dir))
 
 bench-deploy: $(VENV)/.installed ## deploy.sh's create and update time and gcloud calls, per engine
 	$(BIN)/bench-deploy
