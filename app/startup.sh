@@ -249,9 +249,11 @@ ensure_uv() {
     rm -rf "$download"
     fail "uv's wheel from $UV_WHEEL does not match its pinned sha256"
   fi
-  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
-    "$download/uv.whl" "uv-$UV_VERSION.data/scripts/uv" >"$download/uv" &&
-    install -D --mode 0755 "$download/uv" "$UV" || fail "could not install uv from its wheel"
+  if ! python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+    "$download/uv.whl" "uv-$UV_VERSION.data/scripts/uv" >"$download/uv" ||
+    ! install -D --mode 0755 "$download/uv" "$UV"; then
+    fail "could not install uv from its wheel"
+  fi
   rm -rf "$download"
 }
 
