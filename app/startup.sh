@@ -249,9 +249,11 @@ ensure_uv() {
     rm -rf "$download"
     fail "uv's wheel from $UV_WHEEL does not match its pinned sha256"
   fi
-  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
-    "$download/uv.whl" "uv-$UV_VERSION.data/scripts/uv" >"$download/uv"
-  install -D --mode 0755 "$download/uv" "$UV"
+  if ! python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+    "$download/uv.whl" "uv-$UV_VERSION.data/scripts/uv" >"$download/uv" ||
+    ! install -D --mode 0755 "$download/uv" "$UV"; then
+    fail "could not install uv from its wheel"
+  fi
   rm -rf "$download"
 }
 
@@ -270,7 +272,10 @@ build_venv() {
   local started=$SECONDS
   rm -rf "$venv"
   ensure_uv
-  "$UV" venv --quiet --no-config --no-python-downloads --python "$(command -v python3)" "$venv"
+  # No cache (the converge's unit has no writable home) and explicit checks: this may run where
+  # errexit is off (prepare_release runs it as a condition's child).
+  "$UV" venv --quiet --no-config --no-cache --no-python-downloads \
+    --python "$(command -v python3)" "$venv" || fail "uv could not create the venv $venv"
   log "installing the pinned requirements with uv (hashes checked)"
   # --system-certs: the OS's CA store, as curl and apt use (uv's own is a built-in copy of
   # Mozilla's), so a proxy a company's CA signs works as it does for them.
@@ -278,7 +283,7 @@ build_venv() {
     --system-certs --python "$venv/bin/python" --only-binary :all: --require-hashes \
     --compile-bytecode --requirement "$requirements"
   sync
-  touch "$venv/.complete"
+  touch "$venv/.complete" || fail "could not mark $venv complete"
   log "venv built in $((SECONDS - started)) s: $venv"
 }
 

@@ -189,3 +189,53 @@ def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
             output = watcher.communicate()[0]
     assert output.count("requesting a converge to forget the refusal") == 2, output
     assert output.count("holds a refused release") == 2, output
+
+
+@pytest.fixture(scope="module")
+def uv_dir(tmp_path_factory):
+    """Where `startup.sh venv` puts uv: downloaded from PyPI once for the module."""
+    return tmp_path_factory.mktemp("uv")
+
+
+def tamper(requirements: str, package: str) -> str:
+    """`requirements` with every hash of `package`'s pin replaced."""
+    lines, inside = [], False
+    for line in requirements.splitlines(keepends=True):
+        if line[:1].isalpha():
+            inside = line.startswith(f"{package}==")
+        elif inside and "--hash=sha256:" in line:
+            line = line.replace(line.split("--hash=sha256:")[1][:64], "0" * 64)
+        lines.append(line)
+    return "".join(lines)
+
+
+def test_a_venv_is_built_from_the_hashed_pins_with_no_writable_home(tmp_path, uv_dir):
+    """What the converge does on the VM, where hello-converge.service has no writable home
+    (ProtectHome): uv from its pinned wheel, then the app's pins, hash-checked. Real: uv, PyPI
+    (through this host's network), CPython. A second run finds the venv complete."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/proc/self", "HELLO_UV_DIR": str(uv_dir)}
+    venv = tmp_path / "venv"
+    result = startup("venv", str(venv), str(REPO / "app/requirements.txt"), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "venv built in" in result.stdout
+    imported = subprocess.run(
+        [venv / "bin/python", "-c", "import flask, gunicorn"], capture_output=True, text=True
+    )
+    assert imported.returncode == 0, imported.stderr
+    again = startup("venv", str(venv), str(REPO / "app/requirements.txt"), env=env)
+    assert again.returncode == 0 and "venv up to date" in again.stdout, again.stdout
+
+
+def test_a_pin_whose_hash_does_not_match_fails_at_once_and_leaves_no_venv(tmp_path, uv_dir):
+    """pip's hash-checking mode, kept by uv: a tampered download is refused on the first
+    attempt (no network retries), and the venv is never marked complete."""
+    requirements = tmp_path / "requirements.txt"
+    tampered = tamper((REPO / "app/requirements.txt").read_text(), "flask")
+    assert tampered != (REPO / "app/requirements.txt").read_text()
+    requirements.write_text(tampered)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/proc/self", "HELLO_UV_DIR": str(uv_dir)}
+    result = startup("venv", str(tmp_path / "venv"), str(requirements), env=env)
+    assert result.returncode == 1
+    assert "Hash mismatch for `flask==" in result.stderr, result.stderr
+    assert "FAILED: uv pip install failed (exit 1) after 1 attempt(s)" in result.stderr
+    assert not (tmp_path / "venv/.complete").exists()
