@@ -27,7 +27,7 @@ import pytest
 from app.app import GREETING
 from localvm.stack import ARTIFACTS, REPO, SERVING_UNIT, attributes
 from tests.browser import chromium
-from tests.conftest import VM_LANE_1, copy_stack
+from tests.conftest import VM_LANE_1, copy_stack, tamper_hashes
 from tests.e2e.conftest import (
     REDEPLOY_TIMEOUT,
     release_refused,
@@ -425,18 +425,6 @@ def test_a_converge_killed_mid_release_leaves_the_old_release_serving(stack):
     finally:
         guest(stack, "systemctl stop e2e-kill-converge.service || true")
         restore(stack, original)
-
-
-def tamper_hashes(requirements: str, package: str) -> str:
-    """The pins with every hash of `package` replaced by one no file on PyPI has."""
-    lines, inside = [], False
-    for line in requirements.splitlines(keepends=True):
-        if not line.startswith(" "):
-            inside = line.lower().startswith(f"{package}==")
-        elif inside and "--hash=sha256:" in line:
-            line = re.sub(r"[0-9a-f]{64}", hashlib.sha256(b"tampered").hexdigest(), line)
-        lines.append(line)
-    return "".join(lines)
 
 
 def test_smoke_fails_when_a_redeploy_does_not_converge(stack, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 from dmlocal.expand import default_env, expand_path
 from emulators.metadata import MetadataEmulator, from_expanded_config
-from tests.conftest import REPO
+from tests.conftest import REPO, tamper_hashes
 
 
 def startup(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -197,18 +197,6 @@ def uv_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("uv")
 
 
-def tamper(requirements: str, package: str) -> str:
-    """`requirements` with every hash of `package`'s pin replaced."""
-    lines, inside = [], False
-    for line in requirements.splitlines(keepends=True):
-        if line[:1].isalpha():
-            inside = line.startswith(f"{package}==")
-        elif inside and "--hash=sha256:" in line:
-            line = line.replace(line.split("--hash=sha256:")[1][:64], "0" * 64)
-        lines.append(line)
-    return "".join(lines)
-
-
 def test_a_venv_is_built_from_the_hashed_pins_with_no_writable_home(tmp_path, uv_dir):
     """What the converge does on the VM, where hello-converge.service has no writable home
     (ProtectHome): uv from its pinned wheel, then the app's pins, hash-checked. Real: uv, PyPI
@@ -230,7 +218,7 @@ def test_a_pin_whose_hash_does_not_match_fails_at_once_and_leaves_no_venv(tmp_pa
     """pip's hash-checking mode, kept by uv: a tampered download is refused on the first
     attempt (no network retries), and the venv is never marked complete."""
     requirements = tmp_path / "requirements.txt"
-    tampered = tamper((REPO / "app/requirements.txt").read_text(), "flask")
+    tampered = tamper_hashes((REPO / "app/requirements.txt").read_text(), "flask")
     assert tampered != (REPO / "app/requirements.txt").read_text()
     requirements.write_text(tampered)
     env = {"PATH": "/usr/bin:/bin", "HOME": "/proc/self", "HELLO_UV_DIR": str(uv_dir)}
