@@ -1,5 +1,5 @@
 """How `make test` shares the machine: one pytest worker per usable CPU, the VM tests in two lanes
-(tests/conftest.py)."""
+(tests/conftest.py), and the vCPUs each lane's VM gets."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import pytest
 
 import tests.conftest as conftest
+from localvm.image import Image
+from localvm.vm import LocalVM
 from tests.conftest import REPO, usable_cpus
 
 LIST_LANES = """
@@ -104,3 +106,22 @@ def test_a_worker_runs_each_module_whole():
     passed = [line for line in run.stdout.splitlines() if " PASSED " in line]
     assert len(passed) == 7, run.stdout
     assert all(line.rstrip().endswith("@tests/tooling/test_lanes.py") for line in passed), passed
+
+
+@pytest.mark.parametrize(("cpus", "vcpus"), [(1, 1), (2, 1), (3, 1), (4, 2), (36, 2)])
+def test_each_lanes_vm_gets_its_share_of_the_cpus_at_most_e2_smalls_two(cpus, vcpus):
+    assert conftest.vcpus_per_vm(cpus) == vcpus
+
+
+def test_localvm_boots_the_vcpus_the_tests_ask_for_and_e2_smalls_two_otherwise(
+    tmp_path, monkeypatch
+):
+    def smp() -> str:
+        command = LocalVM(Image(tmp_path), tmp_path, metadata_port=1).command()
+        return command[command.index("-smp") + 1]
+
+    assert os.environ["LOCALVM_VCPUS"] == str(conftest.vcpus_per_vm(conftest.usable_cpus()))
+    monkeypatch.setenv("LOCALVM_VCPUS", "1")
+    assert smp() == "1"
+    monkeypatch.delenv("LOCALVM_VCPUS")
+    assert smp() == "2"

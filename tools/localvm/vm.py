@@ -121,7 +121,7 @@ class LocalVM:
         http_port: int | None = None,
         https_port: int | None = None,
         memory_mb: int = 1024,
-        cpus: int = 2,
+        cpus: int | None = None,
         kernel_args: tuple[str, ...] = (),
     ) -> None:
         self.image = image
@@ -131,7 +131,10 @@ class LocalVM:
         self.http_port = http_port or free_port()
         self.https_port = https_port or free_port()
         self.memory_mb = memory_mb
-        self.cpus = cpus
+        # e2-small's 2 vCPUs by default. Two TCG guests on a 2-core host run faster with one
+        # each: a vCPU thread the host preempts leaves its sibling spinning on the guest
+        # kernel's locks (docs/testing.md, "One vCPU per VM under test").
+        self.cpus = cpus or int(os.environ.get("LOCALVM_VCPUS", "2"))
         self.kernel_args = kernel_args
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None
