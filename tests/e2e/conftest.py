@@ -11,6 +11,7 @@ locks at every boot, as Google's OS Config agent and apt-daily-upgrade do on a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from app.app import GREETING
 from localvm.stack import ARTIFACTS, LocalStack, attributes
 from localvm.vm import hold_apt_locks_at_boot
 from tests.conftest import startup_version
@@ -37,6 +37,7 @@ def stack():
     # A short path: qemu's unix sockets live here and must fit in sun_path (108 bytes).
     workdir = Path(tempfile.mkdtemp(prefix="hello-e2e-"))
     local = LocalStack(workdir, kernel_args=hold_apt_locks_at_boot(APT_LOCK_HOLD))
+    local.accepted = attributes(local.instance)  # what the VM serves once it converged
     local.start()
     try:
         yield local
@@ -144,18 +145,46 @@ def settled(stack, timeout: float = REDEPLOY_TIMEOUT) -> None:
     assert code == 0, f"converges did not settle: {out}{err}"
 
 
-def restore(stack, original: dict[str, str]) -> None:
-    """Back to `original`: its release is the serving one (not only answering /healthz, which it
-    does while the converge still watches it) and no converge runs."""
-    stack.set_attributes(original)
-    version = wait_converged(stack, original)
+def serves(stack, values: dict[str, str]) -> str:
+    """Until the release of `values` is the serving one (not only answering /healthz, which it
+    does while the converge still watches it) and no converge runs; returns its version."""
+    version = wait_converged(stack, values)
     settled(stack)  # the VM records the metadata as applied only once the release is kept
     serving = stack.vm.guest_exec("cat /opt/hello/serving/version")[1].strip()
     assert serving == version, f"release {version} is not the serving one ({serving})"
+    return version
+
+
+def restore(stack, original: dict[str, str]) -> None:
+    """Back to `original`, served and settled."""
+    stack.set_attributes(original)
+    serves(stack, original)
+
+
+@contextlib.contextmanager
+def releasing(stack, values: dict[str, str]):
+    """A scenario that deploys `values`, a good release, over the one the VM serves
+    (`stack.accepted`, the metadata the scenario starts from). Once the block passes, the VM
+    must serve `values`, which the next scenario starts from: no converge goes back to the old
+    release, as one per scenario did. A failed block restores the old release, so the next
+    scenario still starts from a known one."""
+    try:
+        yield stack.accepted
+        serves(stack, values)
+    except BaseException:
+        restore(stack, stack.accepted)
+        raise
+    stack.accepted = values
+
+
+def greeting_of(values: dict[str, str]) -> str:
+    return re.search(r'^GREETING = "(.*)"$', values["app-py"], re.MULTILINE).group(1)
 
 
 def with_greeting(values: dict[str, str], greeting: str) -> dict[str, str]:
-    return {**values, "app-py": values["app-py"].replace(GREETING, greeting)}
+    """`values` with app.py greeting `greeting` instead of whatever it greets."""
+    old = f'GREETING = "{greeting_of(values)}"'
+    return {**values, "app-py": values["app-py"].replace(old, f'GREETING = "{greeting}"')}
 
 
 def refused(stack) -> dict:
@@ -170,12 +199,13 @@ def release_refused(
 ) -> None:  # fmt: skip
     """Deploys `bad` while `get` fetches the greeting in a loop: the VM refuses it with `why`,
     no request fails, and /healthz says which version was refused and why. Then restores
-    `original` (default: the rendered instance's metadata)."""
-    original = original or attributes(stack.instance)
+    `original` (default: what the VM serves, `stack.accepted`)."""
+    original = original or stack.accepted
+    greeting = greeting_of(original)
     version = version_of(bad, Path(tempfile.mkdtemp(prefix="hello-version-")))
     mark = len(stack.vm.serial_text())
     try:
-        with RequestLoop(get, {GREETING}) as loop:
+        with RequestLoop(get, {greeting}) as loop:
             stack.set_attributes(bad)
             log = stack.vm.wait_serial(
                 f"hello-startup: FAILED: release {version} refused", start=mark,
@@ -185,7 +215,7 @@ def release_refused(
         failed = re.search(rf"FAILED: release {version} refused: (.*)", log).group(1)
         assert why in failed, failed
         assert refused(stack) == {"version": version, "reason": failed.split("; serving ")[0]}
-        assert get() == (200, GREETING)
+        assert get() == (200, greeting)
         assert loop.failures == [], loop.failures
         assert loop.answers > 20
         if storm_check:

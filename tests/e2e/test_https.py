@@ -30,7 +30,13 @@ from localvm.stack import ARTIFACTS, SERVING_UNIT, LocalStack, attributes
 from localvm.vm import NETWORK
 from tests.browser import chromium
 from tests.conftest import VM_LANE_2
-from tests.e2e.conftest import RequestLoop, release_refused, restore, wait_converged, with_greeting
+from tests.e2e.conftest import (
+    RequestLoop,
+    release_refused,
+    releasing,
+    wait_converged,
+    with_greeting,
+)
 
 pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
@@ -50,7 +56,9 @@ def tls(request):
     workdir = Path(tempfile.mkdtemp(prefix="hello-tls-e2e-"))
     local = LocalStack(workdir)
     pebble = Pebble(workdir / "pebble", validation_port=local.http_port)
-    local.set_attributes({**attributes(local.instance), **pebble.attributes()})
+    # The rendered instance's metadata, with pebble as its CA: what the VM serves once converged.
+    local.accepted = {**attributes(local.instance), **pebble.attributes()}
+    local.set_attributes(local.accepted)
     local.pebble = pebble
     local.start()
     try:
@@ -275,32 +283,23 @@ def _crash_soon():
 """
 
 
-def deployed(tls) -> dict[str, str]:
-    """The metadata the fixture deployed: the rendered instance's, with pebble as its CA."""
-    return {**attributes(tls.instance), **tls.pebble.attributes()}
-
-
 def test_a_release_that_crashes_after_taking_traffic_is_rolled_back(tls):
     """With HTTPS on: the converge checks the app through :443 and an unredirected :80
     /healthz, and the requests over HTTPS all succeed while it rolls back."""
-    original = deployed(tls)
-    bad = {**original, "app-py": original["app-py"] + CRASH_AFTER_TRAFFIC}
-    release_refused(tls, bad, "it crashed while serving", lambda: https_get(tls), original=original)
+    bad = {**tls.accepted, "app-py": tls.accepted["app-py"] + CRASH_AFTER_TRAFFIC}
+    release_refused(tls, bad, "it crashed while serving", lambda: https_get(tls))
     assert "rolled back to release" in tls.vm.serial_text()
 
 
 def test_a_good_release_replaces_the_old_with_no_failed_request(tls):
-    original = deployed(tls)
     changed = "Hello World from BenchSci, released with no failed request!"
-    good = with_greeting(original, changed)
-    with RequestLoop(lambda: https_get(tls), {GREETING, changed}) as loop:
-        tls.set_attributes(good)
-        wait_converged(tls, good)
-        time.sleep(5)
-    try:
+    good = with_greeting(tls.accepted, changed)
+    with releasing(tls, good):
+        with RequestLoop(lambda: https_get(tls), {GREETING, changed}) as loop:
+            tls.set_attributes(good)
+            wait_converged(tls, good)
+            time.sleep(5)
         assert loop.failures == [], loop.failures
         assert loop.answers > 20
         assert https_get(tls) == (200, changed)
         assert http_get(tls, "/")[2] == f"https://{IP}/"
-    finally:
-        restore(tls, original)

@@ -3,7 +3,9 @@ apt user and a network outage), after a reset, after a crash, as a non-root user
 redeploys while running (one converge at a time, none lost), reports the version it runs, and
 shows the greeting in a browser.
 
-Tests run in file order on one VM (see conftest.py); each leaves it serving the committed app.
+Tests run in file order on one VM (see conftest.py); each leaves it serving a good release: the
+committed app, until the last ones, which each release a new app over the one before
+(conftest.releasing) instead of converging back to the committed one.
 Waits poll only where waiting is inherent (boot, restart, redeploy), always under a deadline.
 """
 
@@ -25,12 +27,14 @@ from pathlib import Path
 import pytest
 
 from app.app import GREETING
-from localvm.stack import ARTIFACTS, REPO, SERVING_UNIT, attributes
+from localvm.stack import ARTIFACTS, REPO, SERVING_UNIT
 from tests.browser import chromium
 from tests.conftest import VM_LANE_1, copy_stack, tamper_hashes
 from tests.e2e.conftest import (
     REDEPLOY_TIMEOUT,
+    greeting_of,
     release_refused,
+    releasing,
     restore,
     settled,
     wait_converged,
@@ -278,30 +282,6 @@ def test_a_reset_during_apt_install_is_repaired_and_serves_without_reinstalling(
         settled(stack)  # the boot's converge logs its last line after it serves
 
 
-def test_app_change_reaches_the_running_vm_through_metadata(stack):
-    """A redeploy changes instance metadata only; the watcher re-runs the startup script."""
-    original = attributes(stack.instance)
-    changed_greeting = "Hello World from BenchSci, redeployed!"
-    assert GREETING in original["app-py"]
-    settled(stack)  # a converge's last line after the mark would pass for this one's
-    boot_id = guest(stack, "cat /proc/sys/kernel/random/boot_id")
-    mark = len(stack.vm.serial_text())
-    stack.set_attributes(
-        {**original, "app-py": original["app-py"].replace(GREETING, changed_greeting)}
-    )
-    try:
-        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=changed_greeting)
-        log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
-        # Only now: while nginx reloads, its old workers still send a request to the old release.
-        assert stack.vm.get("/hello") == (200, changed_greeting)
-        assert "instance metadata changed" in log
-        assert re.search(r"hello-startup: release \w+ replaced \w+", log), log
-        assert guest(stack, "cat /proc/sys/kernel/random/boot_id") == boot_id, "it rebooted"
-    finally:
-        restore(stack, original)
-    assert stack.vm.get("/") == (200, GREETING)
-
-
 # --- redeploys -------------------------------------------------------------------------------
 
 
@@ -329,114 +309,11 @@ def test_smoke_sees_the_version_the_vm_computed_from_what_it_installed(stack):
     assert "version" in result.stdout
 
 
-def test_two_changes_one_second_apart_converge_one_at_a_time(stack):
-    """The first change rebuilds the venv (new pins), the second, a second later, changes the
-    greeting again. Converges never overlap: the VM serves the second version from a complete
-    venv of the first change's pins."""
-    original = attributes(stack.instance)
-    pins = original["app-requirements"] + "# rebuilt by an e2e test\n"
-    repinned = {**original, "app-requirements": pins}
-    first = with_greeting(repinned, "Hello from the first change!")
-    second = with_greeting(repinned, "Hello from the second change!")
-    mark = len(stack.vm.serial_text())
-    stack.set_attributes(first)
-    time.sleep(1)
-    stack.set_attributes(second)
-    try:
-        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect="Hello from the second change!")
-        version = wait_converged(stack, second)
-        # The converge logs its last line just after /healthz starts reporting the version.
-        log = stack.vm.wait_serial(f"hello-startup: serving version {version}", start=mark,
-                                   timeout=RESTART_TIMEOUT)  # fmt: skip
-        runs = re.findall(r"hello-startup: (converging|serving version|FAILED)", log)
-        assert runs and "FAILED" not in runs, runs
-        # The previous test's restore may log its last line after the mark: it began before.
-        while runs[:1] == ["serving version"]:
-            runs.pop(0)
-        assert runs == ["converging", "serving version"] * (len(runs) // 2), runs
-        venv = f"/opt/hello/venv-{hashlib.sha256(pins.encode()).hexdigest()[:16]}"
-        assert guest(stack, "readlink /opt/hello/serving/venv").strip() == venv
-        # The venv has no installer of its own; uv, which built it, checks it.
-        uv = "$(ls /usr/local/lib/hello/uv-*)"
-        guest(stack, f"test -f {venv}/.complete && {uv} pip check --python {venv}/bin/python")
-        guest(stack, f"{venv}/bin/python -c 'import flask, gunicorn'")
-        # The previous release's venv is kept for going back (the restore below reuses it).
-        before = original["app-requirements"].encode()
-        kept = f"/opt/hello/venv-{hashlib.sha256(before).hexdigest()[:16]}"
-        assert sorted(guest(stack, "ls -d /opt/hello/venv-*").split()) == sorted([venv, kept])
-    finally:
-        restore(stack, original)
-
-
-def test_a_change_made_before_the_watcher_polls_is_applied(stack):
-    """The window between a converge reading the metadata and the watcher's first poll: the
-    watcher is stopped, the metadata changes, the watcher starts. It starts from the ETag the
-    last converge applied, so it sees the change."""
-    original = attributes(stack.instance)
-    changed = "Hello from a change the watcher did not see happen!"
-    settled(stack)  # a converge still running would restart the watcher when it ends
-    guest(stack, "systemctl stop hello-metadata-watch.service")
-    try:
-        stack.set_attributes(with_greeting(original, changed))
-        time.sleep(3)
-        assert stack.vm.get("/") == (200, GREETING), "applied with no watcher running?"
-        mark = len(stack.vm.serial_text())
-        guest(stack, "systemctl start hello-metadata-watch.service")
-        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=changed)
-        assert "hello-startup: instance metadata changed" in stack.vm.serial_text()[mark:]
-    finally:
-        guest(stack, "systemctl start hello-metadata-watch.service")
-        restore(stack, original)
-
-
-# Kills the converge (hello-converge.service) the moment the changed app.py is on disk in the idle
-# slot, before the new release is started: bash builtins only, so nothing forks in between.
-KILL_AFTER_INSTALL = r"""cat >/run/e2e-kill-converge <<'EOF'
-marker=$1 cgroup=/sys/fs/cgroup/system.slice/hello-converge.service
-while :; do
-  for file in /opt/hello/slot-*/app.py; do
-    [[ -r $file ]] || continue
-    IFS= read -r -d '' content <"$file" || true
-    [[ $content == *"$marker"* ]] && break 2
-  done
-done
-while read -r pid; do kill -9 "$pid"; done <"$cgroup/cgroup.procs"
-echo killed >/run/e2e-converge-killed
-EOF
-rm -f /run/e2e-converge-killed
-systemd-run --quiet --collect --unit=e2e-kill-converge /bin/bash /run/e2e-kill-converge """
-
-
-def test_a_converge_killed_mid_release_leaves_the_old_release_serving(stack):
-    """Killed after laying out the new release, before starting it: nothing of it serves, and
-    the next converge (the watcher asks again for the unapplied metadata) releases it."""
-    original = attributes(stack.instance)
-    changed = "Hello from a converge that was killed!"
-    before, slot = main_pid(stack), serving_slot(stack)
-    guest(stack, KILL_AFTER_INSTALL + shlex.quote(changed))
-    try:
-        mark = len(stack.vm.serial_text())
-        stack.set_attributes(with_greeting(original, changed))
-        deadline = time.monotonic() + REDEPLOY_TIMEOUT
-        while stack.vm.guest_exec("test -e /run/e2e-converge-killed")[0] != 0:
-            assert time.monotonic() < deadline, "the converge was never killed"
-            time.sleep(1)
-        assert (main_pid(stack), serving_slot(stack)) == (before, slot)
-        assert stack.vm.get("/") == (200, GREETING)
-        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=changed)
-        log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
-        assert len(re.findall(r"hello-startup: new release \w+: preparing slot", log)) >= 2, log
-        assert serving_slot(stack) != slot
-    finally:
-        guest(stack, "systemctl stop e2e-kill-converge.service || true")
-        restore(stack, original)
-
-
 def test_smoke_fails_when_a_redeploy_does_not_converge(stack, tmp_path):
     """A redeploy whose venv cannot be built (a pin whose hash does not match PyPI's wheel, as a
     tampered download would): the release is refused, the old app keeps greeting, and the smoke
     test fails at once with the VM's reason."""
-    original = attributes(stack.instance)
+    original = stack.accepted
     tampered = tamper_hashes(original["app-requirements"], "flask")
     assert tampered != original["app-requirements"]
     (tmp_path / "checkout").mkdir()
@@ -468,7 +345,7 @@ def greeting_over_http(stack):
 
 
 def test_a_release_that_fails_to_import_never_serves(stack):
-    original = attributes(stack.instance)
+    original = stack.accepted
     bad = {**original, "app-py": "import hello_no_such_module  # noqa\n" + original["app-py"]}
     release_refused(
         stack,
@@ -480,7 +357,7 @@ def test_a_release_that_fails_to_import_never_serves(stack):
 
 
 def test_a_release_whose_health_check_fails_never_serves(stack):
-    original = attributes(stack.instance)
+    original = stack.accepted
     app_py = original["app-py"].replace("return jsonify(health)", "return jsonify(health), 503")
     assert app_py != original["app-py"]
     release_refused(
@@ -489,3 +366,127 @@ def test_a_release_whose_health_check_fails_never_serves(stack):
         "answered 503 instead of 200",
         greeting_over_http(stack),
     )
+
+
+# --- accepted releases, one after another ---------------------------------------------------
+
+
+def test_app_change_reaches_the_running_vm_through_metadata(stack):
+    """A redeploy changes instance metadata only; the watcher re-runs the startup script."""
+    changed_greeting = "Hello World from BenchSci, redeployed!"
+    changed = with_greeting(stack.accepted, changed_greeting)
+    settled(stack)  # a converge's last line after the mark would pass for this one's
+    boot_id = guest(stack, "cat /proc/sys/kernel/random/boot_id")
+    mark = len(stack.vm.serial_text())
+    with releasing(stack, changed):
+        stack.set_attributes(changed)
+        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=changed_greeting)
+        log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
+        # Only now: while nginx reloads, its old workers still send a request to the old release.
+        assert stack.vm.get("/hello") == (200, changed_greeting)
+        assert "instance metadata changed" in log
+        assert re.search(r"hello-startup: release \w+ replaced \w+", log), log
+        assert guest(stack, "cat /proc/sys/kernel/random/boot_id") == boot_id, "it rebooted"
+
+
+def test_two_changes_one_second_apart_converge_one_at_a_time(stack):
+    """The first change rebuilds the venv (new pins), the second, a second later, changes the
+    greeting again. Converges never overlap: the VM serves the second version from a complete
+    venv of the first change's pins."""
+    original = stack.accepted
+    pins = original["app-requirements"] + "# rebuilt by an e2e test\n"
+    repinned = {**original, "app-requirements": pins}
+    first = with_greeting(repinned, "Hello from the first change!")
+    second = with_greeting(repinned, "Hello from the second change!")
+    mark = len(stack.vm.serial_text())
+    with releasing(stack, second):
+        stack.set_attributes(first)
+        time.sleep(1)
+        stack.set_attributes(second)
+        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect="Hello from the second change!")
+        version = wait_converged(stack, second)
+        # The converge logs its last line just after /healthz starts reporting the version.
+        log = stack.vm.wait_serial(f"hello-startup: serving version {version}", start=mark,
+                                   timeout=RESTART_TIMEOUT)  # fmt: skip
+        runs = re.findall(r"hello-startup: (converging|serving version|FAILED)", log)
+        assert runs and "FAILED" not in runs, runs
+        # The previous test's converge may log its last line after the mark: it began before.
+        while runs[:1] == ["serving version"]:
+            runs.pop(0)
+        assert runs == ["converging", "serving version"] * (len(runs) // 2), runs
+        venv = f"/opt/hello/venv-{hashlib.sha256(pins.encode()).hexdigest()[:16]}"
+        assert guest(stack, "readlink /opt/hello/serving/venv").strip() == venv
+        # The venv has no installer of its own; uv, which built it, checks it.
+        uv = "$(ls /usr/local/lib/hello/uv-*)"
+        guest(stack, f"test -f {venv}/.complete && {uv} pip check --python {venv}/bin/python")
+        guest(stack, f"{venv}/bin/python -c 'import flask, gunicorn'")
+        # The previous release's venv is kept for going back.
+        before = original["app-requirements"].encode()
+        kept = f"/opt/hello/venv-{hashlib.sha256(before).hexdigest()[:16]}"
+        assert sorted(guest(stack, "ls -d /opt/hello/venv-*").split()) == sorted([venv, kept])
+
+
+def test_a_change_made_before_the_watcher_polls_is_applied(stack):
+    """The window between a converge reading the metadata and the watcher's first poll: the
+    watcher is stopped, the metadata changes, the watcher starts. It starts from the ETag the
+    last converge applied, so it sees the change."""
+    serving = greeting_of(stack.accepted)
+    greeting = "Hello from a change the watcher did not see happen!"
+    changed = with_greeting(stack.accepted, greeting)
+    settled(stack)  # a converge still running would restart the watcher when it ends
+    guest(stack, "systemctl stop hello-metadata-watch.service")
+    try:
+        with releasing(stack, changed):
+            stack.set_attributes(changed)
+            time.sleep(3)
+            assert stack.vm.get("/") == (200, serving), "applied with no watcher running?"
+            mark = len(stack.vm.serial_text())
+            guest(stack, "systemctl start hello-metadata-watch.service")
+            stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=greeting)
+            assert "hello-startup: instance metadata changed" in stack.vm.serial_text()[mark:]
+    finally:
+        guest(stack, "systemctl start hello-metadata-watch.service")
+
+
+# Kills the converge (hello-converge.service) the moment the changed app.py is on disk in the idle
+# slot, before the new release is started: bash builtins only, so nothing forks in between.
+KILL_AFTER_INSTALL = r"""cat >/run/e2e-kill-converge <<'EOF'
+marker=$1 cgroup=/sys/fs/cgroup/system.slice/hello-converge.service
+while :; do
+  for file in /opt/hello/slot-*/app.py; do
+    [[ -r $file ]] || continue
+    IFS= read -r -d '' content <"$file" || true
+    [[ $content == *"$marker"* ]] && break 2
+  done
+done
+while read -r pid; do kill -9 "$pid"; done <"$cgroup/cgroup.procs"
+echo killed >/run/e2e-converge-killed
+EOF
+rm -f /run/e2e-converge-killed
+systemd-run --quiet --collect --unit=e2e-kill-converge /bin/bash /run/e2e-kill-converge """
+
+
+def test_a_converge_killed_mid_release_leaves_the_old_release_serving(stack):
+    """Killed after laying out the new release, before starting it: nothing of it serves, and
+    the next converge (the watcher asks again for the unapplied metadata) releases it."""
+    serving = greeting_of(stack.accepted)
+    greeting = "Hello from a converge that was killed!"
+    changed = with_greeting(stack.accepted, greeting)
+    before, slot = main_pid(stack), serving_slot(stack)
+    guest(stack, KILL_AFTER_INSTALL + shlex.quote(greeting))
+    try:
+        with releasing(stack, changed):
+            mark = len(stack.vm.serial_text())
+            stack.set_attributes(changed)
+            deadline = time.monotonic() + REDEPLOY_TIMEOUT
+            while stack.vm.guest_exec("test -e /run/e2e-converge-killed")[0] != 0:
+                assert time.monotonic() < deadline, "the converge was never killed"
+                time.sleep(1)
+            assert (main_pid(stack), serving_slot(stack)) == (before, slot)
+            assert stack.vm.get("/") == (200, serving)
+            stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=greeting)
+            log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
+            assert len(re.findall(r"hello-startup: new release \w+: preparing slot", log)) >= 2
+            assert serving_slot(stack) != slot
+    finally:
+        guest(stack, "systemctl stop e2e-kill-converge.service || true")
