@@ -222,12 +222,11 @@ def release_refused(
         assert loop.failures == [], loop.failures
         assert loop.answers > 20
         if storm_check:
-            # No retry storm: the watcher asked every minute before; after the refusal it waits.
-            time.sleep(70)
-            serial = stack.vm.serial_text()[mark:]
-            after = serial[serial.index(f"FAILED: release {version} refused") :]
+            # No retry storm: at the end of its next long poll (a minute at most) the watcher
+            # asked for a converge again before; now it says it holds a refused release and waits.
+            refusal = mark + stack.vm.serial_text()[mark:].index(f"FAILED: release {version}")
+            after = stack.vm.wait_serial("holds a refused release", start=refusal, timeout=120)
             assert "requesting a converge again" not in after, after
-            assert "holds a refused release" in after, after
     finally:
         restore(stack, original)
     # Back at the applied metadata, the watcher asks for a converge, which forgets the refusal.
