@@ -224,8 +224,8 @@ def release_refused(
         if storm_check:
             # No retry storm: at the end of its next long poll (a minute at most) the watcher
             # asked for a converge again before; now it says it holds a refused release and waits.
-            refusal = mark + stack.vm.serial_text()[mark:].index(f"FAILED: release {version}")
-            after = stack.vm.wait_serial("holds a refused release", start=refusal, timeout=120)
+            log = stack.vm.wait_serial("holds a refused release", start=mark, timeout=120)
+            after = log[log.index(f"FAILED: release {version} refused") :]
             assert "requesting a converge again" not in after, after
     finally:
         restore(stack, original)
