@@ -45,7 +45,7 @@ def stack():
     try:
         yield local
     finally:
-        local.stop()
+        local.stop(discard=True)  # the overlay is deleted below
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         if local.vm is not None and local.vm.serial_log.exists():
             shutil.copyfile(local.vm.serial_log, ARTIFACTS / "e2e-serial.log")

@@ -64,7 +64,7 @@ def tls(request):
     try:
         yield local
     finally:
-        local.stop()
+        local.stop(discard=True)  # the overlay is deleted below
         pebble.stop()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         if local.vm is not None and local.vm.serial_log.exists():

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from emulators.metadata import instance_tree
 from localvm import image
@@ -101,3 +106,55 @@ def test_free_ports_are_outside_the_range_the_kernel_hands_out():
     ports = {free_port() for _ in range(20)}
     assert all(10000 <= port < low for port in ports), (ports, low, high)
     assert len(ports) > 1  # random, so parallel callers rarely meet
+
+
+# A QMP server that records each command and exits on `quit` only: a guest that ignores ACPI.
+QMP_RECORDER = """
+import json, os, socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+while True:
+    connection, _ = server.accept()
+    stream = connection.makefile("rwb")
+    stream.write(b'{"QMP": {}}\\n')
+    stream.flush()
+    for line in stream:
+        command = json.loads(line)["execute"]
+        with open(sys.argv[2], "a") as log:
+            log.write(command + "\\n")
+        stream.write(b'{"return": {}}\\n')
+        stream.flush()
+        if command == "quit":
+            os._exit(0)
+    connection.close()
+"""
+
+
+@pytest.mark.parametrize(
+    ("end", "commands"),
+    [
+        ("discard", ["quit"]),  # a test's VM: its disk is thrown away, nothing to shut down
+        ("stop", ["system_powerdown", "quit"]),  # `make down`: ACPI first, quit once it times out
+    ],
+)
+def test_a_discarded_vm_quits_at_once_and_a_stopped_one_is_asked_to_power_off_first(
+    tmp_path, end, commands
+):
+    vm = LocalVM(Image(tmp_path), tmp_path, metadata_port=1)
+    log = tmp_path / "qmp.log"
+    vm.process = subprocess.Popen([sys.executable, "-c", QMP_RECORDER, vm.qmp_socket, log])
+    try:
+        deadline = time.monotonic() + 30
+        while not vm.qmp_socket.exists():
+            assert time.monotonic() < deadline, "the QMP recorder did not start"
+            time.sleep(0.05)
+        if end == "discard":
+            vm.discard()
+        else:
+            vm.stop(timeout=1)
+        assert vm.process.poll() == 0
+        recorded = log.read_text().split()
+        assert [c for c in recorded if c != "qmp_capabilities"] == commands
+    finally:
+        vm.process.kill()

@@ -167,9 +167,12 @@ class LocalStack:
         """What a redeploy does to the running instance: replace its metadata items."""
         self.metadata.store.set_instance_attributes(values)
 
-    def stop(self) -> None:
+    def stop(self, *, discard: bool = False) -> None:
+        """Powers the VM off cleanly, or with `discard` ends it at once (its disk is not kept)."""
         try:
-            if self.vm is not None:
+            if self.vm is not None and discard:
+                self.vm.discard()
+            elif self.vm is not None:
                 self.vm.stop()
         finally:
             self.metadata.stop()
