@@ -456,6 +456,9 @@ class LocalVM:
                 },
                 sync_id,
             )
+            # Quick commands are seen to end at once; a long one is asked about once a second,
+            # since each question costs the guest's one vCPU, which the command needs.
+            interval = 0.05
             while True:
                 status = self._qga(
                     stream,
@@ -466,7 +469,8 @@ class LocalVM:
                     break
                 if time.monotonic() > deadline:
                     raise VMError(f"guest command did not finish within {timeout} s: {script}")
-                time.sleep(0.2)
+                time.sleep(interval)
+                interval = min(1.0, interval * 2)
 
         def decode(key: str) -> str:
             return base64.b64decode(status.get(key, "")).decode(errors="replace")
