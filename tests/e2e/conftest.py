@@ -168,9 +168,9 @@ def restore(stack, original: dict[str, str]) -> None:
 def releasing(stack, values: dict[str, str]):
     """A scenario that deploys `values`, a good release, over the one the VM serves
     (`stack.accepted`, the metadata the scenario starts from). Once the block passes, the VM
-    must serve `values`, which the next scenario starts from: no converge goes back to the old
-    release, as one per scenario did. A failed block restores the old release, so the next
-    scenario still starts from a known one."""
+    must serve `values`, which the next scenario starts from, so a scenario costs one converge,
+    not a second one back to the old release. A failed block restores the old release, so the
+    next scenario still starts from a known one."""
     try:
         yield stack.accepted
         serves(stack, values)
