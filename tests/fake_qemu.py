@@ -33,7 +33,11 @@ def option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-def serve_qmp(path: str) -> None:
+def serve_qmp(
+    path: str, ends: tuple[str, ...] = ("system_powerdown", "quit"), log: str | None = None
+) -> None:
+    """QMP on `path`: answers every command, appends each to `log` if given, and exits on any
+    of `ends` (a guest that ignores ACPI ends on `quit` only)."""
     server = socket.socket(socket.AF_UNIX)
     server.bind(path)
     server.listen()
@@ -44,9 +48,12 @@ def serve_qmp(path: str) -> None:
         stream.flush()
         for line in stream:
             command = json.loads(line).get("execute")
+            if log:
+                with open(log, "a") as commands:
+                    commands.write(f"{command}\n")
             stream.write(b'{"return": {}}\n')
             stream.flush()
-            if command in ("system_powerdown", "quit"):
+            if command in ends:
                 os._exit(0)
         connection.close()
 

@@ -15,7 +15,7 @@ from emulators.metadata import instance_tree
 from localvm import image
 from localvm.acme import Pebble
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
-from localvm.stack import attributes, with_local_public_ip, without_public_ca
+from localvm.stack import REPO, attributes, with_local_public_ip, without_public_ca
 from localvm.vm import METADATA_IP, NETWORK, LocalVM, free_port
 
 
@@ -108,27 +108,11 @@ def test_free_ports_are_outside_the_range_the_kernel_hands_out():
     assert len(ports) > 1  # random, so parallel callers rarely meet
 
 
-# A QMP server that records each command and exits on `quit` only: a guest that ignores ACPI.
-QMP_RECORDER = """
-import json, os, socket, sys
-server = socket.socket(socket.AF_UNIX)
-server.bind(sys.argv[1])
-server.listen()
-while True:
-    connection, _ = server.accept()
-    stream = connection.makefile("rwb")
-    stream.write(b'{"QMP": {}}\\n')
-    stream.flush()
-    for line in stream:
-        command = json.loads(line)["execute"]
-        with open(sys.argv[2], "a") as log:
-            log.write(command + "\\n")
-        stream.write(b'{"return": {}}\\n')
-        stream.flush()
-        if command == "quit":
-            os._exit(0)
-    connection.close()
-"""
+# tests/fake_qemu.py's QMP, recording each command, for a guest that ignores ACPI.
+QMP_RECORDER = (
+    "import sys; from tests.fake_qemu import serve_qmp;"
+    " serve_qmp(sys.argv[1], ('quit',), sys.argv[2])"
+)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +127,9 @@ def test_a_discarded_vm_quits_at_once_and_a_stopped_one_is_asked_to_power_off_fi
 ):
     vm = LocalVM(Image(tmp_path), tmp_path, metadata_port=1)
     log = tmp_path / "qmp.log"
-    vm.process = subprocess.Popen([sys.executable, "-c", QMP_RECORDER, vm.qmp_socket, log])
+    vm.process = subprocess.Popen(
+        [sys.executable, "-c", QMP_RECORDER, vm.qmp_socket, log], cwd=REPO
+    )
     try:
         deadline = time.monotonic() + 30
         while not vm.qmp_socket.exists():
