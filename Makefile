@@ -23,13 +23,10 @@ PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-# Under `make up` (INSTALL_LOG set) pip's output goes to that log, as apt's does.
 $(VENV)/.installed: tools/requirements.txt app/requirements.txt pyproject.toml
 	@bash scripts/install-system-deps.sh lint
 	$(PYTHON) -m venv $(VENV)
-	$(if $(INSTALL_LOG),@mkdir -p $(dir $(INSTALL_LOG)) && echo "pip: the tools into $(VENV) (log: $(INSTALL_LOG))" && )$(VPY) -m pip install --quiet \
-		--disable-pip-version-check -r tools/requirements.txt -e . $(if $(INSTALL_LOG),>>$(INSTALL_LOG) 2>&1 \
-		|| { tail -n 20 $(INSTALL_LOG); echo "pip failed; its output: $(INSTALL_LOG)"; exit 1; })
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt -e .
 	touch $@
 
 system-deps: ## install the Debian packages every target needs (root); targets install their own
