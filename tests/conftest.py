@@ -43,9 +43,8 @@ VM_LANES = 2
 
 def vcpus_per_vm(cpus: int) -> int:
     """vCPUs for each VM the lanes boot (localvm reads LOCALVM_VCPUS): the usable CPUs shared
-    by the lanes, at most e2-small's 2. On 2 cores two 1-vCPU guests finished their first boot
-    in 127 s (122 s of CPU each), two 2-vCPU guests in 152 s (149 s of CPU): a vCPU thread the
-    host preempts leaves its sibling spinning on the guest kernel's locks."""
+    by the lanes, at most e2-small's 2. More vCPUs than cores make both guests slower
+    (docs/benchmarks.md, `make bench-vcpus`)."""
     return max(1, min(2, cpus // VM_LANES))
 
 

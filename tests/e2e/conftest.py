@@ -198,12 +198,12 @@ def refused(stack) -> dict:
 
 def release_refused(
     stack, bad: dict[str, str], why: str, get: Callable[[], tuple[int, str]],
-    *, original: dict[str, str] | None = None, storm_check: bool = False,
+    *, storm_check: bool = False,
 ) -> None:  # fmt: skip
     """Deploys `bad` while `get` fetches the greeting in a loop: the VM refuses it with `why`,
-    no request fails, and /healthz says which version was refused and why. Then restores
-    `original` (default: what the VM serves, `stack.accepted`)."""
-    original = original or stack.accepted
+    no request fails, and /healthz says which version was refused and why. Then restores what
+    the VM serves (`stack.accepted`)."""
+    original = stack.accepted
     greeting = greeting_of(original)
     version = version_of(bad, Path(tempfile.mkdtemp(prefix="hello-version-")))
     mark = len(stack.vm.serial_text())

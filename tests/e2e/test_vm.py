@@ -486,7 +486,8 @@ def test_a_converge_killed_mid_release_leaves_the_old_release_serving(stack):
             assert stack.vm.get("/") == (200, serving)
             stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=greeting)
             log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
-            assert len(re.findall(r"hello-startup: new release \w+: preparing slot", log)) >= 2
+            releases = re.findall(r"hello-startup: new release \w+: preparing slot", log)
+            assert len(releases) >= 2, log
             assert serving_slot(stack) != slot
     finally:
         guest(stack, "systemctl stop e2e-kill-converge.service || true")

@@ -170,10 +170,11 @@ class LocalStack:
     def stop(self, *, discard: bool = False) -> None:
         """Powers the VM off cleanly, or with `discard` ends it at once (its disk is not kept)."""
         try:
-            if self.vm is not None and discard:
-                self.vm.discard()
-            elif self.vm is not None:
-                self.vm.stop()
+            if self.vm is not None:
+                if discard:
+                    self.vm.discard()
+                else:
+                    self.vm.stop()
         finally:
             self.metadata.stop()
 

@@ -131,9 +131,8 @@ class LocalVM:
         self.http_port = http_port or free_port()
         self.https_port = https_port or free_port()
         self.memory_mb = memory_mb
-        # e2-small's 2 vCPUs by default. Two TCG guests on a 2-core host run faster with one
-        # each: a vCPU thread the host preempts leaves its sibling spinning on the guest
-        # kernel's locks (docs/testing.md, "One vCPU per VM under test").
+        # e2-small's 2 vCPUs by default; the e2e tests ask for fewer when two VMs share the
+        # cores (docs/benchmarks.md, `make bench-vcpus`).
         self.cpus = cpus or int(os.environ.get("LOCALVM_VCPUS", "2"))
         self.kernel_args = kernel_args
         self.process: subprocess.Popen | None = None
