@@ -198,11 +198,13 @@ def refused(stack) -> dict:
 
 def release_refused(
     stack, bad: dict[str, str], why: str, get: Callable[[], tuple[int, str]],
-    *, storm_check: bool = False,
+    *, storm_check: bool = False, then_restore: bool = True,
 ) -> None:  # fmt: skip
     """Deploys `bad` while `get` fetches the greeting in a loop: the VM refuses it with `why`,
     no request fails, and /healthz says which version was refused and why. Then restores what
-    the VM serves (`stack.accepted`)."""
+    the VM serves (`stack.accepted`) and sees the refusal forgotten; with `then_restore=False`
+    (the next scenario deploys over the refused metadata, which costs no converge back) only
+    when this one failed."""
     original = stack.accepted
     greeting = greeting_of(original)
     version = version_of(bad, Path(tempfile.mkdtemp(prefix="hello-version-")))
@@ -224,11 +226,16 @@ def release_refused(
         if storm_check:
             # No retry storm: at the end of its next long poll (a minute at most) the watcher
             # asked for a converge again before; now it says it holds a refused release and waits.
-            log = stack.vm.wait_serial("holds a refused release", start=mark, timeout=120)
-            after = log[log.index(f"FAILED: release {version} refused") :]
+            # From the refusal on: a refusal deployed over may have its own line before it.
+            refused_at = mark + log.index(f"FAILED: release {version} refused")
+            after = stack.vm.wait_serial("holds a refused release", start=refused_at, timeout=120)
             assert "requesting a converge again" not in after, after
-    finally:
+    except BaseException:
         restore(stack, original)
+        raise
+    if not then_restore:
+        return
+    restore(stack, original)
     # Back at the applied metadata, the watcher asks for a converge, which forgets the refusal.
     deadline = time.monotonic() + REDEPLOY_TIMEOUT
     while refused(stack):

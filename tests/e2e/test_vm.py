@@ -333,8 +333,10 @@ def test_smoke_fails_when_a_redeploy_does_not_converge(stack, tmp_path):
         assert result.returncode == 1, result.stdout + result.stderr
         assert "the VM refused version" in result.stderr
         assert "its venv could not be built" in result.stderr
-    finally:
+    except BaseException:
         restore(stack, original)
+        raise
+    # No converge back: the next scenario deploys over the refused metadata.
 
 
 # --- releases that must never take the site down ---------------------------------------------
@@ -353,6 +355,7 @@ def test_a_release_that_fails_to_import_never_serves(stack):
         "No module named 'hello_no_such_module'",
         greeting_over_http(stack),
         storm_check=True,
+        then_restore=False,  # the next scenario deploys over it
     )
 
 
@@ -371,49 +374,37 @@ def test_a_release_whose_health_check_fails_never_serves(stack):
 # --- accepted releases, one after another ---------------------------------------------------
 
 
-def test_app_change_reaches_the_running_vm_through_metadata(stack):
-    """A redeploy changes instance metadata only; the watcher re-runs the startup script."""
-    changed_greeting = "Hello World from BenchSci, redeployed!"
-    changed = with_greeting(stack.accepted, changed_greeting)
-    settled(stack)  # a converge's last line after the mark would pass for this one's
-    boot_id = guest(stack, "cat /proc/sys/kernel/random/boot_id")
-    mark = len(stack.vm.serial_text())
-    with releasing(stack, changed):
-        stack.set_attributes(changed)
-        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=changed_greeting)
-        log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
-        # Only now: while nginx reloads, its old workers still send a request to the old release.
-        assert stack.vm.get("/hello") == (200, changed_greeting)
-        assert "instance metadata changed" in log
-        assert re.search(r"hello-startup: release \w+ replaced \w+", log), log
-        assert guest(stack, "cat /proc/sys/kernel/random/boot_id") == boot_id, "it rebooted"
-
-
-def test_two_changes_one_second_apart_converge_one_at_a_time(stack):
-    """The first change rebuilds the venv (new pins), the second, a second later, changes the
-    greeting again. Converges never overlap: the VM serves the second version from a complete
-    venv of the first change's pins."""
+def test_app_changes_reach_the_running_vm_one_converge_at_a_time(stack):
+    """A redeploy changes instance metadata only; the watcher re-runs the startup script, with
+    no reboot. The first change rebuilds the venv (new pins), the second, a second later,
+    changes the greeting again. Converges never overlap: the VM serves the second version from
+    a complete venv of the first change's pins."""
     original = stack.accepted
     pins = original["app-requirements"] + "# rebuilt by an e2e test\n"
     repinned = {**original, "app-requirements": pins}
     first = with_greeting(repinned, "Hello from the first change!")
-    second = with_greeting(repinned, "Hello from the second change!")
+    second_greeting = "Hello from the second change!"
+    second = with_greeting(repinned, second_greeting)
+    settled(stack)  # a converge's last line after the mark would pass for this one's
+    boot_id = guest(stack, "cat /proc/sys/kernel/random/boot_id")
     mark = len(stack.vm.serial_text())
     with releasing(stack, second):
         stack.set_attributes(first)
         time.sleep(1)
         stack.set_attributes(second)
-        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect="Hello from the second change!")
+        stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=second_greeting)
         version = wait_converged(stack, second)
         # The converge logs its last line just after /healthz starts reporting the version.
         log = stack.vm.wait_serial(f"hello-startup: serving version {version}", start=mark,
                                    timeout=RESTART_TIMEOUT)  # fmt: skip
+        # Only now: while nginx reloads, its old workers still send a request to the old release.
+        assert stack.vm.get("/hello") == (200, second_greeting)
+        assert "instance metadata changed" in log
+        assert re.search(r"hello-startup: release \w+ replaced \w+", log), log
+        assert guest(stack, "cat /proc/sys/kernel/random/boot_id") == boot_id, "it rebooted"
         runs = re.findall(r"hello-startup: (converging|serving version|FAILED)", log)
-        assert runs and "FAILED" not in runs, runs
-        # The previous test's converge may log its last line after the mark: it began before.
-        while runs[:1] == ["serving version"]:
-            runs.pop(0)
         assert runs == ["converging", "serving version"] * (len(runs) // 2), runs
+        assert runs, log
         venv = f"/opt/hello/venv-{hashlib.sha256(pins.encode()).hexdigest()[:16]}"
         assert guest(stack, "readlink /opt/hello/serving/venv").strip() == venv
         # The venv has no installer of its own; uv, which built it, checks it.
@@ -424,28 +415,6 @@ def test_two_changes_one_second_apart_converge_one_at_a_time(stack):
         before = original["app-requirements"].encode()
         kept = f"/opt/hello/venv-{hashlib.sha256(before).hexdigest()[:16]}"
         assert sorted(guest(stack, "ls -d /opt/hello/venv-*").split()) == sorted([venv, kept])
-
-
-def test_a_change_made_before_the_watcher_polls_is_applied(stack):
-    """The window between a converge reading the metadata and the watcher's first poll: the
-    watcher is stopped, the metadata changes, the watcher starts. It starts from the ETag the
-    last converge applied, so it sees the change."""
-    serving = greeting_of(stack.accepted)
-    greeting = "Hello from a change the watcher did not see happen!"
-    changed = with_greeting(stack.accepted, greeting)
-    settled(stack)  # a converge still running would restart the watcher when it ends
-    guest(stack, "systemctl stop hello-metadata-watch.service")
-    try:
-        with releasing(stack, changed):
-            stack.set_attributes(changed)
-            time.sleep(3)
-            assert stack.vm.get("/") == (200, serving), "applied with no watcher running?"
-            mark = len(stack.vm.serial_text())
-            guest(stack, "systemctl start hello-metadata-watch.service")
-            stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=greeting)
-            assert "hello-startup: instance metadata changed" in stack.vm.serial_text()[mark:]
-    finally:
-        guest(stack, "systemctl start hello-metadata-watch.service")
 
 
 # Kills the converge (hello-converge.service) the moment the changed app.py is on disk in the idle
@@ -466,18 +435,26 @@ rm -f /run/e2e-converge-killed
 systemd-run --quiet --collect --unit=e2e-kill-converge /bin/bash /run/e2e-kill-converge """
 
 
-def test_a_converge_killed_mid_release_leaves_the_old_release_serving(stack):
-    """Killed after laying out the new release, before starting it: nothing of it serves, and
-    the next converge (the watcher asks again for the unapplied metadata) releases it."""
+def test_a_change_made_with_no_watcher_survives_a_converge_killed_mid_release(stack):
+    """Two windows in one release. The watcher is stopped while the metadata changes (the gap
+    between a converge reading the metadata and the watcher's first poll); started, it begins
+    from the ETag the last converge applied, so it sees the change. The converge it asks for is
+    killed after laying out the new release, before starting it: nothing of it serves, and the
+    next converge (the watcher asks again for the unapplied metadata) releases it."""
     serving = greeting_of(stack.accepted)
-    greeting = "Hello from a converge that was killed!"
+    greeting = "Hello from a change the watcher missed and a converge that was killed!"
     changed = with_greeting(stack.accepted, greeting)
+    settled(stack)  # a converge still running would restart the watcher when it ends
     before, slot = main_pid(stack), serving_slot(stack)
+    guest(stack, "systemctl stop hello-metadata-watch.service")
     guest(stack, KILL_AFTER_INSTALL + shlex.quote(greeting))
     try:
         with releasing(stack, changed):
-            mark = len(stack.vm.serial_text())
             stack.set_attributes(changed)
+            time.sleep(3)
+            assert stack.vm.get("/") == (200, serving), "applied with no watcher running?"
+            mark = len(stack.vm.serial_text())
+            guest(stack, "systemctl start hello-metadata-watch.service")
             deadline = time.monotonic() + REDEPLOY_TIMEOUT
             while stack.vm.guest_exec("test -e /run/e2e-converge-killed")[0] != 0:
                 assert time.monotonic() < deadline, "the converge was never killed"
@@ -486,8 +463,13 @@ def test_a_converge_killed_mid_release_leaves_the_old_release_serving(stack):
             assert stack.vm.get("/") == (200, serving)
             stack.vm.wait_http("/", timeout=REDEPLOY_TIMEOUT, expect=greeting)
             log = stack.vm.wait_serial(CONVERGED, start=mark, timeout=REDEPLOY_TIMEOUT)
+            assert "hello-startup: instance metadata changed" in log
             releases = re.findall(r"hello-startup: new release \w+: preparing slot", log)
             assert len(releases) >= 2, log
             assert serving_slot(stack) != slot
     finally:
-        guest(stack, "systemctl stop e2e-kill-converge.service || true")
+        guest(
+            stack,
+            "systemctl stop e2e-kill-converge.service || true;"
+            " systemctl start hello-metadata-watch.service",
+        )

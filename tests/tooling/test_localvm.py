@@ -118,8 +118,8 @@ QMP_RECORDER = (
 @pytest.mark.parametrize(
     ("end", "commands"),
     [
-        ("discard", ["quit"]),  # a test's VM: its disk is thrown away, nothing to shut down
-        ("stop", ["system_powerdown", "quit"]),  # `make down`: ACPI first, quit once it times out
+        ("discard", ["quit"]),  # `make down`, a test's VM: the disk is thrown away
+        ("stop", ["system_powerdown", "quit"]),  # a deleted instance: ACPI, quit once it times out
     ],
 )
 def test_a_discarded_vm_quits_at_once_and_a_stopped_one_is_asked_to_power_off_first(

@@ -412,7 +412,7 @@ def down(quiet: bool = False) -> int:
     cloud_pid = state.get("cloud_pid", 0)
     if _alive(cloud_pid, b"localvm.cloud"):
         if not quiet:
-            say("stopping the local cloud (it powers the VM off: ACPI, then quit)")
+            say("stopping the local cloud and its VM (whose disk is discarded)")
         os.kill(cloud_pid, signal.SIGTERM)
         deadline = time.monotonic() + 120
         while _alive(cloud_pid, b"localvm.cloud") and time.monotonic() < deadline:

@@ -25,7 +25,8 @@ scripts/deploy.sh, the templates, and the Debian guest with Google's guest agent
 
 Files in --state-dir: `cloud.json` (the endpoints, written once every listener is up),
 `deployer-key.json` (the key, 0600), `vm.json` (the running VM: pid, instance, and the workdir
-holding its serial log; absent while none runs). SIGTERM powers the VM off and stops everything.
+holding its serial log; absent while none runs). SIGTERM ends the VM (its disk is discarded)
+and stops everything.
 """
 
 from __future__ import annotations
@@ -395,8 +396,9 @@ def run(args: argparse.Namespace) -> int:
                     log(line)
         finally:
             if follower.vm is not None:
-                log("stopping: powering the VM off")
-                follower.vm.stop()
+                # Its disk is in the state directory `make down` deletes: nothing to shut down.
+                log("stopping: ending the VM (its disk is discarded)")
+                follower.vm.discard()
             (state / "vm.json").unlink(missing_ok=True)
             (state / "cloud.json").unlink(missing_ok=True)
             if not workdir.is_relative_to(state):
