@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from xdist.scheduler import LoadGroupScheduling
 
 from dmlocal.expand import default_env, read_files, template_context
 
@@ -39,6 +40,7 @@ STACK_FILES = [
 VM_LANE_1 = pytest.mark.xdist_group("vm-lane-1")
 VM_LANE_2 = pytest.mark.xdist_group("vm-lane-2")
 VM_LANES = 2
+LANE_GROUPS = frozenset(lane.args[0] for lane in (VM_LANE_1, VM_LANE_2))
 
 
 def vcpus_per_vm(cpus: int) -> int:
@@ -98,6 +100,25 @@ def pytest_xdist_auto_num_workers(config):
         return None
     lanes_run = "not e2e" not in (config.getoption("markexpr") or "")
     return usable_cpus() + lanes_run
+
+
+class LaneScheduling(LoadGroupScheduling):
+    """`--dist loadgroup`, except that a worker driving a VM lane takes no other group until its
+    lane is done. xdist gives a worker its next group once two tests or fewer of its own are left
+    (LoadScopeScheduling._reschedule, pytest-xdist 3.8, pinned in tools/requirements.txt); a
+    lane's last two tests take many minutes, and the group queued behind them ran after all the
+    others, the run's last minutes with one core idle."""
+
+    def _reschedule(self, node) -> None:
+        lanes = [tests for scope, tests in self.assigned_work[node].items() if scope in LANE_GROUPS]
+        if any(not all(tests.values()) for tests in lanes):
+            return
+        super()._reschedule(node)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    return LaneScheduling(config, log) if config.getoption("dist") == "loadgroup" else None
 
 
 def startup_version(*pairs: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -125,3 +126,47 @@ def test_localvm_boots_the_vcpus_the_tests_ask_for_and_e2_smalls_two_otherwise(
     assert smp() == "1"
     monkeypatch.delenv("LOCALVM_VCPUS")
     assert smp() == "2"
+
+
+class FakeWorker:
+    """What xdist's scheduler calls on a worker: the tests it is sent, in order."""
+
+    def __init__(self, name: str) -> None:
+        self.gateway = SimpleNamespace(id=name)
+        self.shutting_down, self.sent = False, []
+
+    def send_runtest_some(self, indices) -> None:
+        self.sent.extend(indices)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def test_a_lane_worker_takes_no_other_group_until_its_lane_is_done():
+    """With xdist's own loadgroup, the worker of a lane down to its last two tests is given the
+    next host module too, which then waits for the lane's slowest tests (tests/conftest.py)."""
+    collection = [
+        "tests/e2e/test_vm.py::test_boot@vm-lane-1",
+        "tests/e2e/test_vm.py::test_reset@vm-lane-1",
+        "tests/e2e/test_vm.py::test_release@vm-lane-1",
+        *(f"tests/stack/test_{n}.py::test_it@tests/stack/test_{n}.py" for n in "abcd"),
+    ]
+    config = SimpleNamespace(
+        getvalue=lambda name: ["2*popen"] if name == "tx" else None,
+        option=SimpleNamespace(loadscopereorder=False),
+    )
+    scheduler = conftest.LaneScheduling(config)
+    lane, host = FakeWorker("lane"), FakeWorker("host")
+    for worker in (lane, host):
+        scheduler.add_node(worker)
+        scheduler.add_node_collection(worker, collection)
+    scheduler.schedule()
+    assert (lane.sent, host.sent) == ([0, 1, 2], [3, 4])
+
+    scheduler.mark_test_complete(lane, 0)  # two lane tests left: xdist's own would add test_c
+    assert lane.sent == [0, 1, 2]
+    scheduler.mark_test_complete(host, 3)
+    assert host.sent == [3, 4, 5]
+    scheduler.mark_test_complete(lane, 1)
+    scheduler.mark_test_complete(lane, 2)  # the lane is done: the next group goes to its worker
+    assert lane.sent == [0, 1, 2, 6]
