@@ -103,17 +103,18 @@ def pytest_xdist_auto_num_workers(config):
 
 
 class LaneScheduling(LoadGroupScheduling):
-    """`--dist loadgroup`, except that a worker driving a VM lane takes no other group until its
-    lane is done. xdist gives a worker its next group once two tests or fewer of its own are left
-    (LoadScopeScheduling._reschedule, pytest-xdist 3.8, pinned in tools/requirements.txt); a
-    lane's last two tests take many minutes, and the group queued behind them ran after all the
-    others, the run's last minutes with one core idle."""
+    """`--dist loadgroup`, except for what a VM lane's worker is given next: the group with the
+    fewest tests, not the next in the queue. xdist gives a worker its next group once two tests
+    or fewer of its own are left, and the worker must have it to run its last test (it runs a
+    test once it knows the next; LoadScopeScheduling._reschedule and xdist.remote, pytest-xdist
+    3.8, pinned in tools/requirements.txt). Behind a lane, that group waits out the lane's last,
+    slowest tests and runs after everything else: the smaller it is, the shorter that tail."""
 
-    def _reschedule(self, node) -> None:
-        lanes = [tests for scope, tests in self.assigned_work[node].items() if scope in LANE_GROUPS]
-        if any(not all(tests.values()) for tests in lanes):
-            return
-        super()._reschedule(node)
+    def _assign_work_unit(self, node) -> None:
+        if any(scope in LANE_GROUPS for scope in self.assigned_work.get(node, {})):
+            smallest = min(self.workqueue, key=lambda scope: len(self.workqueue[scope]))
+            self.workqueue.move_to_end(smallest, last=False)
+        super()._assign_work_unit(node)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -142,14 +142,17 @@ class FakeWorker:
         self.shutting_down = True
 
 
-def test_a_lane_worker_takes_no_other_group_until_its_lane_is_done():
+def test_a_lane_worker_is_given_the_smallest_group_next():
     """With xdist's own loadgroup, the worker of a lane down to its last two tests is given the
-    next host module too, which then waits for the lane's slowest tests (tests/conftest.py)."""
+    next module in the queue, which then waits for the lane's slowest tests and runs last; ours
+    gives it the module with the fewest tests (tests/conftest.py)."""
     collection = [
         "tests/e2e/test_vm.py::test_boot@vm-lane-1",
         "tests/e2e/test_vm.py::test_reset@vm-lane-1",
         "tests/e2e/test_vm.py::test_release@vm-lane-1",
-        *(f"tests/stack/test_{n}.py::test_it@tests/stack/test_{n}.py" for n in "abcd"),
+        *(f"tests/stack/test_a.py::test_{n}@tests/stack/test_a.py" for n in range(3)),
+        *(f"tests/stack/test_b.py::test_{n}@tests/stack/test_b.py" for n in range(2)),
+        "tests/stack/test_c.py::test_0@tests/stack/test_c.py",
     ]
     config = SimpleNamespace(
         getvalue=lambda name: ["2*popen"] if name == "tx" else None,
@@ -161,12 +164,8 @@ def test_a_lane_worker_takes_no_other_group_until_its_lane_is_done():
         scheduler.add_node(worker)
         scheduler.add_node_collection(worker, collection)
     scheduler.schedule()
-    assert (lane.sent, host.sent) == ([0, 1, 2], [3, 4])
-
-    scheduler.mark_test_complete(lane, 0)  # two lane tests left: xdist's own would add test_c
-    assert lane.sent == [0, 1, 2]
+    assert (lane.sent, host.sent) == ([0, 1, 2], [3, 4, 5])
+    scheduler.mark_test_complete(lane, 0)  # two lane tests left: it needs a next group
+    assert lane.sent == [0, 1, 2, 8]  # test_c, not test_b, the next in the queue
     scheduler.mark_test_complete(host, 3)
-    assert host.sent == [3, 4, 5]
-    scheduler.mark_test_complete(lane, 1)
-    scheduler.mark_test_complete(lane, 2)  # the lane is done: the next group goes to its worker
-    assert lane.sent == [0, 1, 2, 6]
+    assert host.sent == [3, 4, 5, 6, 7]

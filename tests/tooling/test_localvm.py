@@ -144,3 +144,27 @@ def test_a_discarded_vm_quits_at_once_and_a_stopped_one_is_asked_to_power_off_fi
         assert [c for c in recorded if c != "qmp_capabilities"] == commands
     finally:
         vm.process.kill()
+
+
+def test_a_reset_is_a_new_qemu_process_on_the_same_disk_and_serial_log(tmp_path, monkeypatch):
+    """`gcloud compute instances reset`: the guest's memory is lost, its disk is not. The old
+    process is asked to quit (qemu then writes out its disk caches) and a new one starts on the
+    same overlay; the serial console appends, so the log shows both boots (vm.LocalVM.reset)."""
+    vm = LocalVM(Image(tmp_path), tmp_path, metadata_port=1)
+    assert f"file,id=serial0,path={vm.serial_log},append=on" in vm.command()
+    log = tmp_path / "qmp.log"
+    recorder = [sys.executable, "-c", QMP_RECORDER, str(vm.qmp_socket), str(log)]
+    monkeypatch.setattr(vm, "command", lambda: recorder)
+    monkeypatch.chdir(REPO)  # the recorder imports tests.fake_qemu
+    vm.overlay.write_text("the guest's disk")
+    vm._launch()
+    first = vm.process
+    try:
+        vm.reset()
+        assert first.poll() == 0, "the old process was not asked to quit"
+        assert vm.process is not first and vm.running()
+        assert [c for c in log.read_text().split() if c != "qmp_capabilities"] == ["quit"]
+        assert vm.overlay.read_text() == "the guest's disk"
+    finally:
+        first.kill()
+        vm.discard()

@@ -12,8 +12,9 @@
   through its external IP.
 - Console: the serial port is the VM's serial log (what `gcloud compute instances
   get-serial-port-output` shows on GCE).
-- Control: QMP for power (system_powerdown, system_reset, quit) and, for tests only, the qemu
-  guest agent over virtio-serial for running a command inside the guest (there is no SSH).
+- Control: QMP for power (system_powerdown, quit; a reset is a new qemu process on the same
+  disk) and, for tests only, the qemu guest agent over virtio-serial for running a command
+  inside the guest (there is no SSH).
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class LocalVM:
         self.cpus = cpus or int(os.environ.get("LOCALVM_VCPUS", "2"))
         self.kernel_args = kernel_args
         self.process: subprocess.Popen | None = None
+        self._detach = False
         self.pid: int | None = None
 
     @classmethod
@@ -221,8 +223,11 @@ class LocalVM:
             f"virtio-net-pci,netdev=net0,mac={NETWORK['mac']}",
             "-device",
             "virtio-rng-pci",
+            # Appended to, so a reset's new process continues the log.
+            "-chardev",
+            f"file,id=serial0,path={self.serial_log},append=on",
             "-serial",
-            f"file:{self.serial_log}",
+            "chardev:serial0",
             "-qmp",
             f"unix:{self.qmp_socket},server=on,wait=off",
             "-chardev",
@@ -240,7 +245,7 @@ class LocalVM:
         pytest leaves no VM behind). `detach=True` (for `make up`) lets it outlive the caller.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for path in (self.overlay, self.serial_log, self.qmp_socket, self.qga_socket):
+        for path in (self.overlay, self.serial_log):
             path.unlink(missing_ok=True)
         subprocess.run(
             [
@@ -257,14 +262,20 @@ class LocalVM:
             ],
             check=True,
         )
-        with open(self.workdir / "qemu.log", "wb") as log:
+        self._detach = detach
+        return self._launch()
+
+    def _launch(self) -> LocalVM:
+        for path in (self.qmp_socket, self.qga_socket):
+            path.unlink(missing_ok=True)
+        with open(self.workdir / "qemu.log", "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=None if detach else _die_with_parent,
+                preexec_fn=None if self._detach else _die_with_parent,
             )
         self.pid = self.process.pid
         deadline = time.monotonic() + 30
@@ -376,8 +387,17 @@ class LocalVM:
         self.qmp("set_link", {"name": "net0", "up": up})
 
     def reset(self) -> None:
-        """Hard reset, like `gcloud compute instances reset`."""
-        self.qmp("system_reset")
+        """Hard reset, like `gcloud compute instances reset`: the guest's memory is lost, its disk
+        keeps what the guest wrote. A new qemu process boots the same disk. QMP's system_reset
+        would keep the old process, whose TCG keeps translating code for the RAM's old contents:
+        its next boot stalled the vCPU for up to 21 s at a time and reached the startup script
+        after 197 to 339 s instead of about 74 (docs/local-vm.md)."""
+        # quit writes out qemu's own disk caches: the disk as the guest left it.
+        with contextlib.suppress(OSError, VMError, ValueError):
+            self.qmp("quit")
+        if not self._wait_exit(30):
+            raise VMError("qemu did not quit for the reset within 30 s")
+        self._launch()
 
     def stop(self, timeout: float = 60) -> None:
         """ACPI power-off (a clean guest shutdown), then quit, then SIGKILL, each with a bound."""
