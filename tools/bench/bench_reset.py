@@ -76,7 +76,8 @@ def main() -> None:
     for how, row in results.items():
         print(
             f"{how}: reset -> converged {row['reset_to_converged_s']:.0f} s, kernel -> startup"
-            f" script {row['kernel_to_startup_script_s']} s, vCPU stalls reported {row['stalls']}"
+            f" script {row['kernel_to_startup_script_s'] or 0:.0f} s, vCPU stalls reported"
+            f" {row['stalls']}"
         )
     old, new = (results[how]["reset_to_converged_s"] for how in ("system_reset", "new process"))
     print(f"system_reset / new process: {old / new:.2f}x")
