@@ -245,7 +245,7 @@ class LocalVM:
         pytest leaves no VM behind). `detach=True` (for `make up`) lets it outlive the caller.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for path in (self.overlay, self.serial_log):
+        for path in (self.overlay, self.serial_log, self.workdir / "qemu.log"):
             path.unlink(missing_ok=True)
         subprocess.run(
             [
@@ -388,10 +388,10 @@ class LocalVM:
 
     def reset(self) -> None:
         """Hard reset, like `gcloud compute instances reset`: the guest's memory is lost, its disk
-        keeps what the guest wrote. A new qemu process boots the same disk. QMP's system_reset
-        would keep the old process, whose TCG keeps translating code for the RAM's old contents:
-        its next boot stalled the vCPU for up to 21 s at a time and reached the startup script
-        after 197 to 339 s instead of about 74 (docs/local-vm.md)."""
+        keeps what the guest wrote. A new qemu process boots the same disk. After QMP's
+        system_reset, which keeps the process (and, we think, TCG's translations of the RAM's old
+        contents), the boot stalled the vCPU for up to 21 s at a time and reached the startup
+        script after 197 to 339 s instead of 62 to 74 (docs/local-vm.md, `make bench-reset`)."""
         # quit writes out qemu's own disk caches: the disk as the guest left it.
         with contextlib.suppress(OSError, VMError, ValueError):
             self.qmp("quit")
