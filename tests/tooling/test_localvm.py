@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,6 +146,32 @@ def test_a_discarded_vm_quits_at_once_and_a_stopped_one_is_asked_to_power_off_fi
         assert [c for c in recorded if c != "qmp_capabilities"] == commands
     finally:
         vm.process.kill()
+
+
+def test_qmp_waits_for_a_socket_that_exists_but_does_not_listen_yet(tmp_path):
+    """qemu binds its QMP socket, then listens: a command sent in between is refused, not lost
+    (a reset sent right after a launch under load waited 30 s for a quit qemu never received)."""
+    vm = LocalVM(Image(tmp_path), tmp_path, metadata_port=1)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(vm.qmp_socket))
+
+    def listen_late() -> None:
+        time.sleep(0.5)
+        server.listen()
+        connection, _ = server.accept()
+        stream = connection.makefile("rwb")
+        stream.write(b'{"QMP": {}}\n')
+        stream.flush()
+        for line in stream:
+            stream.write(json.dumps({"return": {"asked": json.loads(line)["execute"]}}).encode())
+            stream.write(b"\n")
+            stream.flush()
+
+    threading.Thread(target=listen_late, daemon=True).start()
+    try:
+        assert vm.qmp("query-status") == {"asked": "query-status"}
+    finally:
+        server.close()
 
 
 def test_a_reset_is_a_new_qemu_process_on_the_same_disk_and_serial_log(tmp_path, monkeypatch):

@@ -366,7 +366,16 @@ class LocalVM:
         """Runs one QMP command on a fresh connection (the socket takes one client at a time)."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(self.qmp_socket))
+            # The socket's file exists from bind(); it refuses until listen(), a moment later.
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    sock.connect(str(self.qmp_socket))
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
             stream = sock.makefile("rwb")
             json.loads(stream.readline())  # greeting
             for message in ({"execute": "qmp_capabilities"}, {"execute": command}):
