@@ -21,19 +21,21 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
 from app.app import GREETING
 from localvm.cli import GCLOUD_ENV, STATE_FILE
-from localvm.stack import checkout_version
+from localvm.stack import ARTIFACTS, checkout_version
 from tests.conftest import REPO, VM_LANE_2, copy_stack
 
 pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
 
 def make(target: str, timeout: float, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    started = time.monotonic()
+    result = subprocess.run(
         ["make", "--no-print-directory", target, *args],
         cwd=REPO,
         capture_output=True,
@@ -42,6 +44,8 @@ def make(target: str, timeout: float, *args: str, **env: str) -> subprocess.Comp
         check=False,
         env={**os.environ, **env},
     )
+    result.seconds = time.monotonic() - started  # printed with each step: what a rehearsal costs
+    return result
 
 
 def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redeploys(tmp_path):
@@ -55,9 +59,15 @@ def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redep
         listed = gcloud("gcloud deployment-manager deployments list")
     finally:
         make("down", timeout=180)
-    print(result.stdout, again.stdout)  # shown by `pytest -rP`: what a person sees
-    for step, outcome in (rehearsal | incident).items():
-        print(f"--- make {step}", outcome.stdout, outcome.stderr, sep="\n")
+    # What a person sees, step by step with what it cost: `pytest -rP`, and kept as an artifact.
+    steps = {"make up": result} | rehearsal | incident | {"make up again": again}
+    transcript = "\n".join(
+        f"--- {step} ({outcome.seconds:.0f} s)\n{outcome.stdout}{outcome.stderr}"
+        for step, outcome in steps.items()
+    )
+    print(transcript)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "make-up-rehearsals.txt").write_text(transcript)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) <= 40, result.stdout
@@ -140,12 +150,12 @@ def rehearse_a_rollback(tmp_path) -> dict[str, subprocess.CompletedProcess]:
     changed = copy_stack(tmp_path / "changed")
     app = changed / "app/app.py"
     app.write_text(app.read_text().replace(GREETING, WRONG_GREETING))
-    steps = {"smoke LOCAL=1": make("smoke", 600, "LOCAL=1")}
-    steps["up (a wrong greeting)"] = make("up", 900, f"CONFIG={changed / 'deployment.yaml'}")
-    steps["smoke LOCAL=1 (fails)"] = make(
+    steps = {"make smoke LOCAL=1": make("smoke", 600, "LOCAL=1")}
+    steps["make up (a wrong greeting)"] = make("up", 900, f"CONFIG={changed / 'deployment.yaml'}")
+    steps["make smoke LOCAL=1 (fails)"] = make(
         "smoke", 600, "LOCAL=1", SMOKE_CHECKOUT=str(changed), SMOKE_ATTEMPTS="3"
     )
-    steps["rollback LOCAL=1"] = make("rollback", 900, "LOCAL=1")
+    steps["make rollback LOCAL=1"] = make("rollback", 900, "LOCAL=1")
     return steps
 
 
@@ -170,9 +180,9 @@ def rehearse_a_deleted_vm() -> dict[str, subprocess.CompletedProcess]:
             ' if curl -s -o /dev/null --max-time 2 "http://$LOCAL_ADDRESS/healthz"; then down=0;'
             " else down=$((down + 1)); [ $down -ge 3 ] && exit 0; fi; sleep 1; done; exit 1"
         ),
-        "drift LOCAL=1": make("drift", 300, "LOCAL=1"),
-        "repair LOCAL=1": make("repair", 600, "LOCAL=1"),
-        "smoke LOCAL=1 (the new VM)": make("smoke", 1500, "LOCAL=1", SMOKE_ATTEMPTS="80"),
+        "make drift LOCAL=1": make("drift", 300, "LOCAL=1"),
+        "make repair LOCAL=1": make("repair", 600, "LOCAL=1"),
+        "make smoke LOCAL=1 (the new VM)": make("smoke", 1500, "LOCAL=1", SMOKE_ATTEMPTS="80"),
     }
     after = gcloud(nat_ip)
     after.stdout = f"{before or '-'} {after.stdout.strip() or '-'}"
@@ -181,10 +191,13 @@ def rehearse_a_deleted_vm() -> dict[str, subprocess.CompletedProcess]:
 
 
 def gcloud(command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    started = time.monotonic()
+    result = subprocess.run(
         ["bash", "-c", f"source {GCLOUD_ENV} && {command}"],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+    result.seconds = time.monotonic() - started
+    return result
