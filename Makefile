@@ -18,7 +18,7 @@ PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke drift \
 	repair record-good rollback lint pytest image image-key bench bench-preview bench-boot bench-deploy \
-	bench-tls bench-redeploy bench-vcpus bench-reset system-deps gcloud clean
+	bench-tls bench-redeploy bench-vcpus bench-cpu-model bench-reset system-deps gcloud clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -143,6 +143,10 @@ bench-redeploy: $(VENV)/.installed ## app redeploys on the local VM under a requ
 bench-vcpus: $(VENV)/.installed ## two VMs booting side by side with 1 vCPU each against 2 each
 	@bash scripts/install-system-deps.sh vm
 	$(BIN)/bench-vcpus
+
+bench-cpu-model: $(VENV)/.installed ## a VM's first converge with qemu's baseline CPU model against max, side by side
+	@bash scripts/install-system-deps.sh vm
+	$(BIN)/bench-cpu-model
 
 bench-reset: $(VENV)/.installed ## a hard reset as a new qemu process against QMP's system_reset, side by side
 	@bash scripts/install-system-deps.sh vm

@@ -135,6 +135,10 @@ class LocalVM:
         # e2-small's 2 vCPUs by default; the e2e tests ask for fewer when two VMs share the
         # cores (docs/benchmarks.md, `make bench-vcpus`).
         self.cpus = cpus or int(os.environ.get("LOCALVM_VCPUS", "2"))
+        # qemu's own baseline model: a first converge costs about 10% less qemu CPU than with
+        # `max`, and an Intel model makes the kernel isolate page tables (Meltdown), which costs
+        # 40% more under TCG (docs/benchmarks.md, `make bench-cpu-model`).
+        self.cpu_model = os.environ.get("LOCALVM_CPU", "qemu64")
         self.kernel_args = kernel_args
         self.process: subprocess.Popen | None = None
         self._detach = False
@@ -200,7 +204,7 @@ class LocalVM:
             "-accel",
             _accel(),
             "-cpu",
-            os.environ.get("LOCALVM_CPU", "max"),
+            self.cpu_model,
             "-smp",
             str(self.cpus),
             "-m",

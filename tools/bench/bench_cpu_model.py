@@ -1,0 +1,82 @@
+"""Which CPU model the local VM's guest should see under TCG: qemu's baseline `qemu64` against
+`max` (and any other model named), side by side.
+
+Boots one fresh 1-vCPU VM per model at once (as the e2e lanes boot theirs) and records, per VM,
+the wall-clock seconds and qemu's CPU seconds until the first converge logs that it serves its
+version, and whether the guest kernel isolated page tables (its Meltdown mitigation, which it
+turns on for Intel models that do not report themselves immune). Prints each model's ratio to
+the first, writes build/bench/cpu-model.json. Numbers are printed, never asserted; the guest runs
+under TCG.
+
+    bench-cpu-model [--models qemu64 max]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.bench_vcpus import CONVERGED, TIMEOUT, cpu_seconds
+from localvm.stack import REPO, LocalStack
+
+# LocalVM reads LOCALVM_CPU when it is made (in LocalStack.start): one start at a time.
+STARTING = threading.Lock()
+
+
+def boot(model: str, results: dict[str, dict]) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="hello-cpu-model-"))
+    stack = LocalStack(workdir)
+    with STARTING:
+        os.environ["LOCALVM_CPU"] = model
+        started = time.monotonic()
+        stack.start()
+    try:
+        while CONVERGED not in stack.vm.serial_text():
+            if time.monotonic() - started > TIMEOUT:
+                raise TimeoutError(f"{model}: no converge in {TIMEOUT} s: {stack.vm.serial_tail()}")
+            time.sleep(0.5)
+        results[model] = {
+            "wall_s": time.monotonic() - started,
+            "cpu_s": cpu_seconds(stack.vm.process.pid),
+            "page_table_isolation": "page tables isolation: enabled" in stack.vm.serial_text(),
+        }
+    finally:
+        stack.stop(discard=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["qemu64", "max"])
+    args = parser.parse_args()
+    os.environ["LOCALVM_VCPUS"] = "1"
+    results: dict[str, dict] = {}
+    threads = [threading.Thread(target=boot, args=(model, results)) for model in args.models]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(results) != len(args.models):
+        raise SystemExit(f"{len(args.models) - len(results)} VMs did not converge")
+    first = results[args.models[0]]
+    for model in args.models:
+        row = results[model]
+        print(
+            f"-cpu {model}: first converge {row['wall_s']:.0f} s"
+            f" ({row['wall_s'] / first['wall_s']:.2f}x), qemu CPU {row['cpu_s']:.0f} s"
+            f" ({row['cpu_s'] / first['cpu_s']:.2f}x), page table isolation"
+            f" {'on' if row['page_table_isolation'] else 'off'}"
+        )
+    out = REPO / "build" / "bench" / "cpu-model.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
