@@ -25,7 +25,8 @@
 # those hash-checked pins (hello-tls builds certbot's with it).
 set -Eeuo pipefail
 
-# HELLO_METADATA, HELLO_STATE_DIR and HELLO_REQUESTS point the host tests at local stand-ins.
+# HELLO_METADATA, HELLO_STATE_DIR, HELLO_REQUESTS and HELLO_LOCK point the host tests at local
+# stand-ins.
 readonly METADATA=${HELLO_METADATA:-http://metadata.google.internal/computeMetadata/v1/instance/attributes}
 readonly PREFIX=/opt/hello
 # The two release slots: hello@<port>.service serves $PREFIX/slot-<port> on 127.0.0.1:<port>.
@@ -55,7 +56,7 @@ readonly APT_ETC=${HELLO_APT_ETC:-/etc/apt}
 readonly STATE_DIR=${HELLO_STATE_DIR:-/var/lib/hello}
 # One converge at a time: the boot's run, hello-converge.service and a background retry all
 # take this lock, and wait for it rather than run beside another converge.
-readonly LOCK=/run/hello-converge.lock
+readonly LOCK=${HELLO_LOCK:-/run/hello-converge.lock}
 # The watcher (unprivileged) asks for a converge by writing a file here; hello-converge.path
 # starts hello-converge.service while the directory is not empty.
 readonly REQUESTS=${HELLO_REQUESTS:-/run/hello-converge-requests}
@@ -837,6 +838,13 @@ watch_metadata() {
     # A converge may have completed during the long poll.
     applied=$(cat "$STATE_DIR/applied-etag" 2>/dev/null || echo NONE)
     if [[ -z $etag || $etag == "$applied" ]]; then
+      # A converge that runs applies other metadata (a deploy, then a rollback before it was
+      # kept): what it leaves applied decides. Polling from the ETag it is replacing would wait
+      # out the long poll's minute before seeing the rollback.
+      if [[ -n $etag && -e $LOCK ]] && ! flock --nonblock "$LOCK" true; then
+        flock --wait 900 "$LOCK" true || true
+        continue
+      fi
       # Back at the applied metadata after a refused release (a deploy of the old version): a
       # converge forgets the refusal, so /healthz stops naming it.
       if [[ -n $etag && -e $STATE_DIR/refused-etag && $forgetting != "$etag" ]]; then

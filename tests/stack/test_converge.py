@@ -6,6 +6,8 @@ follows the documented long poll)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.server
 import json
 import os
@@ -133,20 +135,16 @@ def wait_for(condition, what: str, timeout: float = 20):
         time.sleep(0.1)
 
 
-def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
-    """A refused release, a deploy back to the serving one, then a second refusal and a second
-    return: each return asks for a converge (which forgets the refusal, so /healthz stops
-    naming it), not only the first one at that ETag."""
-    state, requests = tmp_path / "state", tmp_path / "requests"
-    state.mkdir()
-    requests.mkdir()
+@contextlib.contextmanager
+def metadata_with_app():
+    """The metadata server emulator holding the rendered instance, and a deploy that sets its
+    app.py and returns the attributes' ETag as the watcher sees it (ETags follow the content)."""
     expansion = expand_path(str(REPO / "deployment.yaml"), default_env("hello", "local-project"))
     instance, _ = from_expanded_config({"resources": expansion.resources})
     with MetadataEmulator(instance) as metadata:
         attributes = f"{metadata.url}/computeMetadata/v1/instance/attributes"
 
         def deploy(app: str) -> str:
-            """Sets the attributes as a deploy would; returns their ETag, as the watcher sees it."""
             metadata.store.set_instance_attributes({"app-py": app})
             request = urllib.request.Request(
                 f"{attributes}/?recursive=true&alt=json", headers={"Metadata-Flavor": "Google"}
@@ -154,25 +152,49 @@ def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.headers["ETag"]
 
-        # ETags follow the content, so each bad release's is known before the watcher runs: its
-        # refusal is on disk before the watcher can see it, as after a converge that refused it.
+        yield attributes, deploy
+
+
+@contextlib.contextmanager
+def watcher(attributes: str, tmp_path):
+    """`app/startup.sh watch` on the emulator, its state, requests and converge lock under
+    tmp_path; yields a dict that holds its output once the block ends."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HELLO_METADATA": attributes,
+        "HELLO_STATE_DIR": str(tmp_path / "state"),
+        "HELLO_REQUESTS": str(tmp_path / "requests"),
+        "HELLO_LOCK": str(tmp_path / "converge.lock"),
+    }
+    process = subprocess.Popen(
+        ["bash", str(REPO / "app/startup.sh"), "watch"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its long-polling curl goes with it
+    )
+    log: dict[str, str] = {}
+    try:
+        yield log
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        log["output"] = process.communicate()[0]
+
+
+def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
+    """A refused release, a deploy back to the serving one, then a second refusal and a second
+    return: each return asks for a converge (which forgets the refusal, so /healthz stops
+    naming it), not only the first one at that ETag."""
+    state, requests = tmp_path / "state", tmp_path / "requests"
+    state.mkdir()
+    requests.mkdir()
+    with metadata_with_app() as (attributes, deploy):
+        # Each bad release's ETag is known before the watcher runs: its refusal is on disk
+        # before the watcher can see it, as after a converge that refused it.
         refused = {app: deploy(app) for app in ("bad-1", "bad-2")}
         good = deploy("good")
         (state / "applied-etag").write_text(f"{good}\n")
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HELLO_METADATA": attributes,
-            "HELLO_STATE_DIR": str(state),
-            "HELLO_REQUESTS": str(requests),
-        }
-        watcher = subprocess.Popen(
-            ["bash", str(REPO / "app/startup.sh"), "watch"],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its long-polling curl goes with it
-        )
-        try:
+        with watcher(attributes, tmp_path) as log:
             for app, bad in refused.items():
                 # What a converge that refused it leaves behind.
                 (state / "refused-etag").write_text(f"{bad} {int(time.time()) + 300}\n")
@@ -184,11 +206,35 @@ def test_the_watcher_forgets_every_refusal_when_the_metadata_returns(tmp_path):
                 # The converge it asked for: answers the request and forgets the refusal.
                 (requests / good).unlink()
                 (state / "refused-etag").unlink()
-        finally:
-            os.killpg(watcher.pid, signal.SIGKILL)
-            output = watcher.communicate()[0]
-    assert output.count("requesting a converge to forget the refusal") == 2, output
-    assert output.count("holds a refused release") == 2, output
+    assert log["output"].count("requesting a converge to forget the refusal") == 2, log
+    assert log["output"].count("holds a refused release") == 2, log
+
+
+def test_a_rollback_during_a_converge_is_asked_for_once_that_converge_ends(tmp_path):
+    """A deploy, then a rollback to the applied version while the deploy's converge still runs
+    (its release is being watched): once the converge keeps the deploy's release, the watcher
+    asks for the rollback at once, not after its long poll's minute, which it spent polling
+    from the ETag the converge was replacing."""
+    state, requests = tmp_path / "state", tmp_path / "requests"
+    state.mkdir()
+    requests.mkdir()
+    with metadata_with_app() as (attributes, deploy):
+        good = deploy("good")
+        (state / "applied-etag").write_text(f"{good}\n")
+        with watcher(attributes, tmp_path) as log, open(tmp_path / "converge.lock", "w") as lock:
+            time.sleep(1)  # the watcher polls from the applied ETag
+            wrong = deploy("wrong")
+            wait_for(lambda: (requests / wrong).exists(), "no converge asked for the deploy")
+            # The converge it asked for takes the request and the lock, and runs.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (requests / wrong).unlink()
+            assert deploy("good") == good  # the rollback, while it runs
+            time.sleep(2)
+            # It keeps the deploy's release.
+            (state / "applied-etag").write_text(f"{wrong}\n")
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            wait_for(lambda: (requests / good).exists(), "no converge asked for the rollback", 10)
+    assert f"instance metadata changed ({wrong} -> {good})" in log["output"], log
 
 
 @pytest.fixture(scope="module")
