@@ -14,7 +14,6 @@ under TCG.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -22,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.bench_vcpus import CONVERGED, TIMEOUT, cpu_seconds
-from localvm.stack import REPO, LocalStack
+from bench.bench_vcpus import first_converge, save, side_by_side
+from localvm.stack import LocalStack
 
 # LocalVM reads LOCALVM_CPU when it is made (in LocalStack.start): one start at a time.
 STARTING = threading.Lock()
@@ -37,13 +36,7 @@ def boot(model: str, results: dict[str, dict]) -> None:
         started = time.monotonic()
         stack.start()
     try:
-        while CONVERGED not in stack.vm.serial_text():
-            if time.monotonic() - started > TIMEOUT:
-                raise TimeoutError(f"{model}: no converge in {TIMEOUT} s: {stack.vm.serial_tail()}")
-            time.sleep(0.5)
-        results[model] = {
-            "wall_s": time.monotonic() - started,
-            "cpu_s": cpu_seconds(stack.vm.process.pid),
+        results[model] = first_converge(stack, started) | {
             "page_table_isolation": "page tables isolation: enabled" in stack.vm.serial_text(),
         }
     finally:
@@ -57,11 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["LOCALVM_VCPUS"] = "1"
     results: dict[str, dict] = {}
-    threads = [threading.Thread(target=boot, args=(model, results)) for model in args.models]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    side_by_side(boot, [(model, results) for model in args.models])
     if len(results) != len(args.models):
         raise SystemExit(f"{len(args.models) - len(results)} VMs did not converge")
     first = results[args.models[0]]
@@ -73,9 +62,7 @@ def main() -> None:
             f" ({row['cpu_s'] / first['cpu_s']:.2f}x), page table isolation"
             f" {'on' if row['page_table_isolation'] else 'off'}"
         )
-    out = REPO / "build" / "bench" / "cpu-model.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    save("cpu-model.json", results)
 
 
 if __name__ == "__main__":

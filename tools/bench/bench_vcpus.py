@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from localvm.stack import REPO, LocalStack
@@ -32,18 +33,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def first_converge(stack: LocalStack, started: float) -> dict[str, float]:
+    """Waits for a started stack's first converge; its wall-clock and qemu CPU seconds."""
+    while CONVERGED not in stack.vm.serial_text():
+        if time.monotonic() - started > TIMEOUT:
+            raise TimeoutError(f"no converge in {TIMEOUT} s: {stack.vm.serial_tail()}")
+        time.sleep(0.5)
+    return {"wall_s": time.monotonic() - started, "cpu_s": cpu_seconds(stack.vm.process.pid)}
+
+
+def side_by_side(target: Callable[..., None], arguments: list[tuple]) -> None:
+    """Runs target once per argument tuple, all at once, and waits for all."""
+    threads = [threading.Thread(target=target, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def save(name: str, report: dict) -> None:
+    out = REPO / "build" / "bench" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def boot(results: list[dict[str, float]]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="hello-vcpus-"))
     stack = LocalStack(workdir)
     started = time.monotonic()
     stack.start()
     try:
-        while CONVERGED not in stack.vm.serial_text():
-            if time.monotonic() - started > TIMEOUT:
-                raise TimeoutError(f"no converge in {TIMEOUT} s: {stack.vm.serial_tail()}")
-            time.sleep(0.5)
-        wall = time.monotonic() - started
-        results.append({"wall_s": wall, "cpu_s": cpu_seconds(stack.vm.process.pid)})
+        results.append(first_converge(stack, started))
     finally:
         stack.stop(discard=True)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -58,11 +78,7 @@ def main() -> None:
     for vcpus in args.vcpus:
         os.environ["LOCALVM_VCPUS"] = str(vcpus)
         results: list[dict[str, float]] = []
-        threads = [threading.Thread(target=boot, args=(results,)) for _ in range(args.vms)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        side_by_side(boot, [(results,)] * args.vms)
         if len(results) != args.vms:
             raise SystemExit(f"{args.vms - len(results)} of {args.vms} VMs did not converge")
         report[str(vcpus)] = {
@@ -77,9 +93,7 @@ def main() -> None:
             f" ({row['wall_s'] / first['wall_s']:.2f}x), qemu CPU {row['cpu_s']:.0f} s"
             f" ({row['cpu_s'] / first['cpu_s']:.2f}x)"
         )
-    out = REPO / "build" / "bench" / "vcpus.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    save("vcpus.json", report)
 
 
 if __name__ == "__main__":
