@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.bench_vcpus import first_converge, save, side_by_side
+from bench.vms import first_converge, save, side_by_side
 from localvm.stack import LocalStack
 
 # LocalVM reads LOCALVM_CPU when it is made (in LocalStack.start): one start at a time.

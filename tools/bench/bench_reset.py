@@ -13,7 +13,6 @@ Numbers are printed, never asserted; the guest runs under TCG.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,10 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from localvm.stack import REPO, LocalStack
+from bench.vms import CONVERGED, TIMEOUT, save, side_by_side
+from localvm.stack import LocalStack
 
-CONVERGED = "hello-startup: serving version"
-TIMEOUT = 1500
 WORK = "apt-get update -q && apt-get install -y -q --reinstall nginx-common nginx"
 STAMP = r"\[\s*(\d+\.\d+)\][^\n]*"
 
@@ -63,14 +61,7 @@ def main() -> None:
     os.environ.setdefault("LOCALVM_VCPUS", "1")
     results: dict[str, dict] = {}
     ready = threading.Barrier(2, timeout=TIMEOUT)
-    threads = [
-        threading.Thread(target=run, args=(how, ready, results))
-        for how in ("new process", "system_reset")
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    side_by_side(run, [(how, ready, results) for how in ("new process", "system_reset")])
     if len(results) != 2:
         raise SystemExit(f"only {list(results)} finished")
     for how, row in results.items():
@@ -81,9 +72,7 @@ def main() -> None:
         )
     old, new = (results[how]["reset_to_converged_s"] for how in ("system_reset", "new process"))
     print(f"system_reset / new process: {old / new:.2f}x")
-    out = REPO / "build" / "bench" / "reset.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    save("reset.json", results)
 
 
 if __name__ == "__main__":
