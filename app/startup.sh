@@ -821,6 +821,11 @@ retry_in_background() {
 # Long-polls the instance attributes from the ETag the last converge applied, so a change made
 # before the watcher (re)started is seen too; requests a converge for every ETag not yet applied,
 # and again every minute while it stays unapplied (a converge that failed is retried).
+# A converge holds the lock while it runs (the boot's too).
+converge_running() {
+  [[ -e $LOCK ]] && ! flock --nonblock "$LOCK" true
+}
+
 watch_metadata() {
   local applied requested=NONE since etag headers refused until held='' forgetting=''
   headers=$(mktemp)
@@ -841,7 +846,7 @@ watch_metadata() {
       # A converge that runs applies other metadata (a deploy, then a rollback before it was
       # kept): what it leaves applied decides. Polling from the ETag it is replacing would wait
       # out the long poll's minute before seeing the rollback.
-      if [[ -n $etag && -e $LOCK ]] && ! flock --nonblock "$LOCK" true; then
+      if [[ -n $etag ]] && converge_running; then
         flock --wait 900 "$LOCK" true || true
         continue
       fi
@@ -870,7 +875,7 @@ watch_metadata() {
     fi
     if [[ $etag != "$requested" ]]; then
       log "instance metadata changed ($applied -> $etag): requesting a converge"
-    elif [[ -e $LOCK ]] && ! flock --nonblock "$LOCK" true; then
+    elif converge_running; then
       # A converge still runs (it holds the lock; a slow one takes over a minute) and applies
       # this metadata, or the request already made starts one after it: asking again would only
       # queue a converge that finds nothing to do.
