@@ -33,19 +33,23 @@ from tests.conftest import REPO, VM_LANE_2, copy_stack
 pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
 
-def make(target: str, timeout: float, *args: str, **env: str) -> subprocess.CompletedProcess:
+def timed(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
+    """Runs a step; its output and `seconds` (printed with each step: what a rehearsal costs)."""
     started = time.monotonic()
     result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, check=False, **options
+    )
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def make(target: str, timeout: float, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return timed(
         ["make", "--no-print-directory", target, *args],
+        timeout,
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
         env={**os.environ, **env},
     )
-    result.seconds = time.monotonic() - started  # printed with each step: what a rehearsal costs
-    return result
 
 
 def test_make_up_prints_one_line_per_phase_in_order_ends_with_the_urls_and_redeploys(tmp_path):
@@ -191,13 +195,4 @@ def rehearse_a_deleted_vm() -> dict[str, subprocess.CompletedProcess]:
 
 
 def gcloud(command: str) -> subprocess.CompletedProcess:
-    started = time.monotonic()
-    result = subprocess.run(
-        ["bash", "-c", f"source {GCLOUD_ENV} && {command}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    result.seconds = time.monotonic() - started
-    return result
+    return timed(["bash", "-c", f"source {GCLOUD_ENV} && {command}"], 300)
