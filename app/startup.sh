@@ -682,7 +682,12 @@ converge() {
   # (systemd's systemctl-enable.c), seconds of a small VM's CPU each time, at every converge. Their
   # links matter only at the next boot; unit files a converge changed are reloaded above.
   systemctl enable --no-reload --quiet hello-metadata-watch.service hello-converge.path \
-    nginx.service hello-cert.timer
+    hello-cert.timer
+  # Debian's package enables nginx.service when it installs it. Enabling it again is not free:
+  # nginx has an init script too, so systemctl runs update-rc.d (Perl) every time: seconds of a
+  # small VM's CPU (docs/vm-converge.md).
+  [[ $(systemctl is-enabled nginx.service 2>/dev/null) == enabled ]] ||
+    systemctl enable --no-reload --quiet nginx.service
   if [[ -n $new ]]; then
     route_to "$new" "$serving"
   else
