@@ -28,18 +28,22 @@ from localvm.vm import hold_apt_locks_at_boot
 from tests.conftest import startup_version
 from vm import METADATA_FILES
 
-# How long the lists lock is held after the startup scripts begin, and dpkg's after an install
-# begins: at every boot (the reset's too), so every second here is paid three times. The cold
-# boot test drops the link once the script says it waits for the lists lock, which it does a few
-# seconds after it began, even on a loaded machine.
-APT_LOCK_HOLD = 25
+# How long apt's locks are held at every boot (the reset's too), so every second here is paid
+# more than once. The lists lock: from when the startup scripts begin; the script tries it a few
+# seconds later (7 s on a loaded machine), and the cold boot test drops the link once it says it
+# waits. dpkg's: from when an install (or `dpkg --configure`) begins, which tries them within a
+# second or two, so less will do.
+APT_LISTS_LOCK_HOLD = 25
+APT_DPKG_LOCK_HOLD = 12
 
 
 @pytest.fixture(scope="module")
 def stack():
     # A short path: qemu's unix sockets live here and must fit in sun_path (108 bytes).
     workdir = Path(tempfile.mkdtemp(prefix="hello-e2e-"))
-    local = LocalStack(workdir, kernel_args=hold_apt_locks_at_boot(APT_LOCK_HOLD))
+    local = LocalStack(
+        workdir, kernel_args=hold_apt_locks_at_boot(APT_LISTS_LOCK_HOLD, APT_DPKG_LOCK_HOLD)
+    )
     local.accepted = attributes(local.instance)  # what the VM serves once it converged
     local.start()
     try:

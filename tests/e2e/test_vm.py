@@ -270,6 +270,8 @@ def test_a_reset_during_apt_install_is_repaired_and_serves_without_reinstalling(
         assert log.count("Linux version") == 1, "the VM did not reboot once"
         after = log.split("Linux version", 1)[1]
         assert "hello-startup: dpkg was interrupted: finishing it with dpkg --configure -a" in after
+        # Another apt user holds dpkg's lock at this boot too: the repair waits for it.
+        assert re.search(r"hello-startup: waited \d+ s for the dpkg lock", after), after
         assert "hello-startup: packages already present" in after
         assert "building venv" not in after
         assert "FAILED" not in after

@@ -1,6 +1,7 @@
 """Holds apt's locks at boot as other apt users do on a GCE image (see vm.hold_apt_locks_at_boot).
 
-Runs inside the guest under python3 from the kernel command line; argv[1] is the hold in seconds.
+Runs inside the guest under python3 from the kernel command line; argv[1] and argv[2] are how
+long the lists lock and dpkg's locks are held, in seconds.
 """
 
 import fcntl
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 LISTS = "/var/lib/apt/lists/lock"
-hold = int(sys.argv[1])
+lists_hold, dpkg_hold = int(sys.argv[1]), int(sys.argv[2])
 DPKG = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock")
 files = {path: open(path, "a") for path in (LISTS, *DPKG)}  # noqa: SIM115 - held until exit
 for handle in files.values():
@@ -43,11 +44,11 @@ def installing() -> bool:
 
 
 wait_until(startup_scripts_began)
-time.sleep(hold)
+time.sleep(lists_hold)
 files.pop(LISTS).close()
 print("hold-apt-locks: released the lists lock", flush=True)
-# dpkg's locks stay held until `hold` s after an `apt-get install` (or a `dpkg --configure`)
+# dpkg's locks stay held until `dpkg_hold` s after an `apt-get install` (or a `dpkg --configure`)
 # started, so it meets them however long the `apt-get update` before it took.
 wait_until(installing)
-time.sleep(hold)
+time.sleep(dpkg_hold)
 print("hold-apt-locks: released the dpkg locks", flush=True)

@@ -79,21 +79,22 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def hold_apt_locks_at_boot(seconds: int) -> tuple[str, ...]:
+def hold_apt_locks_at_boot(lists_seconds: int, dpkg_seconds: int) -> tuple[str, ...]:
     """Kernel arguments that make every boot hold apt's locks the way Google's OS Config agent
     (its `apt-get update`) and apt-daily-upgrade do on a GCE image at boot.
 
     Test infrastructure: a command systemd runs from the kernel command line
     (systemd-run-generator), so the cached image stays the same. It holds the lists lock from
-    early boot until `seconds` after the startup scripts began, and dpkg's locks until `seconds`
-    after an `apt-get install` (or a `dpkg --configure`) started, so a startup script meets both:
-    the lists lock at `apt-get update` and dpkg's at `apt-get install`. Same locks as apt takes
-    (fcntl locks on the same files).
+    early boot until `lists_seconds` after the startup scripts began, and dpkg's locks until
+    `dpkg_seconds` after an `apt-get install` (or a `dpkg --configure`) started, so a startup
+    script meets both: the lists lock at `apt-get update` and dpkg's at `apt-get install`. Same
+    locks as apt takes (fcntl locks on the same files).
     """
     # Compressed: the whole kernel command line must fit in 2048 bytes.
     script = (Path(__file__).parent / "hold_apt_locks.py").read_bytes()
     payload = base64.b64encode(gzip.compress(script, mtime=0)).decode()
-    command = f"/bin/sh -c 'echo {payload} | base64 -d | gzip -d | /usr/bin/python3 - {seconds}'"
+    holds = f"{lists_seconds} {dpkg_seconds}"
+    command = f"/bin/sh -c 'echo {payload} | base64 -d | gzip -d | /usr/bin/python3 - {holds}'"
     return (
         f'systemd.run="{command}"',
         "systemd.run_success_action=none",
