@@ -115,12 +115,14 @@ def test_first_boot_with_the_ca_down_serves_http_and_logs_retries(tls):
     while True:
         journal = guest(tls, "journalctl -b -o cat -u hello-cert.service")
         retries = [line for line in journal.splitlines() if "FAILED: certificate" in line]
-        if len(retries) >= 2 or time.monotonic() > deadline:
+        if retries or time.monotonic() > deadline:
             break
-        time.sleep(5)
-    assert len(retries) >= 2, journal
+        time.sleep(3)
+    # One retry is enough here: the wait doubling from one to the next is the host test's
+    # (tests/stack/test_https.py), which runs the same script.
+    assert retries, journal
     assert f"for {IP} from {tls.pebble.guest_directory} (attempt 1/10)" in retries[0]
-    assert "retrying in 15 s" in retries[0] and "retrying in 30 s" in retries[1]
+    assert "retrying in 15 s" in retries[0]
     # No certificate: :80 serves the app itself, :443 is closed.
     assert http_get(tls)[:2] == (200, GREETING)
     assert guest(tls, "ss -Hltn 'sport = :443'").strip() == ""

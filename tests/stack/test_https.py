@@ -94,8 +94,9 @@ def test_port_80_serves_the_app_and_443_is_closed_before_any_certificate(front):
 
 
 def test_ca_unreachable_at_first_issuance_is_retried_then_served(front):
-    """The CA is down: each failed attempt logs one line, HTTP keeps serving the app, and the
-    certificate arrives on the first attempt after the CA is back (here started mid-backoff)."""
+    """The CA is down: each failed attempt logs one line, the wait between attempts doubles,
+    HTTP keeps serving the app, and the certificate arrives on the first attempt after the CA is
+    back (here started mid-backoff)."""
     obtain = subprocess.Popen(
         ["bash", str(REPO / "app/hello-tls.sh"), "obtain"],
         env=front.env(HELLO_TLS_ATTEMPTS="4"),
@@ -107,7 +108,7 @@ def test_ca_unreachable_at_first_issuance_is_retried_then_served(front):
     try:
         for line in obtain.stderr:
             failures.append(line.rstrip())
-            if "FAILED" in line:
+            if sum("FAILED" in failure for failure in failures) == 2:
                 break
         assert http_get(front.http_port, "/")[:2] == (200, GREETING)
         front.pebble.start()
@@ -118,9 +119,10 @@ def test_ca_unreachable_at_first_issuance_is_retried_then_served(front):
     failures += err.splitlines()
     assert obtain.returncode == 0, "\n".join(failures)
     retries = [line for line in failures if line.startswith("hello-tls: FAILED: certificate")]
-    assert len(retries) == 1, failures
+    assert len(retries) == 2, failures
     assert f"for {IP} from {front.pebble.directory} (attempt 1/4)" in retries[0]
     assert "retrying in 15 s" in retries[0]
+    assert "(attempt 2/4)" in retries[1] and "retrying in 30 s" in retries[1], retries[1]
     assert "Connection refused" in retries[0] or "connect" in retries[0].lower(), retries[0]
     assert f"new certificate for {IP}" in out
 
