@@ -479,7 +479,10 @@ upstream_conf() {
 }
 
 # Points nginx at slot $1 (backup $2), reloading it when that changed and it runs: a reload lets
-# requests in flight finish.
+# requests in flight finish. Not when this converge restarts or reloads nginx next anyway (its
+# site changed; a first boot's nginx still serves Debian's default site): a reload here would
+# load the new site while the old one's workers still take connections, so for a moment answers
+# would alternate between the two, and then load it again.
 route_to() {
   upstream_conf "$@" >"$UPSTREAM.new"
   if cmp --silent "$UPSTREAM.new" "$UPSTREAM"; then
@@ -487,7 +490,7 @@ route_to() {
     return 0
   fi
   mv "$UPSTREAM.new" "$UPSTREAM"
-  if systemctl --quiet is-active nginx.service; then
+  if ((!restart_nginx && !reload_nginx)) && systemctl --quiet is-active nginx.service; then
     nginx -t -q
     local old
     old=$(nginx_workers "$(systemctl show -P MainPID nginx.service)")
@@ -704,6 +707,8 @@ converge() {
       log "reloading nginx.service"
       systemctl reload-or-restart nginx.service
     fi
+    # Done: from here on (a rollback, the switch after the watch) route_to reloads nginx itself.
+    restart_nginx=0 reload_nginx=0
   else
     systemctl start nginx.service
   fi

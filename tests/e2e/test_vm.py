@@ -91,6 +91,12 @@ def test_cold_boot_waits_for_apt_locks_and_survives_a_network_outage(stack):
     assert re.search(r"hello-startup: waited \d+ s for the dpkg lock \(held by process", log)
     assert "hello-startup: FAILED" not in log
     assert log.count("Linux version") == 1, "the VM rebooted"
+    # Debian's package started nginx with its default site; the converge restarts it once with
+    # ours. A reload before that (pointing it at the new slot) served both sites side by side
+    # while the old workers finished: the greeting, then Debian's page, then the greeting.
+    vm.wait_guest_agent(timeout=120)
+    journal = guest(stack, "journalctl -b -o cat -u nginx.service")
+    assert [line for line in journal.splitlines() if line.startswith("Reload")] == [], journal
 
 
 def test_our_units_log_no_errors_and_score_5_or_less_in_systemd_analyze(stack):
