@@ -7,6 +7,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+# pip's warnings and progress are noise on a terminal; a failure prints the log's end.
+VENV_LOG := .state/venv.log
 BIN := $(VENV)/bin
 CONFIG ?= deployment.yaml
 # Which Google service deploys the stack: dm (Deployment Manager) or infra-manager (docs/deploy.md).
@@ -25,9 +27,11 @@ help: ## list the targets
 
 $(VENV)/.installed: tools/requirements.txt app/requirements.txt pyproject.toml
 	@bash scripts/install-system-deps.sh lint
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt -e .
-	touch $@
+	@echo "venv: $(VENV) from tools/requirements.txt (pip's output: $(VENV_LOG))"
+	@mkdir -p $(dir $(VENV_LOG)) && { $(PYTHON) -m venv $(VENV) && $(VPY) -m pip install \
+		--disable-pip-version-check -r tools/requirements.txt -e .; } > $(VENV_LOG) 2>&1 \
+		|| { tail -n 20 $(VENV_LOG) >&2; echo "make: building $(VENV) failed; full log: $(VENV_LOG)" >&2; exit 1; }
+	@touch $@
 
 system-deps: ## install the Debian packages every target needs (root); targets install their own
 	@bash scripts/install-system-deps.sh all

@@ -308,3 +308,30 @@ def test_make_up_installs_no_browser():
     ).stdout.split()
     assert "qemu-system-x86" in listed and "pebble" in listed
     assert not {"chromium", "libnss3-tools"} & set(listed)
+
+
+def test_the_venv_build_keeps_pips_output_in_its_log_and_prints_its_end_on_a_failure(tmp_path):
+    """pip prints warnings even with --quiet (one per missing index directory in a machine's pip
+    config); a first `make up` shows one line for the venv, and pip's own words only on a failure.
+    The real Makefile and pip, in a copy whose requirements file has an operator's typo."""
+    for name in ("Makefile", "pyproject.toml", "app/requirements.txt", "scripts"):
+        copy = tmp_path / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, copy)
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools/requirements.txt").write_text("flask=3.1.3\n")
+    result = subprocess.run(
+        ["make", "--no-print-directory", ".venv/.installed"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "venv: .venv from tools/requirements.txt (pip's output: .state/venv.log)"
+    ]
+    log = (tmp_path / ".state/venv.log").read_text()
+    error = "ERROR: Invalid requirement: 'flask=3.1.3' (from line 1 of tools/requirements.txt)"
+    assert error in log.splitlines() and error in result.stderr.splitlines()
+    assert "make: building .venv failed; full log: .state/venv.log" in result.stderr.splitlines()
