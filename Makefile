@@ -27,10 +27,10 @@ help: ## list the targets
 
 $(VENV)/.installed: tools/requirements.txt app/requirements.txt pyproject.toml
 	@bash scripts/install-system-deps.sh lint
-	@echo "venv: $(VENV) from tools/requirements.txt (pip's output: $(VENV_LOG))"
 	@mkdir -p $(dir $(VENV_LOG)) && { $(PYTHON) -m venv $(VENV) && $(VPY) -m pip install \
 		--disable-pip-version-check -r tools/requirements.txt -e .; } > $(VENV_LOG) 2>&1 \
-		|| { tail -n 20 $(VENV_LOG) >&2; echo "make: building $(VENV) failed; full log: $(VENV_LOG)" >&2; exit 1; }
+		|| { tail -n 20 $(VENV_LOG) >&2; echo "make: building $(VENV) failed; full log: $(VENV_LOG)" >&2; exit 1; }; \
+		echo "==> venv: $(VENV) from tools/requirements.txt, pip's output in $(VENV_LOG) ($$SECONDS s)"
 	@touch $@
 
 system-deps: ## install the Debian packages every target needs (root); targets install their own
