@@ -562,9 +562,9 @@ def packages_installed_by(target: str) -> set[str]:
     )
     purposes = []
     for line in dry_run.stdout.splitlines():
-        words = shlex.split(line)
-        if words[:2] == ["bash", "scripts/install-system-deps.sh"]:
-            purposes += words[2:]
+        # Only these lines are parsed: a recipe's continued lines are not whole commands.
+        if line.startswith("bash scripts/install-system-deps.sh "):
+            purposes += shlex.split(line)[2:]
     listed = subprocess.run(
         ["bash", str(REPO / "scripts" / "install-system-deps.sh"), "--list", *purposes],
         capture_output=True,
