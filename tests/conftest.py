@@ -145,9 +145,10 @@ def tamper_hashes(requirements: str, package: str) -> str:
     return "".join(lines)
 
 
-def copy_stack(destination: Path) -> Path:
-    """A private copy of the stack, for tests that edit it as an operator would."""
-    for path in STACK_FILES:
+def copy_stack(destination: Path, *also: str) -> Path:
+    """A private copy of the stack, and of the repo paths in ALSO, for tests that edit it as an
+    operator would."""
+    for path in (*STACK_FILES, *also):
         source = REPO / path
         if source.is_dir():
             shutil.copytree(source, destination / path)

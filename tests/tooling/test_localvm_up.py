@@ -315,10 +315,7 @@ def test_the_venv_build_keeps_pips_output_in_its_log_and_prints_its_end_on_a_fai
     """pip prints warnings even with --quiet (one per missing index directory in a machine's pip
     config); a first `make up` shows one line for the venv, and pip's own words only on a failure.
     The real Makefile and pip, in a copy whose requirements file has an operator's typo."""
-    for name in ("Makefile", "pyproject.toml", "app/requirements.txt", "scripts"):
-        copy = tmp_path / name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, copy)
+    copy_stack(tmp_path, "Makefile", "pyproject.toml", "scripts")
     (tmp_path / "tools").mkdir()
     requirements = tmp_path / "tools/requirements.txt"
     requirements.write_text("flask=3.1.3\n")

@@ -16,7 +16,7 @@ import shutil
 import pytest
 
 from dmlocal import diagram
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_stack
 
 DOCS = REPO / "docs"
 STALE = "docs/architecture.* is stale: run `make docs` and commit docs/"
@@ -129,11 +129,7 @@ def test_diagram_shows_how_a_change_arrives(generated):
 def test_diagram_without_https_or_ci_draws_neither(tmp_path, generated):
     """The VM's insides follow its metadata: with acmeDirectory empty there is no certificate
     and nginx listens on 80 only; a copy without .circleci draws no delivery path."""
-    for name in ["deployment.yaml", "app"] + [
-        f"{t}{s}" for t in ("network.py", "firewall.py", "vm.py") for s in ("", ".schema")
-    ]:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_stack(tmp_path)
     config = tmp_path / "deployment.yaml"
     text = config.read_text()
     config.write_text(text.replace("acmeDirectory: https://acme-v02.api.letsencrypt.org/directory",
@@ -147,11 +143,7 @@ def test_diagram_without_https_or_ci_draws_neither(tmp_path, generated):
 
 def test_a_config_change_changes_the_diagram(tmp_path, generated):
     # Proves the staleness checks above can fail: a narrower SSH range must show up.
-    for name in ["deployment.yaml", "app"] + [
-        f"{t}{s}" for t in ("network.py", "firewall.py", "vm.py") for s in ("", ".schema")
-    ]:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_stack(tmp_path)
     config = tmp_path / "deployment.yaml"
     config.write_text(config.read_text().replace("- 104.154.0.0/15", "- 203.0.113.0/24"))
     dot, _ = diagram.sources(config)
