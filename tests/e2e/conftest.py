@@ -60,9 +60,11 @@ def stack():
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    local = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
-    if report.failed and isinstance(local, LocalStack) and local.vm is not None:
-        report.sections.append(("VM serial log (tail)", local.vm.serial_tail(80)))
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if report.failed and stack is not None:
+        # A LocalStack, or test_make_up.py's RunningStack, whose VM a failure may have deleted.
+        with contextlib.suppress(Exception):
+            report.sections.append(("VM serial log (tail)", stack.vm.serial_tail(80)))
 
 
 class RequestLoop:

@@ -111,7 +111,7 @@ def test_our_units_log_no_errors_and_score_5_or_less_in_systemd_analyze(stack):
     ]
     assert errors == []
     units = (SERVING_UNIT, "hello-metadata-watch.service", "hello-converge.service")
-    # hello-cert.service and nginx.service: tests/e2e/test_https.py, on the VM that has HTTPS.
+    # hello-cert.service and nginx.service: tests/e2e/test_make_up.py, on a VM that has HTTPS.
     for unit in units:
         report = guest(stack, f"systemd-analyze security --no-pager {unit}")
         score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", report).group(1))
@@ -295,7 +295,7 @@ def test_a_reset_during_apt_install_is_repaired_and_serves_without_reinstalling(
 
 def smoke(stack, root: Path, attempts: int) -> subprocess.CompletedProcess:
     """scripts/smoke.sh from the checkout at `root`, against the VM's forwarded port 80. This VM
-    has no CA (HTTPS off), so smoke checks HTTP only; tests/e2e/test_https.py checks HTTPS."""
+    has no CA (HTTPS off), so smoke checks HTTP only; tests/e2e/test_make_up.py checks HTTPS."""
     return subprocess.run(
         ["bash", str(root / "scripts/smoke.sh"), f"127.0.0.1:{stack.vm.http_port}"],
         env={
