@@ -123,6 +123,17 @@ class RunningStack:
             self._vm.https_port = state["https_port"]
         return self._vm
 
+    def wait_for_a_new_vm(self, old_pid: int, timeout: float) -> LocalVM:
+        """The VM the local cloud boots for a recreated instance. The cloud boots it after the
+        API call that created the instance returned, and then vm.json names it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                if self.vm.pid != old_pid and self.vm.running():
+                    return self.vm
+            assert time.monotonic() < deadline, f"no new VM within {timeout} s"
+            time.sleep(1)
+
     def root_pem(self) -> str:
         return (STATE / "ca-root.pem").read_text()
 
@@ -267,6 +278,7 @@ def test_a_deleted_vm_is_reported_repaired_and_boots_serving_http_while_the_ca_i
     instance's first boot (a fresh disk) meets the CA down: the app is served on :80, the
     failed certificate attempt is logged with its retry, and :443 stays closed."""
     stack.external_ip = gcloud(NAT_IP).stdout.strip()
+    deleted_pid = stack.vm.pid
     steps = {
         "gcloud compute instances delete": gcloud(
             f"gcloud compute instances update hello-vm {ZONE} --no-deletion-protection && "
@@ -290,7 +302,9 @@ def test_a_deleted_vm_is_reported_repaired_and_boots_serving_http_while_the_ca_i
     assert "DRIFT hello-vm (compute.v1.instance): deleted" in drifted.stdout, drifted.stdout
     assert "repair: recreate hello-vm (compute.v1.instance)" in succeeded(repaired)
 
-    stack.vm.wait_http("/", timeout=ISSUE_TIMEOUT, expect=GREETING)
+    stack.wait_for_a_new_vm(deleted_pid, timeout=120).wait_http(
+        "/", timeout=ISSUE_TIMEOUT, expect=GREETING
+    )
     stack.vm.wait_guest_agent(timeout=120)
     deadline = time.monotonic() + ISSUE_TIMEOUT
     while True:
