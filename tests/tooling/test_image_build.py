@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
-from tests.conftest import VM_LANE_1
+from tests.conftest import VM_LANE_2
 
 # As busy as a VM while it runs, so it takes a VM lane (tests/conftest.py).
-pytestmark = [pytest.mark.e2e, VM_LANE_1]
+pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
 USER_NAMESPACE = ["unshare", "--user", "--map-root-user"]
 
