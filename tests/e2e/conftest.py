@@ -67,6 +67,13 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(("VM serial log (tail)", stack.vm.serial_tail(80)))
 
 
+def guest(stack, script: str, timeout: float = 60) -> str:
+    """`sh -c script` in the stack's VM through the guest agent; its stdout, or a failed test."""
+    code, out, err = stack.vm.guest_exec(script, timeout=timeout)
+    assert code == 0, f"guest command failed ({code}): {script}\n{out}\n{err}"
+    return out
+
+
 class RequestLoop:
     """GETs through `get` (a callable returning (status, body)) at a steady rate from a thread,
     while a deploy happens: every answer that is not a 200 with one of `bodies` is a failure,

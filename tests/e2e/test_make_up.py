@@ -54,7 +54,7 @@ from localvm.stack import ARTIFACTS, SERVING_UNIT, checkout_version
 from localvm.vm import NETWORK, LocalVM
 from tests.browser import chromium
 from tests.conftest import REPO, VM_LANE_2, copy_stack
-from tests.e2e.conftest import RequestLoop, release_refused
+from tests.e2e.conftest import RequestLoop, guest, release_refused
 
 pytestmark = [pytest.mark.e2e, VM_LANE_2]
 
@@ -106,6 +106,7 @@ class RunningStack:
     def __init__(self) -> None:
         self.steps: dict[str, subprocess.CompletedProcess] = {}
         self.accepted: dict[str, str] = {}  # the metadata the VM serves
+        self.external_ip = ""  # the instance's, before the incident deletes it
         self._vm: LocalVM | None = None
 
     @property
@@ -129,8 +130,9 @@ class RunningStack:
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(OSError, ValueError):
-                if self.vm.pid != old_pid and self.vm.running():
-                    return self.vm
+                vm = self.vm
+                if vm.pid != old_pid and vm.running():
+                    return vm
             assert time.monotonic() < deadline, f"no new VM within {timeout} s"
             time.sleep(1)
 
@@ -368,12 +370,6 @@ def test_make_up_again_redeploys_the_checkout_and_gcloud_env_points_gcloud_at_th
 
 
 # --- HTTPS on the recreated VM ----------------------------------------------------------------
-
-
-def guest(stack, script: str, timeout: float = 60) -> str:
-    code, out, err = stack.vm.guest_exec(script, timeout=timeout)
-    assert code == 0, f"guest command failed ({code}): {script}\n{out}\n{err}"
-    return out
 
 
 def https_get(stack, path: str = "/", context: ssl.SSLContext | None = None):

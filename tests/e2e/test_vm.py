@@ -33,6 +33,7 @@ from tests.conftest import VM_LANE_1, copy_stack, tamper_hashes
 from tests.e2e.conftest import (
     REDEPLOY_TIMEOUT,
     greeting_of,
+    guest,
     release_refused,
     releasing,
     restore,
@@ -50,12 +51,6 @@ STARTUP_DONE = "hello-startup: serving on :80"
 # A converge's last line: a new release, if any, has been kept or rolled back by then.
 CONVERGED = "hello-startup: serving version"
 OUR_UNITS = ("hello-startup", "gunicorn", "hello-metadata-watch", "hello-converge", "hello-tls")
-
-
-def guest(stack, script: str, timeout: float = 60) -> str:
-    code, out, err = stack.vm.guest_exec(script, timeout=timeout)
-    assert code == 0, f"guest command failed ({code}): {script}\n{out}\n{err}"
-    return out
 
 
 def main_pid(stack) -> int:
