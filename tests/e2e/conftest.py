@@ -28,11 +28,11 @@ from localvm.vm import hold_apt_locks_at_boot
 from tests.conftest import startup_version
 from vm import METADATA_FILES
 
-# How long apt's locks are held at every boot (the reset's too), so every second here is paid
-# more than once. The lists lock: from when the startup scripts begin; the script tries it a few
-# seconds later (7 s on a loaded machine), and the cold boot test drops the link once it says it
-# waits. dpkg's: from when an install (or `dpkg --configure`) begins, which tries them within a
-# second or two, so less will do.
+# How long apt's locks are held at every boot (the reset's too). The lists lock: from when the
+# startup scripts begin; the script tries it a few seconds later (7 s on a loaded machine), and
+# the cold boot test drops the link once it says it waits. dpkg's: from when an install (or
+# `dpkg --configure`) begins, which tries them within a second or two, so less will do; this one
+# every boot pays.
 APT_LISTS_LOCK_HOLD = 25
 APT_DPKG_LOCK_HOLD = 12
 

@@ -18,7 +18,8 @@ from localvm import image
 from localvm.acme import Pebble
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
 from localvm.stack import REPO, attributes, with_local_public_ip, without_public_ca
-from localvm.vm import METADATA_IP, NETWORK, LocalVM, free_port
+from localvm.vm import METADATA_IP, NETWORK, LocalVM, free_port, hold_apt_locks_at_boot
+from tests.e2e.conftest import APT_DPKG_LOCK_HOLD, APT_LISTS_LOCK_HOLD
 
 
 def test_recipe_key_follows_the_overlay_and_host_cas(tmp_path, monkeypatch):
@@ -64,6 +65,17 @@ def test_qemu_forwards_metadata_per_connection_and_port_80_to_loopback(tmp_path,
     assert f"net={METADATA_IP.rsplit('.', 1)[0]}.0/24" in options  # guestfwd must be inside
     assert f"dhcpstart={NETWORK['ip']}" in options
     assert command[command.index("-accel") + 1].startswith("tcg")
+
+
+def test_the_e2e_apt_lock_holder_fits_the_kernel_command_line(tmp_path):
+    """The holder travels in the kernel command line, which x86 Linux truncates at 2047 bytes
+    without a word; the script may grow only while it still fits."""
+    args = hold_apt_locks_at_boot(APT_LISTS_LOCK_HOLD, APT_DPKG_LOCK_HOLD)
+    line = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=args).command()
+    assert line[line.index("-append") + 1].endswith(args[-1])
+    too_long = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=(*args, "x" * 300))
+    with pytest.raises(ValueError, match="over 2047"):
+        too_long.command()
 
 
 def test_qemu_forwards_port_443_and_the_gateway_is_where_the_guest_finds_pebble(tmp_path):

@@ -29,26 +29,39 @@ def startup_scripts_began() -> bool:
     return Path("/run/systemd/units/invocation:google-startup-scripts.service").is_symlink()
 
 
-def installing() -> bool:
-    """An `apt-get install`, or a `dpkg --configure` finishing an install a reset interrupted."""
+def installing() -> str:
+    """The pid and command line of an `apt-get install`, or of a `dpkg --configure` finishing
+    an install a reset interrupted; empty if there is none."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(arg.endswith(b"apt-get") for arg in args) and b"install" in args:
-            return True
-        if args[0].endswith(b"dpkg") and b"--configure" in args:
-            return True
-    return False
+        if (any(arg.endswith(b"apt-get") for arg in args) and b"install" in args) or (
+            args[0].endswith(b"dpkg") and b"--configure" in args
+        ):
+            return f"{cmdline.parent.name} ({b' '.join(args).decode(errors='replace').strip()})"
+    return ""
 
 
 wait_until(startup_scripts_began)
-time.sleep(lists_hold)
-files.pop(LISTS).close()
-print("hold-apt-locks: released the lists lock", flush=True)
-# dpkg's locks stay held until `dpkg_hold` s after an `apt-get install` (or a `dpkg --configure`)
-# started, so it meets them however long the `apt-get update` before it took.
-wait_until(installing)
-time.sleep(dpkg_hold)
-print("hold-apt-locks: released the dpkg locks", flush=True)
+# The lists lock is released `lists_hold` s after the startup scripts began, and dpkg's locks
+# `dpkg_hold` s after an `apt-get install` (or a `dpkg --configure`) started, whenever that is:
+# after an `apt-get update` however long it took (a first boot), or while the lists lock is
+# still held (a boot that only finishes dpkg's interrupted work).
+lists_until = time.monotonic() + lists_hold
+dpkg_until = time.monotonic() + 900  # at the latest, if no install comes
+install = ""
+while files:
+    now = time.monotonic()
+    if LISTS in files and now >= lists_until:
+        files.pop(LISTS).close()
+        print("hold-apt-locks: released the lists lock", flush=True)
+    if not install and (install := installing()):
+        dpkg_until = now + dpkg_hold
+        print(f"hold-apt-locks: an install started: {install}", flush=True)
+    if DPKG[0] in files and now >= dpkg_until:
+        for path in DPKG:
+            files.pop(path).close()
+        print("hold-apt-locks: released the dpkg locks", flush=True)
+    time.sleep(1)

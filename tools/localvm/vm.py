@@ -217,7 +217,7 @@ class LocalVM:
             "-initrd",
             str(self.image.initrd),
             "-append",
-            " ".join((self.image.cmdline, *self.kernel_args)),
+            self.kernel_command_line(),
             "-drive",
             f"if=none,id=disk0,file={self.overlay},format=qcow2,cache=unsafe,discard=unmap",
             "-device",
@@ -269,6 +269,14 @@ class LocalVM:
         )
         self._detach = detach
         return self._launch()
+
+    def kernel_command_line(self) -> str:
+        line = " ".join((self.image.cmdline, *self.kernel_args))
+        # x86 Linux keeps the first COMMAND_LINE_SIZE - 1 bytes (2048 with its NUL) and drops
+        # the rest without a word: a truncated systemd.run= would fail only inside the guest.
+        if len(line.encode()) > 2047:
+            raise ValueError(f"kernel command line of {len(line.encode())} bytes, over 2047")
+        return line
 
     def _launch(self) -> LocalVM:
         for path in (self.qmp_socket, self.qga_socket):
