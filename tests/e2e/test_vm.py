@@ -269,7 +269,10 @@ def test_a_reset_during_apt_install_is_repaired_and_serves_without_reinstalling(
         stack.vm.wait_http("/", timeout=REBOOT_TIMEOUT, expect=GREETING)
         log = stack.vm.wait_serial(STARTUP_DONE, start=mark, timeout=REBOOT_TIMEOUT)
         assert log.count("Linux version") == 1, "the VM did not reboot once"
-        after = log.split("Linux version", 1)[1]
+        # The converge's lines from this boot's journal, which the serial console only copies:
+        # one run missed a line there that the converge must have logged (timings in
+        # docs/testing.md), so the console cannot be the evidence of what the converge did.
+        after = guest(stack, "journalctl -b -o cat -u google-startup-scripts.service")
         assert "hello-startup: dpkg was interrupted: finishing it with dpkg --configure -a" in after
         # Another apt user holds dpkg's lock at this boot too: the repair waits for it.
         assert re.search(r"hello-startup: waited \d+ s for the dpkg lock", after), after
