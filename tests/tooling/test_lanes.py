@@ -33,7 +33,8 @@ pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--dist", "loadgr
 def test_vm_tests_keep_to_two_lanes_that_start_first_and_modules_stay_whole():
     """A VM test outside the lanes would boot a third VM beside the two; a module split across
     workers would set up its module-scoped fixtures twice and lose its file order; lanes that
-    are not first in the queue would start late and lengthen the run (tests/conftest.py)."""
+    are not first in the queue would start late and lengthen the run, and so would a module that
+    mostly waits if it came last (tests/conftest.py)."""
     listing = subprocess.run(
         [sys.executable, "-c", LIST_LANES], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
@@ -51,6 +52,11 @@ def test_vm_tests_keep_to_two_lanes_that_start_first_and_modules_stay_whole():
     assert set().union(*lanes.values()) == {"vm-lane-1", "vm-lane-2"}, lanes
     groups_in_order = list(dict.fromkeys(group for _, group, _ in rows))
     assert set(groups_in_order[:2]) == {"vm-lane-1", "vm-lane-2"}, groups_in_order[:4]
+    # Right behind them, the modules that mostly wait, so their waits overlap the lanes' work.
+    waiting = len(conftest.WAITING_MODULES)
+    assert groups_in_order[2 : 2 + waiting] == list(conftest.WAITING_MODULES), groups_in_order[:4]
+    rest = groups_in_order[2 + waiting :]
+    assert rest == sorted(rest), "after them, file order"
 
 
 @pytest.mark.parametrize(
