@@ -71,8 +71,8 @@ def test_the_e2e_apt_lock_holder_fits_the_kernel_command_line(tmp_path):
     """The holder travels in the kernel command line, which x86 Linux truncates at 2047 bytes
     without a word; the script may grow only while it still fits."""
     args = hold_apt_locks_at_boot(APT_LISTS_LOCK_HOLD, APT_DPKG_LOCK_HOLD)
-    line = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=args).command()
-    assert line[line.index("-append") + 1].endswith(args[-1])
+    command = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=args).command()
+    assert command[command.index("-append") + 1].endswith(args[-1])
     too_long = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=(*args, "x" * 300))
     with pytest.raises(ValueError, match="over 2047"):
         too_long.command()

@@ -79,6 +79,11 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# x86 Linux keeps the first COMMAND_LINE_SIZE - 1 bytes (2048 with its NUL) and drops the rest
+# without a word: a truncated systemd.run= would fail only inside the guest.
+KERNEL_COMMAND_LINE_MAX = 2047
+
+
 def hold_apt_locks_at_boot(lists_seconds: int, dpkg_seconds: int) -> tuple[str, ...]:
     """Kernel arguments that make every boot hold apt's locks the way Google's OS Config agent
     (its `apt-get update`) and apt-daily-upgrade do on a GCE image at boot.
@@ -90,7 +95,7 @@ def hold_apt_locks_at_boot(lists_seconds: int, dpkg_seconds: int) -> tuple[str, 
     script meets both: the lists lock at `apt-get update` and dpkg's at `apt-get install`. Same
     locks as apt takes (fcntl locks on the same files).
     """
-    # Compressed: the whole kernel command line must fit in 2048 bytes.
+    # Compressed: the whole kernel command line must fit in KERNEL_COMMAND_LINE_MAX bytes.
     script = (Path(__file__).parent / "hold_apt_locks.py").read_bytes()
     payload = base64.b64encode(gzip.compress(script, mtime=0)).decode()
     holds = f"{lists_seconds} {dpkg_seconds}"
@@ -272,10 +277,9 @@ class LocalVM:
 
     def kernel_command_line(self) -> str:
         line = " ".join((self.image.cmdline, *self.kernel_args))
-        # x86 Linux keeps the first COMMAND_LINE_SIZE - 1 bytes (2048 with its NUL) and drops
-        # the rest without a word: a truncated systemd.run= would fail only inside the guest.
-        if len(line.encode()) > 2047:
-            raise ValueError(f"kernel command line of {len(line.encode())} bytes, over 2047")
+        size = len(line.encode())
+        if size > KERNEL_COMMAND_LINE_MAX:
+            raise ValueError(f"kernel command line of {size} bytes, over {KERNEL_COMMAND_LINE_MAX}")
         return line
 
     def _launch(self) -> LocalVM:
