@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ LANE_GROUPS = frozenset(lane.args[0] for lane in (VM_LANE_1, VM_LANE_2))
 # that live 30 s): queued right behind the lanes, their waits overlap the busiest minutes instead
 # of being the run's last ones (in file order this one ended a run alone, cores idle).
 WAITING_MODULES = ("tests/stack/test_https.py",)
+MACHINE_SPEED = pytest.StashKey[float]()
 
 
 def vcpus_per_vm(cpus: int) -> int:
@@ -57,6 +59,35 @@ def vcpus_per_vm(cpus: int) -> int:
 def pytest_configure(config):
     # Inherited by `make up` and localvm when a test runs them.
     os.environ.setdefault("LOCALVM_VCPUS", str(vcpus_per_vm(usable_cpus())))
+
+
+# The loop docs/testing.md times with `python3 -c`, at module level as there (global names: a
+# function's locals would run it about three times faster, another number).
+SPEED_LOOP = "s = 0\nfor i in range(20_000_000):\n    s += i\n"
+
+
+def machine_speed() -> float:
+    """CPU seconds SPEED_LOOP takes. The CPU the same suite uses moves by half between hours of a
+    shared machine (docs/testing.md); read at a run's start and end and printed in its summary,
+    it says which hour a run's time comes from."""
+    started = time.process_time()
+    exec(SPEED_LOOP, {})
+    return time.process_time() - started
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist starts the workers: the cores are quiet
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller, or a run without -n
+        session.config.stash[MACHINE_SPEED] = machine_speed()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if MACHINE_SPEED in config.stash:
+        terminalreporter.write_line(
+            f"machine speed: a fixed loop took {config.stash[MACHINE_SPEED]:.2f} s of CPU at the "
+            f"start and {machine_speed():.2f} s at the end (Python "
+            f"{sys.version_info.major}.{sys.version_info.minor}; docs/testing.md)"
+        )
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
