@@ -14,9 +14,9 @@ CONFIG ?= deployment.yaml
 # Which Google service deploys the stack: dm (Deployment Manager) or infra-manager (docs/deploy.md).
 DEPLOY_ENGINE ?= dm
 SHELL_SCRIPTS := $(shell git ls-files '*.sh' 2>/dev/null)
-# One pytest worker per core; a module runs whole on one worker, and the VM tests keep to two
-# lanes that start first, in collection order (tests/conftest.py, VM_LANE_*).
-PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder
+# One pytest worker per core; a module runs whole on one worker, the VM tests keep to two lanes
+# that start first (tests/conftest.py, VM_LANE_*); the summary ends with the machine's speed.
+PYTEST := $(VPY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder --machine-speed
 
 .PHONY: help up down test check e2e preview terraform docs deploy deploy-preview smoke drift \
 	repair record-good rollback lint pytest image image-key bench bench-preview bench-boot bench-deploy \

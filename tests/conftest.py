@@ -75,10 +75,23 @@ def machine_speed() -> float:
     return time.process_time() - started
 
 
+def pytest_addoption(parser):
+    # An option, not the default: the pytest runs some tests start (tests/tooling/test_lanes.py)
+    # would each pay the loop too, and a quick run by hand has no use for it.
+    parser.addoption(
+        "--machine-speed",
+        action="store_true",
+        help="time a fixed loop at the run's start and end and print both in the summary "
+        "(make's pytest runs pass it)",
+    )
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist starts the workers: the cores are quiet
 def pytest_sessionstart(session):
-    if not hasattr(session.config, "workerinput"):  # the controller, or a run without -n
-        session.config.stash[MACHINE_SPEED] = machine_speed()
+    config = session.config
+    # Workers get the controller's options; only the controller reads the speed.
+    if config.getoption("machine_speed") and not hasattr(config, "workerinput"):
+        config.stash[MACHINE_SPEED] = machine_speed()
 
 
 def pytest_terminal_summary(terminalreporter, config):
