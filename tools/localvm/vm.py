@@ -90,10 +90,11 @@ def hold_apt_locks_at_boot(lists_seconds: int, dpkg_seconds: int) -> tuple[str, 
 
     Test infrastructure: a command systemd runs from the kernel command line
     (systemd-run-generator), so the cached image stays the same. It holds the lists lock from
-    early boot until `lists_seconds` after the startup scripts began, and dpkg's locks until
+    early boot until `lists_seconds` after an `apt-get update` started, and dpkg's locks until
     `dpkg_seconds` after an `apt-get install` (or a `dpkg --configure`) started, so a startup
-    script meets both: the lists lock at `apt-get update` and dpkg's at `apt-get install`. Same
-    locks as apt takes (fcntl locks on the same files).
+    script meets both however long the boot took to get there: the lists lock at `apt-get
+    update` and dpkg's at `apt-get install`. Same locks as apt takes (fcntl locks on the same
+    files).
     """
     # Compressed: the whole kernel command line must fit in KERNEL_COMMAND_LINE_MAX bytes.
     script = (Path(__file__).parent / "hold_apt_locks.py").read_bytes()
