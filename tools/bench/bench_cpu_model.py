@@ -1,5 +1,6 @@
 """Which CPU model the local VM's guest should see under TCG: qemu's baseline `qemu64` against
-`max` (and any other model named), side by side.
+`max` (and any other model named, with kernel arguments if given: "qemu64 mitigations=off"),
+side by side.
 
 Boots one fresh 1-vCPU VM per model at once (as the e2e lanes boot theirs) and records, per VM,
 the wall-clock seconds and qemu's CPU seconds until the first converge logs that it serves its
@@ -8,7 +9,7 @@ turns on for Intel models that do not report themselves immune). Prints each mod
 the first, writes build/bench/cpu-model.json. Numbers are printed, never asserted; the guest runs
 under TCG.
 
-    bench-cpu-model [--models qemu64 max]
+    bench-cpu-model [--models qemu64 max "qemu64 mitigations=off"]
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ from localvm.stack import LocalStack
 STARTING = threading.Lock()
 
 
-def boot(model: str, results: dict[str, dict]) -> None:
+def boot(variant: str, results: dict[str, dict]) -> None:
+    model, *kernel_args = variant.split()
     workdir = Path(tempfile.mkdtemp(prefix="hello-cpu-model-"))
-    stack = LocalStack(workdir)
+    stack = LocalStack(workdir, kernel_args=tuple(kernel_args))
     with STARTING:
         os.environ["LOCALVM_CPU"] = model
         started = time.monotonic()
         stack.start()
     try:
-        results[model] = first_converge(stack, started) | {
+        results[variant] = first_converge(stack, started) | {
             "page_table_isolation": "page tables isolation: enabled" in stack.vm.serial_text(),
         }
     finally:
@@ -46,7 +48,12 @@ def boot(model: str, results: dict[str, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["qemu64", "max"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["qemu64", "max"],
+        help='a -cpu model, then any kernel arguments: "qemu64 mitigations=off"',
+    )
     args = parser.parse_args()
     os.environ["LOCALVM_VCPUS"] = "1"
     results: dict[str, dict] = {}
