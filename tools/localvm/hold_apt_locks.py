@@ -19,8 +19,8 @@ print(f"hold-apt-locks: holding {', '.join(files)}", flush=True)
 
 
 def apt_command() -> tuple[str, str]:
-    """("update" or "install", pid and command line) of an `apt-get update`, an `apt-get
-    install` or a `dpkg --configure` (a reset's unfinished install); ("", "") if none runs."""
+    """("update" or "install", pid and command line) of a running `apt-get update` or install
+    (`apt-get install`, or `dpkg --configure` ending a reset's); ("", "") if none."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
@@ -39,16 +39,19 @@ def apt_command() -> tuple[str, str]:
     return "", ""
 
 
-# Polled from when the startup scripts begin: systemd writes this link as the unit starts.
-while not Path("/run/systemd/units/invocation:google-startup-scripts.service").is_symlink():
+# From when the startup scripts begin (systemd writes this link as the unit starts), or 900 s.
+latest = time.monotonic() + 900
+began = Path("/run/systemd/units/invocation:google-startup-scripts.service")
+while not began.is_symlink() and time.monotonic() < latest:
     time.sleep(1)
-# A lock no command asks for goes 900 s after that. An install with no update before it (a boot
-# that only finishes dpkg's interrupted work) takes the lists lock's release with dpkg's.
+# A lock no command asks for goes 900 s after that. An install with no update before it (a
+# boot only ending dpkg's interrupted work) releases the lists lock with dpkg's.
 until = dict.fromkeys(hold, time.monotonic() + 900)
 seen = set()
 while files:
     now = time.monotonic()
-    kind, command = apt_command()
+    # Reading /proc costs the guest's vCPU: only until both were seen.
+    kind, command = apt_command() if len(seen) < len(hold) else ("", "")
     if kind and kind not in seen:
         seen.add(kind)
         until[kind] = now + hold[kind]
