@@ -116,17 +116,18 @@ class RequestLoop:
 REDEPLOY_TIMEOUT = 600  # a venv rebuild under TCG on a busy machine
 
 
-def version_of(values: dict[str, str], workdir: Path) -> str:
+def version_of(values: dict[str, str]) -> str:
     """The version a VM that applied `values` reports: startup.sh's digest of those files."""
-    for key in METADATA_FILES:
-        (workdir / key).write_text(values[key])
-    return startup_version(*(f"{key}={workdir / key}" for key in METADATA_FILES))
+    with tempfile.TemporaryDirectory(prefix="hello-version-") as workdir:
+        for key in METADATA_FILES:
+            Path(workdir, key).write_text(values[key])
+        return startup_version(*(f"{key}={Path(workdir, key)}" for key in METADATA_FILES))
 
 
 def wait_converged(stack, values: dict[str, str], timeout: float = REDEPLOY_TIMEOUT) -> str:
     """Until GET /healthz reports the version of `values` (over HTTP: the guest agent channel
     stalls under load, and a converge records its version only once it completed); returns it."""
-    expected = version_of(values, Path(tempfile.mkdtemp(prefix="hello-version-")))
+    expected = version_of(values)
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -220,7 +221,7 @@ def release_refused(
     when this one failed."""
     original = stack.accepted
     greeting = greeting_of(original)
-    version = version_of(bad, Path(tempfile.mkdtemp(prefix="hello-version-")))
+    version = version_of(bad)
     mark = len(stack.vm.serial_text())
     try:
         with RequestLoop(get, {greeting}) as loop:
