@@ -202,8 +202,12 @@ def test_removing_any_grant_fails_its_path_with_gclouds_message(project):
 
 def test_a_branch_identity_cannot_deploy(project):
     """A branch job cannot become the deployer (no workloadIdentityUser for its ref: exit 3),
-    and as the previewer a deploy is refused by the API (403, gcloud's message shown); under
-    infra-manager the previewer cannot hand IM the deploying account either."""
+    and as the previewer a deploy over production is refused by the API (403, gcloud's message
+    shown); under infra-manager the previewer cannot hand IM the deploying account either.
+    Production is deployed first: with `dm`, where production does not exist the previewer's
+    `deploymentmanager.deployments.create` creates it (docs/operations.md)."""
+    deployed = project.run("gcp-deploy")
+    assert deployed.returncode == 0, deployed.stderr
     refused = project.run("gcp-deploy", ref=BRANCH)
     assert refused.returncode == 3, refused.stderr
 
