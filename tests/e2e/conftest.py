@@ -28,11 +28,12 @@ from localvm.vm import hold_apt_locks_at_boot
 from tests.conftest import startup_version
 from vm import METADATA_FILES
 
-# How long apt's locks are held at every boot (the reset's too), from when the first command
-# that needs them started. The lists lock: from an `apt-get update`, which the script retries
-# every 5 s while it is held; the cold boot test drops the link once the script says it waits,
-# and this leaves it the time to. dpkg's: from an install (or `dpkg --configure`), which tries
-# them within a second or two, so less will do; this one every boot pays.
+# How long apt's locks are held at every boot (the reset's too). The lists lock: from when an
+# `apt-get update` started, which the script retries every 5 s while it is held; the cold boot
+# test drops the link once the script says it waits, and this leaves it the time to. dpkg's:
+# from when an `apt-get install` is seen waiting for them (not from its start: under load, one
+# took longer than this hold to get there), or a `dpkg --configure` started; this one every
+# boot pays.
 APT_LISTS_LOCK_HOLD = 25
 APT_DPKG_LOCK_HOLD = 12
 

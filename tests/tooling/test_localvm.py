@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +21,14 @@ from localvm import image
 from localvm.acme import Pebble
 from localvm.image import FORBIDDEN, PACKAGES, Image, recipe_key
 from localvm.stack import REPO, attributes, with_local_public_ip, without_public_ca
-from localvm.vm import METADATA_IP, NETWORK, LocalVM, free_port, hold_apt_locks_at_boot
+from localvm.vm import (
+    KERNEL_COMMAND_LINE_MAX,
+    METADATA_IP,
+    NETWORK,
+    LocalVM,
+    free_port,
+    hold_apt_locks_at_boot,
+)
 from tests.e2e.conftest import APT_DPKG_LOCK_HOLD, APT_LISTS_LOCK_HOLD
 
 
@@ -73,7 +83,19 @@ def test_the_e2e_apt_lock_holder_fits_the_kernel_command_line(tmp_path):
     args = hold_apt_locks_at_boot(APT_LISTS_LOCK_HOLD, APT_DPKG_LOCK_HOLD)
     command = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=args).command()
     assert command[command.index("-append") + 1].endswith(args[-1])
-    too_long = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=(*args, "x" * 300))
+    # What the guest's python3 runs: the holder without its comments and docstrings, still Python.
+    payload = re.search(r"echo (\S+) \| base64 -d", args[0]).group(1)
+    holder = gzip.decompress(base64.b64decode(payload)).decode()
+    compile(holder, "hold_apt_locks.py", "exec")
+    assert "Holds apt's locks" not in holder
+    assert not any(line.lstrip().startswith("#") for line in holder.splitlines())
+    # One more argument (and its separating space) fills the rest exactly; a byte more is refused.
+    room = KERNEL_COMMAND_LINE_MAX - len(command[command.index("-append") + 1].encode()) - 1
+    full = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=(*args, "x" * room))
+    assert len(full.kernel_command_line().encode()) == KERNEL_COMMAND_LINE_MAX
+    too_long = LocalVM(
+        Image(tmp_path), tmp_path, metadata_port=1, kernel_args=(*args, "x" * (room + 1))
+    )
     with pytest.raises(ValueError, match="over 2047"):
         too_long.command()
 

@@ -1,7 +1,8 @@
 """Holds apt's locks at boot as other apt users do on a GCE image (see vm.hold_apt_locks_at_boot).
 
-Runs inside the guest under python3 from the kernel command line; argv[1] and argv[2] are how
-long the lists lock and dpkg's locks are held after the first command that needs them started.
+Runs inside the guest under python3 from the kernel command line; argv[1] is how long the lists
+lock is held after an `apt-get update` started, argv[2] how long dpkg's locks are held after an
+`apt-get install` began waiting for them (or a `dpkg --configure`, which does not wait, started).
 """
 
 import fcntl
@@ -18,9 +19,20 @@ for handle in files.values():
 print(f"hold-apt-locks: holding {', '.join(files)}", flush=True)
 
 
+def waiting(process: Path) -> bool:
+    """Asleep in clock_nanosleep (or nanosleep): apt-get's once-a-second loop waiting for a lock
+    (DPkg::Lock::Timeout). Before it gets there it never sleeps, and under load it may take
+    longer than a hold to get there after it started."""
+    try:
+        return (process / "syscall").read_text().split()[0] in ("230", "35")
+    except (OSError, IndexError):
+        return False
+
+
 def apt_command() -> tuple[str, str]:
     """("update" or "install", pid and command line) of a running `apt-get update` or install
-    (`apt-get install`, or `dpkg --configure` ending a reset's); ("", "") if none."""
+    (`apt-get install` waiting for dpkg's lock, or `dpkg --configure` ending a reset's);
+    ("", "") if none."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
@@ -29,7 +41,7 @@ def apt_command() -> tuple[str, str]:
         apt_get = any(arg.endswith(b"apt-get") for arg in args)
         if apt_get and b"update" in args:
             kind = "update"
-        elif (apt_get and b"install" in args) or (
+        elif (apt_get and b"install" in args and waiting(cmdline.parent)) or (
             args[0].endswith(b"dpkg") and b"--configure" in args
         ):
             kind = "install"
@@ -57,7 +69,7 @@ while files:
         until[kind] = now + hold[kind]
         if "update" not in seen:
             until["update"] = until["install"]
-        print(f"hold-apt-locks: an {kind} started: {command}", flush=True)
+        print(f"hold-apt-locks: an {kind} needs its lock: {command}", flush=True)
     if LISTS in files and now >= until["update"]:
         files.pop(LISTS).close()
         print("hold-apt-locks: released the lists lock", flush=True)

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
 import ctypes
@@ -91,14 +92,21 @@ def hold_apt_locks_at_boot(lists_seconds: int, dpkg_seconds: int) -> tuple[str, 
     Test infrastructure: a command systemd runs from the kernel command line
     (systemd-run-generator), so the cached image stays the same. It holds the lists lock from
     early boot until `lists_seconds` after an `apt-get update` started, and dpkg's locks until
-    `dpkg_seconds` after an `apt-get install` (or a `dpkg --configure`) started, so a startup
-    script meets both however long the boot took to get there: the lists lock at `apt-get
-    update` and dpkg's at `apt-get install`. Same locks as apt takes (fcntl locks on the same
-    files).
+    `dpkg_seconds` after an `apt-get install` began waiting for them (or a `dpkg --configure`
+    started), so a startup script meets both however long the boot took to get there: the
+    lists lock at `apt-get update` and dpkg's at `apt-get install`. Same locks as apt takes
+    (fcntl locks on the same files).
     """
-    # Compressed: the whole kernel command line must fit in KERNEL_COMMAND_LINE_MAX bytes.
-    script = (Path(__file__).parent / "hold_apt_locks.py").read_bytes()
-    payload = base64.b64encode(gzip.compress(script, mtime=0)).decode()
+    # Without its comments and docstrings, and compressed: the whole kernel command line must
+    # fit in KERNEL_COMMAND_LINE_MAX bytes.
+    script = ast.parse((Path(__file__).parent / "hold_apt_locks.py").read_text())
+    for node in ast.walk(script):
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            body[0] = ast.Pass()
+    code = ast.unparse(script).encode()
+    payload = base64.b64encode(gzip.compress(code, mtime=0)).decode()
     holds = f"{lists_seconds} {dpkg_seconds}"
     command = f"/bin/sh -c 'echo {payload} | base64 -d | gzip -d | /usr/bin/python3 - {holds}'"
     return (
