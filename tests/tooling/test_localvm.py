@@ -81,8 +81,10 @@ def test_the_e2e_apt_lock_holder_fits_the_kernel_command_line(tmp_path):
     """The holder travels in the kernel command line, which x86 Linux truncates at 2047 bytes
     without a word; the script may grow only while it still fits."""
     args = hold_apt_locks_at_boot(APT_LISTS_LOCK_HOLD, APT_DPKG_LOCK_HOLD)
-    command = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=args).command()
-    assert command[command.index("-append") + 1].endswith(args[-1])
+    vm = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=args)
+    command = vm.command()
+    assert command[command.index("-append") + 1] == vm.kernel_command_line()
+    assert vm.kernel_command_line().endswith(args[-1])
     # What the guest's python3 runs: the holder without its comments and docstrings, still Python.
     payload = re.search(r"echo (\S+) \| base64 -d", args[0]).group(1)
     holder = gzip.decompress(base64.b64decode(payload)).decode()
@@ -90,7 +92,7 @@ def test_the_e2e_apt_lock_holder_fits_the_kernel_command_line(tmp_path):
     assert "Holds apt's locks" not in holder
     assert not any(line.lstrip().startswith("#") for line in holder.splitlines())
     # One more argument (and its separating space) fills the rest exactly; a byte more is refused.
-    room = KERNEL_COMMAND_LINE_MAX - len(command[command.index("-append") + 1].encode()) - 1
+    room = KERNEL_COMMAND_LINE_MAX - len(vm.kernel_command_line().encode()) - 1
     full = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=(*args, "x" * room))
     assert len(full.kernel_command_line().encode()) == KERNEL_COMMAND_LINE_MAX
     too_long = LocalVM(
