@@ -39,8 +39,11 @@ system-deps: ## install the Debian packages every target needs (root); targets i
 gcloud: ## install the gcloud the tests ran (scripts/install-gcloud.sh), unless it is on PATH
 	@bash scripts/install-gcloud.sh
 
-# apt's output for make up and what it needs goes to the log localvm writes (docs/local-vm.md).
+# apt's output for make up and what it needs goes to the log localvm writes (docs/local-vm.md);
+# for the test targets, to a log of their own (a new machine's install is hundreds of lines). A
+# failed install prints the log's end and its path.
 up: export INSTALL_LOG := $(CURDIR)/.state/up.log
+test check e2e lint pytest: export INSTALL_LOG := $(CURDIR)/.state/install.log
 up: $(VENV)/.installed gcloud ## the stack on a local VM, or redeploy it: deploy with the real gcloud, wait, print the URL
 	@$(BIN)/localvm up $(CONFIG) --engine $(DEPLOY_ENGINE)
 
