@@ -1,8 +1,9 @@
 """The operator scripts as people type them: --help, a wrong flag, a missing setting.
 
-Real: bash, scripts/*.sh, `make`, and the real `gcloud` on PATH for the deploy cases. No Google
-server is emulated here: the deploy cases point gcloud's Deployment Manager endpoint and token
-host at a loopback listener that only records requests, to prove the script stops before any.
+Real: bash, scripts/*.sh, `make`, the real `gcloud` on PATH for the deploy cases, and the real
+apt-get for a failed package install. No Google server is emulated here: the deploy cases point
+gcloud's Deployment Manager endpoint and token host at a loopback listener that only records
+requests, to prove the script stops before any.
 """
 
 from __future__ import annotations
@@ -62,6 +63,50 @@ def test_every_script_rejects_an_unknown_flag_at_once(script):
     assert result.returncode == 2, result.stderr
     assert "--bogus" in result.stderr
     assert "--help" in result.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="as a user the script calls sudo, which drops APT_CONFIG"
+)
+def test_a_failed_package_install_prints_the_logs_end_and_its_path(tmp_path):
+    """The real apt-get and dpkg-query, pointed away from the machine's own state: an empty dpkg
+    database (DPKG_ADMINDIR), so every package is missing, and a mirror on a loopback port that
+    refuses connections (APT_CONFIG). apt-get fails as on a machine cut off from its mirror, and
+    nothing on this machine changes."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    dpkg = tmp_path / "dpkg"
+    for directory in (dpkg, tmp_path / "lists/partial", tmp_path / "cache/archives/partial"):
+        directory.mkdir(parents=True)
+    (dpkg / "status").touch()
+    (tmp_path / "sources.list").write_text(f"deb http://127.0.0.1:{port}/debian bookworm main\n")
+    (tmp_path / "apt.conf").write_text(
+        f'Dir::Etc::SourceList "{tmp_path}/sources.list";\n'
+        f'Dir::Etc::SourceParts "{tmp_path}/sources.list.d";\n'
+        f'Dir::State::Lists "{tmp_path}/lists";\n'
+        f'Dir::State::status "{dpkg}/status";\n'
+        f'Dir::Cache "{tmp_path}/cache";\n'
+        'APT::Sandbox::User "root";\n'
+    )
+    log = tmp_path / "state" / "install.log"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "APT_CONFIG": str(tmp_path / "apt.conf"),
+        "DPKG_ADMINDIR": str(dpkg),
+        "INSTALL_LOG": str(log),
+    }
+    result = run("bash", "scripts/install-system-deps.sh", "lint", env=env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "install-system-deps: installing apt-utils python3-venv shellcheck"
+    assert lines[-1] == f"install-system-deps: apt-get failed; full log: {log}"
+    # The log's end, apt's own reason among it; its progress stays in the log.
+    assert "E: Unable to locate package" in result.stderr
+    assert len(lines) <= 22
+    assert "Unable to locate package" in log.read_text()
+    assert result.stdout == ""
 
 
 def test_make_smoke_without_an_address_uses_the_names_the_user_typed(tmp_path):
