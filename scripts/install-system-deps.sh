@@ -8,7 +8,8 @@
 #   scripts/install-system-deps.sh --list PURPOSE...   print the packages, install nothing
 #
 # Needs root, or a user with passwordless sudo (as in CI), only when something is missing.
-# INSTALL_LOG=FILE (make up and the test targets set it): apt's output goes to FILE; a failure prints its end and path.
+# INSTALL_LOG=FILE (make up and the test targets set it): apt's output goes to FILE; a failure
+# prints its end and path.
 # Exit codes: 0 installed or already there; 1 packages are missing and there is no root; 2 usage.
 set -euo pipefail
 

@@ -82,9 +82,10 @@ def test_the_e2e_apt_lock_holder_fits_the_kernel_command_line(tmp_path):
     without a word; the script may grow only while it still fits."""
     args = hold_apt_locks_at_boot(APT_LISTS_LOCK_HOLD, APT_DPKG_LOCK_HOLD)
     vm = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=args)
+    line = vm.kernel_command_line()
     command = vm.command()
-    assert command[command.index("-append") + 1] == vm.kernel_command_line()
-    assert vm.kernel_command_line().endswith(args[-1])
+    assert command[command.index("-append") + 1] == line
+    assert line.endswith(args[-1])
     # What the guest's python3 runs: the holder without its comments and docstrings, still Python.
     payload = re.search(r"echo (\S+) \| base64 -d", args[0]).group(1)
     holder = gzip.decompress(base64.b64decode(payload)).decode()
@@ -92,7 +93,7 @@ def test_the_e2e_apt_lock_holder_fits_the_kernel_command_line(tmp_path):
     assert "Holds apt's locks" not in holder
     assert not any(line.lstrip().startswith("#") for line in holder.splitlines())
     # One more argument (and its separating space) fills the rest exactly; a byte more is refused.
-    room = KERNEL_COMMAND_LINE_MAX - len(vm.kernel_command_line().encode()) - 1
+    room = KERNEL_COMMAND_LINE_MAX - len(line.encode()) - 1
     full = LocalVM(Image(tmp_path), tmp_path, metadata_port=1, kernel_args=(*args, "x" * room))
     assert len(full.kernel_command_line().encode()) == KERNEL_COMMAND_LINE_MAX
     too_long = LocalVM(
